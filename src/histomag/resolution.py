@@ -1,0 +1,96 @@
+"""Physical resolution as a value: µm per pixel <-> objective magnification.
+
+The convention is 10x ≙ 1.0 µm/px (20x ≙ 0.5, 40x ≙ 0.25). A slide that states both its mpp
+and its objective power keeps its own ratio (e.g. an Aperio 20x scan at 0.499 µm/px has
+``power_mpp = 9.98``), so "20x" on that slide means exactly its scan resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from histomag.errors import ConfigError
+
+#: magnification x mpp for the conventional 10x ≙ 1.0 µm/px.
+DEFAULT_POWER_MPP = 10.0
+
+#: relative tolerance under which two resolutions count as the same (a 39.5x level serves 40x).
+DEFAULT_REL_TOL = 0.02
+
+
+@dataclass(frozen=True, order=True)
+class Resolution:
+    """A resolution in µm per pixel, with the product ``magnification * mpp`` used to name it.
+
+    Attributes:
+        mpp: micrometres per pixel (> 0).
+        power_mpp: objective power times mpp; 10.0 unless a slide states both.
+    """
+
+    mpp: float
+    power_mpp: float = DEFAULT_POWER_MPP
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"invalid resolution {self.mpp!r} µm/px: give a positive number such as 0.25")
+        if not (math.isfinite(self.power_mpp) and self.power_mpp > 0):
+            raise ConfigError(f"invalid magnification x mpp product {self.power_mpp!r}: use 10.0")
+
+    @classmethod
+    def from_mpp(cls, mpp: float, power_mpp: float = DEFAULT_POWER_MPP) -> "Resolution":
+        """A resolution given in µm per pixel."""
+        return cls(float(mpp), power_mpp)
+
+    @classmethod
+    def from_magnification(cls, magnification: float, power_mpp: float = DEFAULT_POWER_MPP) -> "Resolution":
+        """A resolution given as objective magnification (e.g. 40 for 40x)."""
+        if not (math.isfinite(magnification) and magnification > 0):
+            raise ConfigError(f"invalid magnification {magnification!r}: give a positive number such as 20")
+        return cls(power_mpp / float(magnification), power_mpp)
+
+    @property
+    def magnification(self) -> float:
+        """Objective magnification (10x ≙ 1 µm/px unless the slide states its own ratio)."""
+        return self.power_mpp / self.mpp
+
+    def scale_from(self, other: "Resolution") -> float:
+        """Factor by which an image at ``other`` is shrunk to reach this resolution (>1: downsample)."""
+        return self.mpp / other.mpp
+
+    def close_to(self, other: "Resolution", rel_tol: float = DEFAULT_REL_TOL) -> bool:
+        """Whether the two mpp agree within ``rel_tol``."""
+        return math.isclose(self.mpp, other.mpp, rel_tol=rel_tol)
+
+    def at_least(self, other: "Resolution", rel_tol: float = DEFAULT_REL_TOL) -> bool:
+        """Whether this resolution is as fine as ``other`` or finer (within ``rel_tol``)."""
+        return self.mpp <= other.mpp * (1.0 + rel_tol)
+
+    def __str__(self) -> str:
+        return f"{format_magnification(self.magnification)} ({self.mpp:.4g} µm/px)"
+
+
+def format_magnification(magnification: float) -> str:
+    """``40.0 -> '40x'``, ``2.5 -> '2.5x'``."""
+    return f"{magnification:.3g}x"
+
+
+def parse_magnifications(text: str) -> list[float]:
+    """Parse ``"40,20"`` or ``"40x, 20x"`` into ``[40.0, 20.0]`` (order kept, duplicates refused)."""
+    values: list[float] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip().lower().rstrip("x")
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"cannot read magnification {part!r} in {text!r}: write e.g. --mags 40,20") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"magnification {part!r} must be positive: write e.g. --mags 40,20")
+        values.append(value)
+    if not values:
+        raise ConfigError(f"no magnification in {text!r}: write e.g. --mags 40,20")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"repeated magnification in {text!r}: name each once, e.g. --mags 40,20")
+    return values
