@@ -1,2 +1,61 @@
-def main():
-    pass
+"""The ``histomag`` command: a typer app whose errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+
+from histomag.errors import HistomagError
+
+app = typer.Typer(
+    name="histomag",
+    help="Magnification-aware histopathology: true-resolution reads, multi-magnification tiling, "
+    "DMSL and magnification recovery.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is done (levels, resampling).")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def _register() -> None:
+    from histomag.cli import demo, info, synth, tile  # noqa: F401  (commands register themselves)
+
+
+def error(message: str) -> None:
+    """Print a one-line error on stderr."""
+    print(f"error: {message}", file=sys.stderr)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the app and return its exit code; histomag and usage errors become one line on stderr."""
+    _register()
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="histomag")
+    except HistomagError as exc:
+        error(str(exc))
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        error(exc.format_message().replace("\n", " "))
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        error("interrupted")
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

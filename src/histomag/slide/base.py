@@ -147,7 +147,7 @@ class Slide(ABC):
     def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 array (height, width, 3) at ``level``; (x, y) is the top-left in level-0 px.
 
-        Areas outside the slide are white.
+        Callers only ask for regions inside the level's bounds.
         """
 
     def close(self) -> None:  # noqa: B027 - optional for backends
@@ -158,6 +158,20 @@ class Slide(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _read_level_padded(self, lx: int, ly: int, level: int, width: int, height: int) -> np.ndarray:
+        """Read a region given in level coordinates; parts outside the slide are white."""
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        cx0, cy0 = max(lx, 0), max(ly, 0)
+        cx1, cy1 = min(lx + width, lw), min(ly + height, lh)
+        if cx0 == lx and cy0 == ly and cx1 == lx + width and cy1 == ly + height:
+            return self._read_level(int(round(lx * ds)), int(round(ly * ds)), level, width, height)
+        out = np.full((height, width, 3), 255, np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            part = self._read_level(int(round(cx0 * ds)), int(round(cy0 * ds)), level, cx1 - cx0, cy1 - cy0)
+            out[cy0 - ly:cy1 - ly, cx0 - lx:cx1 - lx] = part
+        return out
 
     def best_level(self, target: Resolution) -> int:
         """The coarsest level whose resolution is at or finer than ``target`` (within tolerance)."""
@@ -189,8 +203,7 @@ class Slide(ABC):
         # integer-aligned enclosing region at that level
         lx0, ly0 = math.floor(left / ds), math.floor(top / ds)
         lx1, ly1 = math.ceil((left + width) / ds), math.ceil((top + height) / ds)
-        region = self._read_level(int(round(lx0 * ds)), int(round(ly0 * ds)), level,
-                                  max(1, lx1 - lx0), max(1, ly1 - ly0))
+        region = self._read_level_padded(lx0, ly0, level, max(1, lx1 - lx0), max(1, ly1 - ly0))
         box = (left / ds - lx0, top / ds - ly0, (left + width) / ds - lx0, (top + height) / ds - ly0)
         rw, rh = region.shape[1], region.shape[0]
         if (rw, rh) == (out_w, out_h) and all(abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, rw, rh))):
@@ -223,7 +236,9 @@ class Slide(ABC):
         target = self.to_resolution(magnification, mpp)
         scale = target.mpp / self.resolution.mpp  # level-0 px per output px
         fw, fh = w * scale, h * scale
-        return self.read_rect(center[0] - fw / 2, center[1] - fh / 2, fw, fh, (w, h), allow_upsample)
+        # snap the field to whole level-0 pixels: a scan-resolution read is then an exact crop
+        left, top = round(center[0] - fw / 2), round(center[1] - fh / 2)
+        return self.read_rect(left, top, fw, fh, (w, h), allow_upsample)
 
     def read_whole(self, mpp: float) -> np.ndarray:
         """The whole slide at ``mpp`` (or the scan resolution if that is coarser), e.g. for tissue masks."""

@@ -1,0 +1,137 @@
+"""``histomag tile``: cut same-field-of-view (or context) tuples at several magnifications."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from histomag.cli.main import app, error
+from histomag.errors import ConfigError, InputPathError
+
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+                  ".png", ".jpg", ".jpeg"}
+LABEL_SIDECARS = (".labels.png", ".geojson", ".labels.geojson")
+
+
+@app.command()
+def tile(
+    slides: list[Path] = typer.Argument(..., help="Slides or images (folders are expanded)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder (created; re-running resumes)."),
+    mags: str = typer.Option("40,20", "--mags", help="Magnifications of each tuple, e.g. 40,20."),
+    size: int = typer.Option(600, "--size", help="Pixel size at the highest magnification."),
+    mode: str = typer.Option("same-fov", "--mode", help="same-fov (identical tissue) or context (same centre and px size)."),
+    placement: str = typer.Option("grid", "--placement", help="grid or random."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Grid overlap as a share of the field."),
+    n_random: int = typer.Option(100, "--n-random", help="Fields per slide with --placement random."),
+    seed: int = typer.Option(0, "--seed"),
+    min_tissue: float = typer.Option(0.5, "--min-tissue", help="Minimum tissue share of a field."),
+    tissue_threshold: Optional[float] = typer.Option(None, "--tissue-threshold", help="Override the Otsu tissue threshold."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Label mask PNG or QuPath GeoJSON (one slide only)."),
+    labels_dir: Optional[Path] = typer.Option(None, "--labels-dir", help="Folder with <slide>.labels.png or <slide>.geojson."),
+    label_fraction: float = typer.Option(0.8, "--label-fraction", help="Share a class must cover to label a field."),
+    negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
+    patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide."),
+    allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
+    max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> int:
+    """Tile slides into a dataset folder: one PNG per magnification per tuple plus manifest.csv."""
+    from histomag.data.folder import TileSettings
+    from histomag.data.tiler import SlideJob, tile_slides
+    from histomag.resolution import parse_magnifications
+    from histomag.tiling import make_tuple_spec
+
+    magnifications = parse_magnifications(mags)
+    if len(magnifications) < 1:
+        raise ConfigError("give at least one magnification, e.g. --mags 40,20")
+    make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
+    paths = expand_slides(slides)
+    if labels is not None and len(paths) > 1:
+        raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
+    if labels is not None and not labels.exists():
+        raise InputPathError(f"{labels}: no such label file; check the --labels path")
+    patient_map = read_patients(patients) if patients else {}
+    if not patients:
+        for folder in sorted({p.parent for p in paths}):
+            patient_map.update(read_patients_beside(folder))
+    jobs = []
+    for p in paths:
+        lab = labels or find_labels(p, labels_dir)
+        jobs.append(SlideJob(str(p), mpp=mpp, labels=str(lab) if lab else None,
+                             patient_id=patient_map.get(_stem(p))))
+    settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
+                            n_random=n_random, seed=seed, min_tissue=min_tissue,
+                            tissue_threshold=tissue_threshold, label_fraction=label_fraction,
+                            negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples)
+    results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet)
+    ok = [r for r in results if r.status == "ok"]
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        error(r.error)
+    written = sum(r.tuples_written for r in ok)
+    resumed = sum(r.tuples_resumed for r in ok)
+    dropped = sum(r.fields_dropped for r in ok)
+    print(f"tiled {len(ok)} of {len(results)} slides ({len(failed)} failed): {written} tuples written, "
+          f"{resumed} already present, {dropped} fields dropped by the label rule -> {out / 'manifest.csv'}")
+    if failed:
+        return 2 if not ok else 1
+    return 0
+
+
+def _stem(p: Path) -> str:
+    from histomag.slide.base import slide_id_from_path
+
+    return slide_id_from_path(p)
+
+
+def expand_slides(paths: list[Path]) -> list[Path]:
+    """Files as given (missing ones are kept so they are reported per slide); folders expanded."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir() and p.suffix.lower() != ".mrxs":
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SLIDE_SUFFIXES
+                           and not any(q.name.endswith(s) for s in (".labels.png", ".overview.png")))
+            if not found:
+                raise InputPathError(f"{p}: folder holds no slide files ({', '.join(sorted(SLIDE_SUFFIXES))})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def find_labels(slide: Path, labels_dir: Path | None) -> Path | None:
+    """``<slide>.labels.png`` / ``<slide>.geojson`` in ``labels_dir`` or beside the slide."""
+    stem = _stem(slide)
+    for folder in ([labels_dir] if labels_dir else []) + [slide.parent]:
+        for suffix in LABEL_SIDECARS:
+            cand = folder / f"{stem}{suffix}"
+            if cand.is_file():
+                return cand
+    return None
+
+
+def read_patients(path: Path) -> dict[str, str]:
+    """slide_id -> patient_id from a CSV with those two columns."""
+    if not path.is_file():
+        raise InputPathError(f"{path}: no such patients CSV; check the --patients path")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"slide_id", "patient_id"} <= set(reader.fieldnames):
+            raise ConfigError(f"{path}: needs columns slide_id and patient_id (has {reader.fieldnames})")
+        return {row["slide_id"]: row["patient_id"] for row in reader}
+
+
+def read_patients_beside(folder: Path) -> dict[str, str]:
+    """Patient ids from a ``cohort.csv`` (as ``histomag synth`` writes) in a slide folder, if any."""
+    cohort = folder / "cohort.csv"
+    if not cohort.is_file():
+        return {}
+    try:
+        return read_patients(cohort)
+    except ConfigError:
+        return {}

@@ -1,0 +1,1 @@
+"""Dataset folders (manifest + images), torch datasets and set builders."""

@@ -1,0 +1,216 @@
+"""Cut multi-magnification tuples from slides into a dataset folder (resumable, parallel).
+
+One slide is one unit of work: a bad slide is reported and skipped while the others finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import queue
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from histomag.annotations import LabelMask, assign_label, load_geojson, load_label_mask
+from histomag.data.atomic import atomic_write_csv, atomic_write_png
+from histomag.data.folder import DatasetFolder, TileSettings, image_column, manifest_columns
+from histomag.errors import HistomagError
+from histomag.progress import progress_bar
+from histomag.slide import open_slide
+from histomag.slide.base import Slide
+from histomag.tiling import TupleSpec, make_tuple_spec, plan_fields, read_tuple
+from histomag.tissue import require_tissue, tissue_mask
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[str, int], None]
+SLIDE_COLUMNS = ["slide_id", "path", "status", "tuples_written", "tuples_resumed", "fields_planned",
+                 "fields_dropped", "mpp", "mpp_source", "error"]
+_TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide to tile, with its optional resolution override, labels and patient."""
+
+    path: str
+    mpp: float | None = None
+    labels: str | None = None
+    patient_id: str | None = None
+    backend: str = "auto"
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide."""
+
+    slide_id: str
+    path: str
+    status: str  # "ok" or "failed"
+    tuples_written: int = 0
+    tuples_resumed: int = 0
+    fields_planned: int = 0
+    fields_dropped: int = 0
+    mpp: float | None = None
+    mpp_source: str = ""
+    error: str = ""
+
+
+def patient_id_for(slide_id: str) -> str:
+    """A TCGA barcode's patient part (``TCGA-XX-XXXX``), else the slide id itself."""
+    m = _TCGA_PATIENT.match(slide_id)
+    return m.group(1).upper() if m else slide_id
+
+
+def load_labels(path: str | Path, slide: Slide, tissue_mpp: float) -> LabelMask:
+    """A label mask PNG (any downsample) or a QuPath GeoJSON rasterised at ``tissue_mpp``."""
+    path = Path(path)
+    if path.suffix.lower() in (".geojson", ".json"):
+        downsample = max(1.0, tissue_mpp / 4 / slide.resolution.mpp)
+        return load_geojson(path, slide.dimensions, downsample=downsample)
+    return load_label_mask(path, slide.dimensions)
+
+
+def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
+               report: Reporter | None = None) -> SlideResult:
+    """Tile one slide; never raises for bad input (the error goes into the result)."""
+    from histomag.slide.base import slide_id_from_path
+
+    sid = slide_id_from_path(Path(job.path))
+    result = SlideResult(sid, str(job.path), "failed")
+    try:
+        with open_slide(job.path, mpp=job.mpp, backend=job.backend) as slide:  # type: ignore[arg-type]
+            result.mpp, result.mpp_source = slide.mpp, slide.mpp_source
+            _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir)), result, report)
+            result.status = "ok"
+    except HistomagError as exc:
+        result.error = str(exc)
+    return result
+
+
+def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
+                     result: SlideResult, report: Reporter | None) -> None:
+    spec: TupleSpec = make_tuple_spec(settings.magnifications, settings.size, settings.mode,  # type: ignore[arg-type]
+                                      power_mpp=slide.power_mpp)
+    slide.resolution  # raises MissingResolutionError before any work
+    tissue = tissue_mask(slide, mpp=settings.tissue_mpp, threshold=settings.tissue_threshold)
+    require_tissue(tissue, slide.path.name)
+    labels = load_labels(job.labels, slide, settings.tissue_mpp) if job.labels else None
+    fields = plan_fields(slide, spec, tissue, placement=settings.placement,  # type: ignore[arg-type]
+                         overlap=settings.overlap, min_tissue=settings.min_tissue,
+                         n_random=settings.n_random, seed=settings.seed)
+    columns = manifest_columns(spec.magnifications)
+    done = {row["tuple_id"] for row in folder.read_part(slide.slide_id, columns)}
+    patient = job.patient_id or patient_id_for(slide.slide_id)
+    mpps = ";".join(f"{slide.to_resolution(magnification=m).mpp:.5g}" for m in spec.magnifications)
+    todo = []
+    for f in fields:
+        fractions: dict[str, float] = {}
+        label = ""
+        if labels is not None:
+            fractions = labels.fractions(f.left, f.top, f.width, f.width)
+            chosen = assign_label(fractions, min_fraction=settings.label_fraction,
+                                  negative_class=settings.negative_class)
+            if chosen is None:
+                result.fields_dropped += 1
+                continue
+            label = chosen
+        todo.append((f, label, fractions, tissue.fraction(f.left, f.top, f.width, f.width)))
+    if settings.max_tuples is not None:
+        todo = todo[: settings.max_tuples]
+    result.fields_planned = len(todo)
+    if report:
+        report("planned", len(todo))
+    for f, label, fractions, tissue_share in todo:
+        tuple_id = f"{slide.slide_id}_{f.key}"
+        if tuple_id in done:
+            result.tuples_resumed += 1
+            if report:
+                report("done", 1)
+            continue
+        images = read_tuple(slide, spec, f, allow_upsample=settings.allow_upsample)
+        row = {
+            "tuple_id": tuple_id, "slide_id": slide.slide_id, "patient_id": patient,
+            "x": int(round(f.x)), "y": int(round(f.y)), "field_width": round(f.width, 3),
+            "mode": spec.mode, "magnifications": ";".join(f"{m:g}" for m in spec.magnifications),
+            "mpps": mpps, "label": label,
+            "class_fractions": json.dumps({k: round(v, 4) for k, v in fractions.items()}, sort_keys=True),
+            "tissue_fraction": round(tissue_share, 4),
+            "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": slide.mpp_source,
+        }
+        for member, img in zip(spec.members, images):
+            path = folder.image_path(slide.slide_id, tuple_id, member.magnification)
+            atomic_write_png(path, img)
+            row[image_column(member.magnification)] = path.relative_to(folder.root).as_posix()
+        folder.append_part(slide.slide_id, columns, row)
+        result.tuples_written += 1
+        if report:
+            report("done", 1)
+
+
+
+def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str | Path, *,
+                workers: int = 1, progress: bool = True) -> list[SlideResult]:
+    """Tile several slides into one dataset folder, in ``workers`` processes with one progress bar.
+
+    Returns one result per job (in job order); failed slides carry their one-line error. The
+    manifest and ``slides.csv`` are rewritten at the end from the per-slide journals.
+    """
+    folder = DatasetFolder(Path(out_dir))
+    folder.prepare(settings)
+    results: list[SlideResult | None] = [None] * len(jobs)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("tiling", total=None) if bar else None
+
+        def on_report(kind: str, n: int) -> None:
+            if bar is None:
+                return
+            if kind == "planned":
+                total = bar.tasks[0].total or 0
+                bar.update(task, total=total + n)
+            else:
+                bar.advance(task, n)
+
+        if workers <= 1 or len(jobs) <= 1:
+            for i, job in enumerate(jobs):
+                results[i] = tile_slide(job, settings, out_dir, on_report)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Manager() as manager:
+                q = manager.Queue()
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                    futures = {pool.submit(_tile_slide_queued, job, settings, str(out_dir), q): i
+                               for i, job in enumerate(jobs)}
+                    pending = set(futures)
+                    while pending:
+                        _drain(q, on_report, timeout=0.2)
+                        for fut in [f for f in pending if f.done()]:
+                            pending.discard(fut)
+                            results[futures[fut]] = fut.result()
+                    _drain(q, on_report, timeout=0.0)
+    final = [r for r in results if r is not None]
+    slide_ids = [r.slide_id for r in final if r.status == "ok"]
+    spec_columns = manifest_columns(settings.magnifications)
+    folder.write_manifest(slide_ids, spec_columns)
+    atomic_write_csv(folder.root / "slides.csv", SLIDE_COLUMNS, [r.__dict__ for r in final])
+    return final
+
+
+def _tile_slide_queued(job: SlideJob, settings: TileSettings, out_dir: str, q) -> SlideResult:
+    return tile_slide(job, settings, out_dir, lambda kind, n: q.put((kind, n)))
+
+
+def _drain(q, on_report: Reporter, timeout: float) -> None:
+    try:
+        kind, n = q.get(timeout=timeout) if timeout else q.get_nowait()
+        on_report(kind, n)
+        while True:
+            kind, n = q.get_nowait()
+            on_report(kind, n)
+    except (queue.Empty, EOFError):
+        pass
+

@@ -1,0 +1,97 @@
+"""Slide readers behind one interface: OpenSlide (default), TiffSlide (fallback), plain images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from histomag.errors import ConfigError, InputPathError, UnreadableSlideError
+from histomag.slide.base import MppSource, Slide, SlideMetadata, slide_id_from_path
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "openslide", "tiffslide", "image"]
+BACKENDS = ("auto", "openslide", "tiffslide", "image")
+PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+__all__ = ["Slide", "SlideMetadata", "MppSource", "open_slide", "slide_id_from_path", "BACKENDS"]
+
+
+def open_slide(path: str | Path, *, mpp: float | None = None, backend: Backend = "auto",
+               probe: bool = True) -> Slide:
+    """Open a slide or image at its true resolution.
+
+    Args:
+        path: whole-slide file (SVS, NDPI, MRXS, pyramidal TIFF, ...) or a PNG/JPEG/TIFF image.
+        mpp: explicit resolution override in µm/px (wins over any metadata).
+        backend: ``auto`` tries OpenSlide, then TiffSlide, then a plain image reader.
+        probe: decode a few tiles now so a truncated or corrupt file fails here, not mid-job.
+
+    Raises:
+        InputPathError: the path does not exist or is a folder.
+        UnreadableSlideError: no backend can read the file, or it is truncated/corrupt.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputPathError(f"{path}: no such file; check the path")
+    if path.is_dir() and path.suffix.lower() != ".mrxs":
+        raise InputPathError(f"{path}: is a folder, not a slide; give a slide file (or the folder's files)")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+
+    if backend == "auto":
+        order = ["image"] if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES else ["openslide", "tiffslide", "image"]
+    else:
+        order = [backend]
+    reasons: list[str] = []
+    for name in order:
+        try:
+            slide = _open_with(name, path, mpp)
+            if probe:
+                _probe(slide)
+        except UnreadableSlideError as exc:
+            reasons.append(f"{name}: {str(exc).split(': ', 1)[-1]}")
+            log.debug("%s: %s failed: %s", path.name, name, exc)
+            continue
+        if name != order[0]:
+            log.info("%s: opened with %s (%s)", path.name, name, "; ".join(reasons))
+        return slide
+    detail = reasons[0] if len(reasons) == 1 else "; ".join(r.split(" (", 1)[0] for r in reasons)
+    if any("truncated" in r or "read failed" in r for r in reasons):
+        raise UnreadableSlideError(
+            f"{path.name}: the file opens but its image data cannot be decoded (truncated or corrupt?); "
+            "copy or export the slide again"
+        )
+    raise UnreadableSlideError(
+        f"{path.name}: not a readable slide or image ({detail}); "
+        "give a whole-slide file (SVS, NDPI, MRXS, pyramidal TIFF) or a PNG/JPEG/TIFF image"
+    )
+
+
+def _open_with(name: str, path: Path, mpp: float | None) -> Slide:
+    if name == "openslide":
+        from histomag.slide.openslide import OpenSlideSlide
+
+        return OpenSlideSlide(path, mpp)
+    if name == "tiffslide":
+        from histomag.slide.tiffslide import TiffSlideSlide
+
+        return TiffSlideSlide(path, mpp)
+    from histomag.slide.image import ImageSlide
+
+    return ImageSlide(path, mpp)
+
+
+def _probe(slide: Slide) -> None:
+    """Decode the lowest level (or its centre) and the last level-0 tile, closing the slide on failure."""
+    try:
+        level = len(slide.level_dimensions) - 1
+        lw, lh = slide.level_dimensions[level]
+        w, h = min(lw, 1024), min(lh, 1024)
+        slide._read_level_padded((lw - w) // 2, (lh - h) // 2, level, w, h)
+        W, H = slide.dimensions
+        slide._read_level_padded(max(W - 64, 0), max(H - 64, 0), 0, min(W, 64), min(H, 64))
+    except UnreadableSlideError:
+        slide.close()
+        raise

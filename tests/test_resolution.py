@@ -1,0 +1,56 @@
+import math
+
+import pytest
+
+from histomag.errors import ConfigError
+from histomag.resolution import Resolution, format_magnification, parse_magnifications
+
+
+def test_conventional_ratio():
+    assert Resolution.from_magnification(40).mpp == pytest.approx(0.25)
+    assert Resolution.from_magnification(20).mpp == pytest.approx(0.5)
+    assert Resolution.from_mpp(1.0).magnification == pytest.approx(10)
+
+
+def test_slide_ratio_is_kept():
+    r = Resolution.from_magnification(20, power_mpp=20 * 0.499)
+    assert r.mpp == pytest.approx(0.499)
+    assert Resolution(0.998, 9.98).magnification == pytest.approx(10)
+
+
+def test_immutable_and_ordered():
+    r = Resolution(0.25)
+    with pytest.raises(Exception):
+        r.mpp = 0.5  # type: ignore[misc]
+    assert Resolution(0.25) < Resolution(0.5)
+
+
+def test_tolerances():
+    assert Resolution(0.252).close_to(Resolution(0.25))
+    assert not Resolution(0.27).close_to(Resolution(0.25))
+    assert Resolution(0.25).at_least(Resolution(0.5))
+    assert Resolution(0.254).at_least(Resolution(0.25))  # a 39.4x level still serves 40x
+    assert not Resolution(0.5).at_least(Resolution(0.25))
+    assert Resolution(0.5).scale_from(Resolution(0.25)) == pytest.approx(2)
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf])
+def test_invalid_resolution(bad):
+    with pytest.raises(ConfigError):
+        Resolution(bad)
+    with pytest.raises(ConfigError):
+        Resolution.from_magnification(bad)
+
+
+def test_parse_magnifications():
+    assert parse_magnifications("40,20") == [40.0, 20.0]
+    assert parse_magnifications("40x, 2.5x") == [40.0, 2.5]
+    for bad in ("", "40,abc", "40,40", "-5"):
+        with pytest.raises(ConfigError) as e:
+            parse_magnifications(bad)
+        assert "--mags" in str(e.value)
+
+
+def test_format():
+    assert format_magnification(40.0) == "40x"
+    assert format_magnification(2.5) == "2.5x"
