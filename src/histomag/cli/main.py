@@ -10,6 +10,8 @@ import typer
 
 from histomag.errors import HistomagError
 
+NOISY_LOGGERS = ("tifffile", "tiffslide", "PIL", "py.warnings", "lightning", "pytorch_lightning")
+
 app = typer.Typer(
     name="histomag",
     help="Magnification-aware histopathology: true-resolution reads, multi-magnification tiling, "
@@ -24,10 +26,14 @@ app = typer.Typer(
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is done (levels, resampling).")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    # third-party readers chatter about the files we already report on in one line
+    logging.captureWarnings(True)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _register() -> None:
-    from histomag.cli import demo, info, synth, tile  # noqa: F401  (commands register themselves)
+    from histomag.cli import info, tile  # noqa: F401  (commands register themselves)
 
 
 def error(message: str) -> None:
