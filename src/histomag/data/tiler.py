@@ -72,7 +72,7 @@ def load_labels(path: str | Path, slide: Slide, tissue_mpp: float) -> LabelMask:
     if path.suffix.lower() in (".geojson", ".json"):
         downsample = max(1.0, tissue_mpp / 4 / slide.resolution.mpp)
         return load_geojson(path, slide.dimensions, downsample=downsample)
-    return load_label_mask(path, slide.dimensions)
+    return load_label_mask(path, slide.dimensions, slide_name=slide.path.name)
 
 
 def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
