@@ -240,6 +240,24 @@ class Slide(ABC):
         left, top = round(center[0] - fw / 2), round(center[1] - fh / 2)
         return self.read_rect(left, top, fw, fh, (w, h), allow_upsample)
 
+    def read_native(self, left: int, top: int, width: int, height: int) -> np.ndarray:
+        """Level-0 pixels as scanned, whatever the resolution (used to estimate an unknown one)."""
+        return self._read_level_padded(int(left), int(top), 0, int(width), int(height))
+
+    def read_overview(self, max_side: int = 2048) -> tuple[np.ndarray, tuple[float, float]]:
+        """The whole slide from its coarsest level, at most ``max_side`` px; returns (rgb, downsample).
+
+        Needs no resolution, so it works on slides whose mpp is unknown.
+        """
+        level = len(self.level_dimensions) - 1
+        lw, lh = self.level_dimensions[level]
+        rgb = self._read_level_padded(0, 0, level, lw, lh)
+        if max(lw, lh) > max_side:
+            f = max_side / max(lw, lh)
+            rgb = np.asarray(Image.fromarray(rgb).resize((max(1, round(lw * f)), max(1, round(lh * f))), RESAMPLE))
+        W, H = self.dimensions
+        return rgb, (W / rgb.shape[1], H / rgb.shape[0])
+
     def read_whole(self, mpp: float) -> np.ndarray:
         """The whole slide at ``mpp`` (or the scan resolution if that is coarser), e.g. for tissue masks."""
         W, H = self.dimensions

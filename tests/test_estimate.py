@@ -1,0 +1,61 @@
+"""Resolution recovery plumbing: tissue crops at native scale, median, mislabel warning."""
+
+import numpy as np
+import pytest
+
+from conftest import MemorySlide, textured
+from histomag.errors import NoTissueError
+from histomag.estimate import MagnificationEstimate, disagreement, estimate_magnification, tissue_crops
+
+
+def _slide(mpp=0.25, power=40.0):
+    t = textured(1024, 1024).astype(np.float32) / 255
+    rgb = np.stack([230 - 50 * t[..., 0], 110 + 70 * t[..., 1], 190 - 40 * t[..., 2]], axis=2).astype(np.uint8)
+    rgb[:, 600:] = 243  # glass on the right
+    return MemorySlide(rgb, mpp=mpp, objective_power=power)
+
+
+def test_crops_are_native_tissue_pixels():
+    s = _slide(mpp=None, power=None)  # works without any resolution
+    crops = tissue_crops(s, 128, n_crops=6)
+    assert len(crops) == 6 and all(c.shape == (128, 128, 3) for c in crops)
+    assert all((c < 235).mean() > 0.6 for c in crops)  # on tissue, not glass
+    level0 = s.levels[0]
+    c = crops[0]
+    hits = [(y, x) for y in range(0, 1024 - 127, 64) for x in range(0, 1024 - 127, 64)
+            if np.array_equal(level0[y:y + 128, x:x + 128], c)]
+    assert hits  # an exact level-0 window: no resampling before the model sees it
+
+
+def test_median_and_mpp():
+    s = _slide()
+    calls = []
+
+    def predict(crops):
+        calls.append(len(crops))
+        return [10.0, 20.0, 21.0, 19.0, 80.0][: len(crops)]
+
+    est = estimate_magnification(s, predict, crop=128, n_crops=5)
+    assert calls == [5] and est.magnification == 20.0 and est.mpp == pytest.approx(0.5) and est.n_crops == 5
+
+
+def test_disagreement_is_reported_over_25_percent():
+    s = _slide(mpp=0.25, power=40.0)
+    assert disagreement(s, MagnificationEstimate(35.0, 8, 1.0)) is None
+    msg = disagreement(s, MagnificationEstimate(20.0, 8, 1.0))
+    assert msg and "mislabelled" in msg and "40x" in msg and "20x" in msg and "\n" not in msg
+    assert disagreement(_slide(mpp=None, power=None), MagnificationEstimate(20.0, 8, 1.0)) is None
+
+
+def test_no_tissue():
+    glass = MemorySlide(np.full((512, 512, 3), 244, np.uint8))
+    with pytest.raises(NoTissueError) as e:
+        tissue_crops(glass, 128)
+    assert "no tissue" in str(e.value)
+
+
+def test_small_image_gives_one_whole_crop():
+    s = _slide()
+    small = MemorySlide(s.levels[0][:100, :150].copy(), n_levels=1)
+    crops = tissue_crops(small, 224)
+    assert len(crops) == 1 and crops[0].shape == (100, 150, 3)
