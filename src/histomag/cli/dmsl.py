@@ -1,0 +1,113 @@
+"""``histomag dmsl``: train DMSL (or a baseline) with patient-grouped cross-validation, evaluate, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from histomag.cli.main import app
+
+dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
+                            "evaluate, predict.", no_args_is_help=True)
+app.add_typer(dmsl_app, name="dmsl")
+
+
+def _devices(text: str) -> int | str:
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+@dmsl_app.command("train")
+def train(
+    data: Path = typer.Argument(..., help="Dataset folder made by `histomag tile` (labelled tuples)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, folds/K, metrics, table)."),
+    mode: str = typer.Option("sim", "--mode", help="sim (DMSL), mm (no SIM), single (one magnification), "
+                                                   "mscn (context tuples)."),
+    backbone: str = typer.Option("inception_v3", "--backbone", help="Backbone name (tiny for CPU tests)."),
+    mags: str = typer.Option("40,20", "--mags", help="Magnifications, one branch each, e.g. 40,20 (single: 40)."),
+    folds: int = typer.Option(5, "--folds", help="Patient-grouped cross-validation folds."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs per fold."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Tuples per batch (paper: 32)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 1e-3)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the cross-entropy term."),
+    beta: float = typer.Option(0.5, "--beta", help="Weight of the SIM term."),
+    sim_form: str = typer.Option("l1", "--sim-form", help="SIM formula: l1 (per location) or paper (Eq. 2 as printed)."),
+    weights: str = typer.Option("none", "--weights", help="none (random init), imagenet (local cache) or a file."),
+    train_fraction: float = typer.Option(1.0, "--train-fraction", help="Share of training tuples used (0.05..1)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of training patients for validation."),
+    patience: int = typer.Option(5, "--patience", help="Early-stopping patience in epochs."),
+    shared_backbone: bool = typer.Option(False, "--shared-backbone", help="One backbone for every magnification."),
+    fusion: str = typer.Option("equal", "--fusion", help="equal or learned branch weights."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="No flips, rotations or colour jitter."),
+    workers: int = typer.Option(2, "--workers", "-j", help="DataLoader worker processes."),
+    devices: str = typer.Option("auto", "--devices", help="Lightning devices: auto, a count, or ids like 0,1."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes for multi-node training."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Default: 16-mixed on a GPU, else 32-true."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="Per-fold limit DD:HH:MM:SS."),
+    seed: int = typer.Option(0, "--seed"),
+    max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run: finished folds are kept, others resume."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> int:
+    """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
+    from histomag.resolution import parse_magnifications
+    from histomag.train.cv import cross_validate
+    from histomag.train.dmsl import DMSLConfig
+
+    config = DMSLConfig(
+        mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
+        batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, epochs=epochs,
+        patience=patience, folds=folds, val_fraction=val_fraction, train_fraction=train_fraction, seed=seed,
+        num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
+        precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,
+        max_time=max_time, max_tuples=max_tuples)
+    result = cross_validate(data, out, config, resume=resume, progress=not quiet)
+    if result.table:
+        print(result.table, end="")
+        print(f"-> {out / 'metrics.json'}, {out / 'table.md'}")
+    return 0
+
+
+@dmsl_app.command("evaluate")
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder made by `histomag dmsl train`."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> int:
+    """Recompute the metrics from the saved predictions (or checkpoints) and print the table."""
+    from histomag.train.cv import evaluate_cv_run
+
+    result = evaluate_cv_run(run, progress=not quiet)
+    print(result.table, end="")
+    return 0
+
+
+@dmsl_app.command("predict")
+def predict(
+    run: Path = typer.Argument(..., help="Run folder made by `histomag dmsl train`."),
+    target: Path = typer.Argument(..., help="A dataset folder (histomag tile) or one slide."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/predict)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Use this fold's model (default: mean of all folds)."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Resolution override for a slide, µm/px."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> int:
+    """Class probabilities per tuple; for a slide also a heatmap (PNG + .npy, one channel per class)."""
+    from histomag.errors import InputPathError
+    from histomag.train.cv import predict_folder, predict_slide
+
+    out_dir = out or run / "predict"
+    if not target.exists():
+        raise InputPathError(f"{target}: no such dataset folder or slide; check the path")
+    if target.is_dir() and ((target / "manifest.csv").exists() or (target / "dataset.json").exists()):
+        path = predict_folder(run, target, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
+                              progress=not quiet)
+        print(f"predicted {target} -> {path}")
+        return 0
+    paths = predict_slide(run, target, out_dir, fold=fold, mpp=mpp, batch_size=batch_size, num_workers=workers,
+                          progress=not quiet)
+    print(f"predicted {target.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}")
+    return 0

@@ -1,0 +1,474 @@
+"""Patient-grouped k-fold cross-validation of DMSL and the run folder it writes.
+
+Run folder::
+
+    RUN/config.json             model_type "dmsl", the DMSLConfig, data folder, classes, tile settings
+    RUN/folds/K/split.json      patients (and test tuple ids) of train / val / test
+    RUN/folds/K/checkpoints/    best.ckpt, last.ckpt          RUN/folds/K/logs/  Lightning logs
+    RUN/folds/K/predictions.csv tuple_id, patient_id, label, prob_<class>...
+    RUN/folds/K/metrics.json    patch and patient metrics of the fold
+    RUN/metrics.json, metrics.csv   per fold and mean ± std       RUN/table.md, table.csv   Table III layout
+
+No patient is in two of train / val / test of a fold. Validation patients (for early stopping and
+the best checkpoint) are carved out of the fold's training patients.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+from histomag.data.tuples import TupleDataset, class_names_of, tuple_transform
+from histomag.errors import CheckpointError, ConfigError, DatasetError
+from histomag.train.clsmetrics import (
+    METRICS,
+    evaluate_predictions,
+    markdown_table,
+    metrics_csv_rows,
+    summarise,
+    table_rows,
+)
+from histomag.train.dmsl import (
+    MODEL_TYPE,
+    RUNTIME_FIELDS,
+    TRAIN_HINT,
+    DMSLConfig,
+    check_backbone,
+    fit_fold,
+    load_task,
+    predict_probs,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_VERSION = 1
+
+
+# ----- splits -----------------------------------------------------------------------------------
+def patient_folds(labels: Sequence[Any], patients: Sequence[str], n_folds: int, seed: int = 0
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train_index, test_index)`` per fold, grouped by patient and stratified by label.
+
+    Raises:
+        ConfigError: fewer patients than folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = np.asarray([str(p) for p in patients])
+    n_patients = len(set(groups.tolist()))
+    if n_patients < n_folds:
+        raise ConfigError(f"only {n_patients} patient(s) for {n_folds} folds: use --folds {max(2, n_patients)} "
+                          "or fewer, or tile more patients")
+    y = np.asarray([str(v) for v in labels])
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" notes; we warn per fold
+        return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def carve_validation(labels: Sequence[Any], patients: Sequence[str], fraction: float, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Split training tuples into ``(train_index, val_index)`` by patient (~``fraction`` of them).
+
+    With fewer than two patients there is nothing to hold out: every tuple trains and
+    ``val_index`` is empty (a warning says so).
+    """
+    n_patients = len(set(str(p) for p in patients))
+    if n_patients < 2:
+        warnings.warn(f"only {n_patients} training patient(s): no validation patients, early stopping "
+                      "follows the training loss", UserWarning, stacklevel=2)
+        return np.arange(len(labels)), np.zeros(0, dtype=int)
+    n_splits = min(n_patients, max(2, int(round(1.0 / fraction))))
+    train, val = patient_folds(labels, patients, n_splits, seed)[0]
+    return train, val
+
+
+def subsample(labels: Sequence[Any], fraction: float, seed: int = 0) -> np.ndarray:
+    """Seeded, class-stratified choice of ``round(fraction * n)`` indices (at least one per class)."""
+    labels = np.asarray([str(v) for v in labels])
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(idx))))
+        keep.extend(rng.choice(idx, size=k, replace=False).tolist())
+    return np.array(sorted(keep), dtype=int)
+
+
+def cap_per_slide(rows: Sequence[dict], max_tuples: int | None, seed: int = 0) -> list[dict]:
+    """At most ``max_tuples`` rows per slide (seeded choice, manifest order kept)."""
+    if max_tuples is None:
+        return list(rows)
+    rng = np.random.default_rng(seed)
+    by_slide: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_slide.setdefault(r.get("slide_id", ""), []).append(i)
+    keep: set[int] = set()
+    for idx in by_slide.values():
+        keep.update(idx if len(idx) <= max_tuples else rng.choice(idx, size=max_tuples, replace=False).tolist())
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+# ----- run folder -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunInfo:
+    """A DMSL run folder's ``config.json``."""
+
+    run_dir: Path
+    config: DMSLConfig
+    data_dir: Path
+    class_names: list[str]
+    tile_settings: dict[str, Any]
+
+    def fold_dir(self, k: int) -> Path:
+        return self.run_dir / "folds" / str(k)
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """Read a run folder's config.
+
+    Raises:
+        CheckpointError: no readable ``config.json``, or a run of another model type.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"run folder {run_dir} has no readable config.json; make it with: {TRAIN_HINT}") from None
+    if meta.get("model_type") != MODEL_TYPE:
+        raise CheckpointError(f"{run_dir} holds a {meta.get('model_type', 'unknown')} run, not a DMSL one; "
+                              f"make a DMSL run with: {TRAIN_HINT}")
+    return RunInfo(run_dir, DMSLConfig.from_dict(meta["config"]), Path(meta["data"]), list(meta["classes"]),
+                   dict(meta.get("tile_settings", {})))
+
+
+def _check_resume(run_dir: Path, config: DMSLConfig, data_dir: Path) -> None:
+    old = read_run(run_dir)
+    new, before = config.to_dict(), old.config.to_dict()
+    diffs = [f"{k}={before[k]!r} (now {new[k]!r})" for k in new if k not in RUNTIME_FIELDS and before.get(k) != new[k]]
+    if old.data_dir.resolve() != data_dir.resolve():
+        diffs.insert(0, f"data={str(old.data_dir)!r} (now {str(data_dir)!r})")
+    if diffs:
+        raise ConfigError(f"run folder {run_dir} was made with {', '.join(diffs[:3])}; keep those settings to "
+                          "resume, or pass another --out")
+
+
+def _write_predictions(path: Path, rows: Sequence[dict], probs: np.ndarray, class_names: Sequence[str]) -> None:
+    header = ["tuple_id", "slide_id", "patient_id", "label", "predicted"] + [f"prob_{c}" for c in class_names]
+    out = []
+    for row, p in zip(rows, probs):
+        out.append([row.get("tuple_id", ""), row.get("slide_id", ""), row.get("patient_id") or row.get("slide_id", ""),
+                    row.get("label", ""), class_names[int(np.argmax(p))] if len(p) else ""]
+                   + [f"{v:.6g}" for v in p])
+    atomic_write_csv(path, header, out)
+
+
+def read_predictions(path: Path, class_names: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(patients, label indices, probabilities)`` from a fold's ``predictions.csv``."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = [f"prob_{c}" for c in class_names]
+    if rows and not set(cols) <= set(rows[0]):
+        raise CheckpointError(f"{path} lacks columns {', '.join(c for c in cols if c not in rows[0])}; "
+                              f"re-run: {TRAIN_HINT}")
+    index = {c: i for i, c in enumerate(class_names)}
+    probs = np.array([[float(r[c]) for c in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
+    return [r["patient_id"] for r in rows], np.array([index[r["label"]] for r in rows], dtype=int), probs
+
+
+def write_summary(run: RunInfo, per_fold: Sequence[dict[str, dict[str, Any]]]) -> str:
+    """Write ``metrics.json``, ``metrics.csv``, ``table.md`` and ``table.csv``; return the Markdown table."""
+    summary = summarise(per_fold)
+    c = run.config
+    atomic_write_json(run.run_dir / "metrics.json", {
+        "mode": c.mode, "backbone": c.backbone, "magnifications": list(c.magnifications),
+        "classes": run.class_names, "folds": list(per_fold), "summary": summary})
+    atomic_write_csv(run.run_dir / "metrics.csv", ["fold", "level", "n", *METRICS], metrics_csv_rows(per_fold, summary))
+    rows = table_rows(summary, mode=c.mode, magnifications=c.magnifications, backbone=c.backbone)
+    table = markdown_table(rows)
+    atomic_write_text(run.run_dir / "table.md", table)
+    atomic_write_csv(run.run_dir / "table.csv", list(rows[0]), rows)
+    return table
+
+
+# ----- cross-validation -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CVResult:
+    """Outcome of :func:`cross_validate`."""
+
+    run_dir: Path
+    per_fold: list[dict[str, dict[str, Any]]]
+    summary: dict[str, dict[str, dict[str, float]]]
+    table: str
+
+
+def _datasets(data_dir: Path, config: DMSLConfig, rows: Sequence[dict], classes: Sequence[str], mean: Any, std: Any,
+              *, train: bool) -> TupleDataset:
+    return TupleDataset(data_dir, config.magnifications, rows=rows, classes=classes,
+                        transform=tuple_transform(mean, std, train=train and config.augment),
+                        subset=config.mode == "single")
+
+
+def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig, *, resume: bool = False,
+                   progress: bool = True) -> CVResult:
+    """Train and test ``config.folds`` models on patient-grouped folds of a tiled dataset folder.
+
+    Args:
+        data_dir: folder made by ``histomag tile`` (labelled tuples, several patients).
+        out_dir: the run folder (see the module docstring).
+        config: run settings.
+        resume: skip finished folds and continue unfinished ones from their ``last.ckpt``.
+        progress: progress bars and Lightning's info messages.
+
+    Raises:
+        DatasetError: unusable dataset folder (missing, magnifications differ, < 2 classes).
+        ConfigError: unknown backbone, fewer patients than folds, an existing run without
+            ``resume``, or resuming with other settings.
+    """
+    data_dir, run_dir = Path(data_dir), Path(out_dir)
+    check_backbone(config.backbone)
+    probe = TupleDataset(data_dir, config.magnifications, subset=config.mode == "single")
+    if config.mode == "mscn" and probe.tuple_mode == "same-fov":
+        warnings.warn(f"mode mscn expects context tuples (same centre and pixel size, growing field of view) but "
+                      f"{data_dir} holds same-fov tuples; tile with --mode context", UserWarning, stacklevel=2)
+    rows = cap_per_slide(probe.rows, config.max_tuples, config.seed)
+    classes = class_names_of(r["label"] for r in rows)
+    if len(classes) < 2:
+        raise DatasetError(f"{data_dir} has labelled tuples of {len(classes)} class(es) ({', '.join(classes) or 'none'}); "
+                           "a classifier needs at least two: tile with label masks of two or more classes")
+    if (run_dir / "config.json").is_file():
+        if not resume:
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        _check_resume(run_dir, config, data_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", {
+        "model_type": MODEL_TYPE, "version": RUN_VERSION, "config": config.to_dict(),
+        "data": str(data_dir.resolve()), "classes": classes, "tuple_mode": probe.tuple_mode,
+        "tile_settings": probe.settings})
+    run = read_run(run_dir)
+    labels = [r["label"] for r in rows]
+    patients = [r.get("patient_id") or r.get("slide_id", "") for r in rows]
+    from histomag.models.backbones import create_backbone
+
+    bb = create_backbone(config.backbone)
+    mean, std = bb.input_mean, bb.input_std
+    per_fold: list[dict[str, dict[str, Any]]] = []
+    for k, (train_idx, test_idx) in enumerate(patient_folds(labels, patients, config.folds, config.seed), start=1):
+        per_fold.append(_run_fold(run, k, rows, train_idx, test_idx, classes, mean, std, resume=resume,
+                                  progress=progress))
+    if not all(per_fold):  # a non-zero rank of a distributed run: rank 0 writes the results
+        return CVResult(run_dir, [], {}, "")
+    table = write_summary(run, per_fold)
+    return CVResult(run_dir, per_fold, summarise(per_fold), table)
+
+
+def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray, test_idx: np.ndarray,
+              classes: list[str], mean: Any, std: Any, *, resume: bool, progress: bool) -> dict[str, dict[str, Any]]:
+    config, fold_dir = run.config, run.fold_dir(k)
+    pred_path, metrics_path = fold_dir / "predictions.csv", fold_dir / "metrics.json"
+    if resume and pred_path.is_file() and metrics_path.is_file():
+        log.info("fold %d is finished; kept", k)
+        return json.loads(metrics_path.read_text())
+    labels = [rows[i]["label"] for i in train_idx]
+    pats = [rows[i].get("patient_id") or rows[i].get("slide_id", "") for i in train_idx]
+    tr, va = carve_validation(labels, pats, config.val_fraction, config.seed + k)
+    tr = tr[subsample([labels[i] for i in tr], config.train_fraction, config.seed + k)]
+    train_rows = [rows[train_idx[i]] for i in tr]
+    val_rows = [rows[train_idx[i]] for i in va]
+    test_rows = [rows[i] for i in test_idx]
+    missing = sorted(set(classes) - {r["label"] for r in train_rows})
+    if missing:
+        warnings.warn(f"fold {k}: no {', '.join(missing)} tuples among the training patients", UserWarning,
+                      stacklevel=3)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+
+    def pid(r: dict) -> str:
+        return r.get("patient_id") or r.get("slide_id", "")
+
+    atomic_write_json(fold_dir / "split.json", {
+        "fold": k, "train_patients": sorted({pid(r) for r in train_rows}),
+        "val_patients": sorted({pid(r) for r in val_rows}), "test_patients": sorted({pid(r) for r in test_rows}),
+        "n_train": len(train_rows), "n_val": len(val_rows), "n_test": len(test_rows),
+        "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]})
+    data_dir = run.data_dir
+    result = fit_fold(config, _datasets(data_dir, config, train_rows, classes, mean, std, train=True),
+                      _datasets(data_dir, config, val_rows, classes, mean, std, train=False) if val_rows else None,
+                      fold_dir, class_names=classes, resume=resume, progress=progress, seed=config.seed + k)
+    if not result.is_global_zero:
+        return {}
+    test_set = _datasets(data_dir, config, test_rows, classes, mean, std, train=False)
+    probs = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
+                          num_workers=config.num_workers)
+    _write_predictions(pred_path, test_rows, probs, classes)
+    metrics = evaluate_predictions([pid(r) for r in test_rows], test_set.targets, probs, classes, where=f"fold {k}")
+    atomic_write_json(metrics_path, metrics)
+    return metrics
+
+
+# ----- evaluate ---------------------------------------------------------------------------------
+def evaluate_cv_run(run_dir: str | Path, *, progress: bool = False) -> CVResult:
+    """Recompute every fold's metrics and the summary tables of a run folder.
+
+    A fold's ``predictions.csv`` is used when present; otherwise its test tuples
+    (``split.json``) are predicted again with its best checkpoint.
+
+    Raises:
+        CheckpointError: no ``config.json``, or a fold with neither predictions nor a
+            checkpoint and split (the message names the missing file and the command).
+    """
+    run = read_run(run_dir)
+    per_fold = []
+    for k in range(1, run.config.folds + 1):
+        fold_dir = run.fold_dir(k)
+        pred = fold_dir / "predictions.csv"
+        if not pred.is_file():
+            _repredict(run, k, progress=progress)
+        patients, y, probs = read_predictions(pred, run.class_names)
+        metrics = evaluate_predictions(patients, y, probs, run.class_names, where=f"fold {k}")
+        atomic_write_json(fold_dir / "metrics.json", metrics)
+        per_fold.append(metrics)
+    table = write_summary(run, per_fold)
+    return CVResult(run.run_dir, per_fold, summarise(per_fold), table)
+
+
+def fold_checkpoint(run: RunInfo, k: int) -> Path:
+    """A fold's ``best.ckpt`` (or ``last.ckpt``); CheckpointError naming the file and the command."""
+    ckpt_dir = run.fold_dir(k) / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        if (ckpt_dir / name).is_file():
+            return ckpt_dir / name
+    raise CheckpointError(f"{ckpt_dir / 'best.ckpt'} is missing (fold {k} never trained); "
+                          f"make it with: {TRAIN_HINT} --resume")
+
+
+def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
+    fold_dir = run.fold_dir(k)
+    split_path = fold_dir / "split.json"
+    if not split_path.is_file():
+        raise CheckpointError(f"{fold_dir / 'predictions.csv'} and {split_path.name} are missing; "
+                              f"make them with: {TRAIN_HINT} --resume")
+    ckpt = fold_checkpoint(run, k)
+    wanted = json.loads(split_path.read_text())["test_tuples"]
+    by_id = {r["tuple_id"]: r for r in TupleDataset(run.data_dir, run.config.magnifications,
+                                                      subset=run.config.mode == "single").rows}
+    lost = [t for t in wanted if t not in by_id]
+    if lost:
+        raise DatasetError(f"{run.data_dir} lacks {len(lost)} test tuples of fold {k} (e.g. {lost[0]}); "
+                           "restore the dataset folder the run was trained on")
+    rows = [by_id[t] for t in wanted]
+    task = load_task(ckpt)
+    test_set = TupleDataset(run.data_dir, run.config.magnifications, rows=rows, classes=run.class_names,
+                            transform=tuple_transform(task.input_mean, task.input_std, train=False),
+                            subset=run.config.mode == "single")
+    probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
+    _write_predictions(fold_dir / "predictions.csv", rows, probs, run.class_names)
+
+
+# ----- predict ----------------------------------------------------------------------------------
+def load_fold_models(run: RunInfo, fold: int | None = None) -> list[Any]:
+    """The best model of one fold, or of every fold (their probabilities are averaged)."""
+    if fold is not None and not 1 <= fold <= run.config.folds:
+        raise ConfigError(f"--fold {fold} is out of range: the run has folds 1..{run.config.folds}")
+    folds = [fold] if fold is not None else list(range(1, run.config.folds + 1))
+    return [load_task(fold_checkpoint(run, k)) for k in folds]
+
+
+def predict_folder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, *, fold: int | None = None,
+                   batch_size: int | None = None, num_workers: int = 0, progress: bool = False) -> Path:
+    """Predict every tuple of a dataset folder; writes and returns ``OUT/predictions.csv``."""
+    run = read_run(run_dir)
+    models = load_fold_models(run, fold)
+    data = TupleDataset(data_dir, run.config.magnifications, classes=run.class_names, labelled_only=False,
+                        transform=tuple_transform(models[0].input_mean, models[0].input_std, train=False),
+                        subset=run.config.mode == "single")
+    probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size, num_workers=num_workers,
+                          progress=progress)
+    out = Path(out_dir) / "predictions.csv"
+    _write_predictions(out, data.rows, probs, run.class_names)
+    return out
+
+
+def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *, fold: int | None = None,
+                  mpp: float | None = None, batch_size: int | None = None, num_workers: int = 0,
+                  progress: bool = False) -> dict[str, Path]:
+    """Tile a slide on the fly with the run's tile settings (grid) and map the class probabilities.
+
+    Writes ``OUT/<slide>.predictions.csv``, ``OUT/<slide>.heatmap.npy`` (float32,
+    ``(n_classes, grid_rows, grid_cols)``, NaN where no tuple was taken) and
+    ``OUT/<slide>.heatmap.png`` (one panel per class).
+
+    Returns:
+        ``{"predictions": ..., "npy": ..., "png": ...}``.
+    """
+    from dataclasses import fields as dc_fields
+
+    from histomag.data.folder import TileSettings
+    from histomag.data.tiler import SlideJob
+    from histomag.data.tuples import SlideTupleDataset
+    from histomag.slide.base import slide_id_from_path
+
+    run = read_run(run_dir)
+    models = load_fold_models(run, fold)
+    names = {f.name for f in dc_fields(TileSettings)}
+    ts = {k: v for k, v in run.tile_settings.items() if k in names}
+    if "magnifications" not in ts or "size" not in ts:
+        raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {TRAIN_HINT}")
+    ts.update(magnifications=tuple(ts["magnifications"]), placement="grid", max_tuples=None, extra={})
+    settings = TileSettings(**ts)
+    data = SlideTupleDataset([SlideJob(str(slide), mpp=mpp)], settings, magnifications=run.config.magnifications,
+                             classes=run.class_names, labelled_only=False,
+                             transform=tuple_transform(models[0].input_mean, models[0].input_std, train=False))
+    probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size, num_workers=num_workers,
+                          progress=progress)
+    data.close()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = slide_id_from_path(Path(slide))
+    n_rows, n_cols = data.grid_shapes[0]
+    heat = np.full((len(run.class_names), n_rows, n_cols), np.nan, dtype=np.float32)
+    for rec, p in zip(data.records, probs):
+        if 0 <= rec.grid_row < n_rows and 0 <= rec.grid_col < n_cols:
+            heat[:, rec.grid_row, rec.grid_col] = p
+    paths = {"predictions": out_dir / f"{stem}.predictions.csv", "npy": out_dir / f"{stem}.heatmap.npy",
+             "png": out_dir / f"{stem}.heatmap.png"}
+    header = ["tuple_id", "x", "y", "grid_row", "grid_col", "predicted"] + [f"prob_{c}" for c in run.class_names]
+    atomic_write_csv(paths["predictions"], header, [
+        [r.tuple_id, round(r.x), round(r.y), r.grid_row, r.grid_col, run.class_names[int(np.argmax(p))]]
+        + [f"{v:.6g}" for v in p] for r, p in zip(data.records, probs)])
+    np.save(paths["npy"], heat)
+    _heatmap_png(paths["png"], heat, run.class_names, title=stem)
+    return paths
+
+
+def _heatmap_png(path: Path, heat: np.ndarray, class_names: Sequence[str], *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 0.8, 3.4), squeeze=False)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#dddddd")
+    for ax, name, channel in zip(axes[0], class_names, heat):
+        im = ax.imshow(np.ma.masked_invalid(channel), vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
+        ax.set_title(f"P({name})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
