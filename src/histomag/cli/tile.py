@@ -95,13 +95,19 @@ def expand_slides(paths: list[Path]) -> list[Path]:
     for p in paths:
         if p.is_dir() and p.suffix.lower() != ".mrxs":
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SLIDE_SUFFIXES
-                           and not any(q.name.endswith(s) for s in (".labels.png", ".overview.png")))
+                           and not _is_sidecar(q.name))
             if not found:
                 raise InputPathError(f"{p}: folder holds no slide files ({', '.join(sorted(SLIDE_SUFFIXES))})")
             out.extend(found)
         else:
             out.append(p)
     return out
+
+
+def _is_sidecar(name: str) -> bool:
+    """Label masks and overview pictures that sit beside slides are not slides."""
+    low = name.lower()
+    return low.endswith(".labels.png") or ".overview" in low
 
 
 def find_labels(slide: Path, labels_dir: Path | None) -> Path | None:
