@@ -3,10 +3,12 @@
 Names are imported lazily, so ``import histomag.train`` does not pull in Lightning:
 
 - magnification models (Hagnifinder regressor, level classifier): ``MagnifierConfig``,
-  ``PRESETS``, ``preset``, ``train_magnifier``, ``load_magnifier``, ``predict_images``,
-  ``MagnifierTask``, ``MagnificationDataModule`` (:mod:`histomag.train.magnification`),
+  ``PRESETS``, ``preset``, ``build_magnifier`` (:mod:`histomag.train.magconfig`, no Lightning),
+  ``load_magnifier``, ``predict_images`` (:mod:`histomag.train.maginfer`, no Lightning),
+  ``train_magnifier``, ``train_classifier``, ``MagnifierTask``, ``MagnificationDataModule``
+  (:mod:`histomag.train.magnification`),
   ``MagnificationDataset`` (:mod:`histomag.train.magdata`), ``magnification_metrics``,
-  ``level_metrics``, ``write_metrics``, ``scatter_plot``, ``evaluate_run``
+  ``level_metrics``, ``write_metrics``, ``scatter_plot``, ``evaluate_run``, ``compare_runs``
   (:mod:`histomag.train.magmetrics`).
 """
 
@@ -16,13 +18,14 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "MagnifierConfig": "histomag.train.magnification",
-    "PRESETS": "histomag.train.magnification",
-    "preset": "histomag.train.magnification",
+    "MagnifierConfig": "histomag.train.magconfig",
+    "PRESETS": "histomag.train.magconfig",
+    "preset": "histomag.train.magconfig",
     "train_magnifier": "histomag.train.magnification",
-    "load_magnifier": "histomag.train.magnification",
-    "predict_images": "histomag.train.magnification",
-    "build_magnifier": "histomag.train.magnification",
+    "train_classifier": "histomag.train.magnification",
+    "load_magnifier": "histomag.train.maginfer",
+    "predict_images": "histomag.train.maginfer",
+    "build_magnifier": "histomag.train.magconfig",
     "MagnifierTask": "histomag.train.magnification",
     "MagnificationDataModule": "histomag.train.magnification",
     "MagnificationDataset": "histomag.train.magdata",
@@ -32,6 +35,7 @@ _LAZY = {
     "write_metrics": "histomag.train.magmetrics",
     "scatter_plot": "histomag.train.magmetrics",
     "evaluate_run": "histomag.train.magmetrics",
+    "compare_runs": "histomag.train.magmetrics",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,145 @@
+"""Using a trained magnification model: load a run or checkpoint, predict magnifications of images.
+
+Lightning-free: a checkpoint is read with ``torch.load(weights_only=True)`` and the network is
+rebuilt from the config stored in it.
+
+Example:
+    >>> model, cfg = load_magnifier("runs/mag")  # doctest: +SKIP
+    >>> predict_images(model, [rgb_array], cfg.crop, n_crops=5)  # doctest: +SKIP
+    [19.6]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from histomag.errors import CheckpointError, ConfigError, InputPathError
+from histomag.models.magnifier import MODEL_TYPES, MagnificationClassifier
+from histomag.train.magconfig import TRAIN_HINT, MagnifierConfig, build_magnifier
+from histomag.train.magdata import as_rgb_uint8, crop_boxes, pad_to_size, to_normalized_tensor
+
+
+def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
+                   map_location: str | torch.device = "cpu") -> tuple[nn.Module, MagnifierConfig]:
+    """Load a trained magnification model (in eval mode) and its config.
+
+    Args:
+        run_or_ckpt: a run folder (reads ``checkpoints/<which>.ckpt``) or a ``.ckpt`` file.
+        which: ``"best"`` or ``"last"`` for run folders.
+        map_location: device to load onto.
+
+    Raises:
+        InputPathError: the path does not exist.
+        CheckpointError: no checkpoint in the run folder, an unreadable file, a checkpoint of
+            another model type, or weights that do not fit (one-line messages).
+    """
+    path = Path(run_or_ckpt)
+    if not path.exists():
+        raise InputPathError(f"{path} does not exist; pass a run folder or .ckpt file made by: {TRAIN_HINT}")
+    if path.is_dir():
+        if which not in ("best", "last"):
+            raise ConfigError(f"which must be 'best' or 'last', got {which!r}")
+        ckpt_path = path / "checkpoints" / f"{which}.ckpt"
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"run folder {path} has no checkpoints/{which}.ckpt; make it with: {TRAIN_HINT}")
+    else:
+        ckpt_path = path
+    try:
+        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read checkpoint {ckpt_path}: {first}") from None
+    meta = ckpt.get("histomag") if isinstance(ckpt, dict) else None
+    model_type = meta.get("model_type") if isinstance(meta, dict) else None
+    if model_type not in MODEL_TYPES or not isinstance(meta.get("config"), dict):  # type: ignore[union-attr]
+        raise CheckpointError(
+            f"{ckpt_path} is not a magnification-model checkpoint (model type {model_type or 'unknown'}); "
+            f"use one written by: {TRAIN_HINT}"
+        )
+    config = MagnifierConfig.from_dict(meta["config"])  # type: ignore[index]
+    model = build_magnifier(config, weights=None)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{ckpt_path} holds no state_dict; use a checkpoint written by: {TRAIN_HINT}")
+    state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        bad = (result.missing_keys + result.unexpected_keys)[:3]
+        raise CheckpointError(f"{ckpt_path} does not fit a {config.model_type} with backbone {config.backbone!r} "
+                              f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, "
+                              f"e.g. {', '.join(bad)})")
+    return model.to(map_location).eval(), config
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, images: Sequence[np.ndarray], crop: int, n_crops: int = 5,
+                   batch_size: int = 32) -> list[float]:
+    """Magnification of each image from up to ``n_crops`` crops, in eval mode (batch-independent).
+
+    Every image is padded to ``crop`` where smaller (never scaled), cut into up to ``n_crops``
+    crops spread over it (:func:`~histomag.train.magdata.crop_boxes`, centre first) and
+    predicted crop by crop; the regressor's answer is the median over the crops, the
+    classifier's the level with the highest mean probability.
+
+    Args:
+        model: a :class:`MagnificationRegressor` or :class:`MagnificationClassifier`.
+        images: ``(H, W, 3)`` uint8 RGB arrays (grey and RGBA are converted).
+        crop: crop side in px (the run's ``config.crop``).
+        n_crops: crops per image (1: the centre crop).
+        batch_size: crops per forward pass (does not change the result).
+
+    Returns:
+        One magnification per image.
+    """
+    backbone = model.backbone  # type: ignore[attr-defined]
+    device = next(model.parameters()).device
+    crops: list[Tensor] = []
+    owners: list[int] = []
+    for i, image in enumerate(images):
+        padded, _ = pad_to_size(as_rgb_uint8(image), crop)
+        for y, x in crop_boxes(padded.shape[0], padded.shape[1], crop, n_crops):
+            crops.append(to_normalized_tensor(padded[y : y + crop, x : x + crop], backbone.input_mean,
+                                              backbone.input_std))
+            owners.append(i)
+    was_training = model.training
+    model.eval()
+    try:
+        classifier = isinstance(model, MagnificationClassifier)
+        outs = []
+        for start in range(0, len(crops), batch_size):
+            x = torch.stack(crops[start : start + batch_size]).to(device)
+            outs.append((model.predict_proba(x) if classifier else model.predict_magnification(x)).float().cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        return []
+    out = torch.cat(outs)
+    owner = torch.tensor(owners)
+    result = []
+    for i in range(len(images)):
+        mine = out[owner == i]
+        if classifier:
+            result.append(float(model.level_values.cpu()[mine.mean(dim=0).argmax()]))
+        else:
+            result.append(float(np.median(mine.numpy())))
+    return result
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run folder.
+
+    Raises:
+        CheckpointError: no readable config.json.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"run folder {run_dir} has no readable config.json; make it with: {TRAIN_HINT}") from None

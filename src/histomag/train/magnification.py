@@ -1,0 +1,347 @@
+"""Training the magnification models with Lightning: config presets, task, data module, run folders.
+
+A run folder (``train_magnifier(DATA, RUN, config)``)::
+
+    RUN/config.json              the resolved MagnifierConfig (+ model_type, data_dir, versions)
+    RUN/checkpoints/best.ckpt    lowest validation loss (config.monitor)
+    RUN/checkpoints/last.ckpt    end of the latest epoch; training resumes from it
+    RUN/metrics.csv              every session's Lightning CSV log, merged
+    RUN/logs/version_N/          one CSVLogger folder per session (metrics.csv, hparams.yaml)
+    RUN/train_summary.json       best score, epochs, steps, seconds of the latest session
+
+Example:
+    >>> cfg = preset("tiny", epochs=2)
+    >>> run = train_magnifier("magset", "runs/mag", cfg, progress=False)  # doctest: +SKIP
+    >>> model, cfg = load_magnifier(run)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+
+from histomag.data.atomic import atomic_write_csv, atomic_write_json
+from histomag.errors import ConfigError
+from histomag.models.magnifier import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
+from histomag.train.magconfig import (
+    ARCHITECTURE_FIELDS,
+    CHECKPOINT_FORMAT,
+    PRESETS,
+    TRAIN_HINT,
+    MagnifierConfig,
+    build_magnifier,
+    preset,
+)
+from histomag.train.magdata import MagnificationDataset, filter_levels, make_loader, read_manifest
+from histomag.train.maginfer import load_magnifier, predict_images, read_run_config
+
+__all__ = [
+    "PRESETS",
+    "TRAIN_HINT",
+    "MagnificationDataModule",
+    "MagnifierConfig",
+    "MagnifierTask",
+    "build_magnifier",
+    "lightning_quiet",
+    "load_magnifier",
+    "predict_images",
+    "preset",
+    "read_run_config",
+    "train_classifier",
+    "train_magnifier",
+]
+
+
+class MagnifierTask(L.LightningModule):
+    """Model + loss + metrics for one magnification model (regressor or classifier).
+
+    Regressor: Huber loss on the target (magnification or its log); logs ``val_mae`` and
+    ``val_acc1`` on clamped magnifications. Classifier: cross-entropy on the nearest level;
+    logs ``val_acc`` and ``val_mae`` of the predicted level. AdamW with ReduceLROnPlateau on
+    ``config.monitor``.
+
+    Args:
+        config: a :class:`MagnifierConfig` or its ``to_dict()``.
+        model: an already built network (default: :func:`build_magnifier`).
+    """
+
+    def __init__(self, config: MagnifierConfig | dict[str, Any], model: nn.Module | None = None) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, MagnifierConfig) else MagnifierConfig.from_dict(config)
+        self.config = cfg
+        self.save_hyperparameters({"config": cfg.to_dict()})
+        self.model = model if model is not None else build_magnifier(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, mag = batch
+        out = self.model(x).float()
+        if self.config.is_classifier:
+            labels = self.model.level_index(mag)
+            loss = F.cross_entropy(out, labels)
+            pred = self.model.level_values[out.argmax(dim=1)]
+            extra = {f"{stage}_acc": (out.argmax(dim=1) == labels).float().mean()}
+        else:
+            loss = F.huber_loss(out, self.model.to_target(mag.float()), delta=self.config.huber_delta)
+            pred = self.model.from_target(out).clamp(*self.config.mag_range)
+            extra = {f"{stage}_acc1": ((pred - mag).abs() <= 1.0).float().mean()}
+        n = x.shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(f"{stage}_mae", (pred.detach() - mag).abs().mean(), on_step=False, on_epoch=True,
+                 prog_bar=stage == "val", batch_size=n)
+        self.log_dict(extra, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        """Recalibrate the ASM scale and BatchNorm statistics on training batches (not in the sanity check)."""
+        trainer = self.trainer
+        n = self.config.calibration_batches
+        datamodule = getattr(trainer, "datamodule", None)
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if n <= 0 or not fitting or trainer.sanity_checking or not hasattr(datamodule, "calibration_dataloader"):
+            return
+        with torch.inference_mode(False):
+            recalibrate_statistics(self.model, datamodule.calibration_dataloader(trainer.current_epoch),
+                                   device=self.device, max_batches=n)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.config
+        opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor,
+                                                           patience=cfg.patience, min_lr=cfg.min_lr)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": cfg.monitor, "interval": "epoch", "frequency": 1}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["histomag"] = {"model_type": self.config.model_type, "config": self.config.to_dict(),
+                                  "format": CHECKPOINT_FORMAT}
+
+
+class MagnificationDataModule(L.LightningDataModule):
+    """Train/val loaders of a magnification set for one config.
+
+    The classifier's rows are those within ``config.level_tolerance`` of a level.
+
+    Args:
+        data_dir: the magnification-set folder.
+        config: the run's config.
+        mean: normalisation mean (the backbone's ``input_mean``).
+        std: normalisation std.
+
+    Raises:
+        DatasetError: no manifest, or no train/val rows (checked on construction).
+    """
+
+    def __init__(self, data_dir: str | Path, config: MagnifierConfig, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.config = config
+        records = read_manifest(self.data_dir)
+        if config.is_classifier:
+            records = filter_levels(records, config.levels, config.level_tolerance)
+        kw = dict(crop=config.crop, mean=mean, std=std, color_jitter=config.color_jitter)
+        self.train_set = MagnificationDataset(self.data_dir, "train", train=True, **kw,  # type: ignore[arg-type]
+                                              records=[r for r in records if r.split == "train"])
+        self.val_set = MagnificationDataset(self.data_dir, "val", train=False, **kw,  # type: ignore[arg-type]
+                                            records=[r for r in records if r.split == "val"])
+
+    def train_dataloader(self) -> Any:
+        cfg = self.config
+        return make_loader(self.train_set, cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                           drop_last=len(self.train_set) > cfg.batch_size, seed=cfg.seed)
+
+    def calibration_dataloader(self, epoch: int = 0) -> Any:
+        """Shuffled, augmented training batches for :func:`recalibrate_statistics` (new order per epoch)."""
+        cfg = self.config
+        return make_loader(self.train_set, cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                           drop_last=len(self.train_set) > cfg.batch_size, seed=cfg.seed + 1000 + epoch,
+                           persistent=False)
+
+    def val_dataloader(self) -> Any:
+        return make_loader(self.val_set, self.config.batch_size, shuffle=False, num_workers=self.config.num_workers)
+
+
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*is set to `True`.*deterministic.*",
+    r".*Experiment logs directory .* exists.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return "Tip:" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def lightning_quiet(verbose: bool) -> Iterator[None]:
+    """Silence Lightning's routine messages (always its known-harmless warnings and tips; info logs unless verbose)."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addFilter(_not_a_tip)
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        if not verbose:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            rank_zero.removeFilter(_not_a_tip)
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _check_resume(run_dir: Path, config: MagnifierConfig) -> None:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    new = config.to_dict()
+    diffs = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in ARCHITECTURE_FIELDS if old.get(k) != new[k]]
+    if diffs:
+        raise ConfigError(f"run folder {run_dir} was trained with {', '.join(diffs)}; "
+                          "keep those settings to resume, or pass another --out")
+
+
+def _merge_logs(run_dir: Path) -> None:
+    """Concatenate every ``logs/version_N/metrics.csv`` (in N order) into ``RUN/metrics.csv``."""
+    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1)
+    rows: list[dict[str, str]] = []
+    keys: list[str] = []
+    for part in parts:
+        with open(part, newline="") as fh:
+            reader = csv.DictReader(fh)
+            for k in reader.fieldnames or []:
+                if k not in keys:
+                    keys.append(k)
+            rows.extend(reader)
+    if rows:
+        front = [k for k in ("epoch", "step") if k in keys]
+        atomic_write_csv(run_dir / "metrics.csv", front + sorted(k for k in keys if k not in front), rows)
+
+
+def _trainer_kwargs(config: MagnifierConfig) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    precision = config.precision or ("16-mixed" if cuda else "32-true")
+    kw: dict[str, Any] = dict(accelerator="auto", devices=1, precision=precision, max_epochs=config.epochs,
+                              enable_model_summary=False, num_sanity_val_steps=1,
+                              deterministic=not cuda)  # CUDA has no deterministic adaptive-pool backward
+    if config.max_time_minutes is not None:
+        kw["max_time"] = timedelta(minutes=config.max_time_minutes)
+    return kw
+
+
+def train_magnifier(data_dir: str | Path, out_dir: str | Path, config: MagnifierConfig, *, progress: bool = True,
+                    resume: bool = True) -> Path:
+    """Train a magnification regressor or classifier; ``out_dir`` becomes its run folder.
+
+    Args:
+        data_dir: magnification-set folder (``manifest.csv`` with train and val rows).
+        out_dir: the run folder (created).
+        config: the run's settings (``config.model_type`` picks regressor or classifier).
+        progress: show a progress bar (stderr) and Lightning's info messages.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        DatasetError: bad or incomplete magnification set.
+        ConfigError: resuming with different architecture settings, or ``resume=False`` on a
+            folder that already holds checkpoints.
+    """
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    run_dir = Path(out_dir)
+    data_dir = Path(data_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if last.is_file() and not resume:
+        raise ConfigError(f"run folder {run_dir} already holds checkpoints; resume it or pass another --out")
+    if last.is_file():
+        _check_resume(run_dir, config)
+    started = time.perf_counter()
+    with lightning_quiet(progress):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        task = MagnifierTask(config)
+        backbone = task.model.backbone
+        data = MagnificationDataModule(data_dir, config, backbone.input_mean, backbone.input_std)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", {
+            **config.to_dict(), "data_dir": str(data_dir.resolve()),
+            "versions": {"torch": torch.__version__, "lightning": L.__version__},
+        })
+        # Lightning's save_last only refreshes last.ckpt when a top-k file is written, so "last" is
+        # a second, unmonitored checkpoint callback (it runs after "best", so it holds best's state).
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=config.monitor, mode="min",
+                                     save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+        latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False)
+        callbacks: list[Any] = [checkpoint, latest, LearningRateMonitor(logging_interval="epoch")]
+        if progress:
+            callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
+        n_batches = max(1, len(data.train_set) // config.batch_size)
+        trainer = L.Trainer(**_trainer_kwargs(config), default_root_dir=run_dir, callbacks=callbacks,
+                            logger=CSVLogger(run_dir, name="logs"), enable_progress_bar=progress,
+                            log_every_n_steps=min(50, n_batches))
+        deterministic_before = torch.are_deterministic_algorithms_enabled()
+        try:
+            trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.is_file() else None)
+        finally:
+            torch.use_deterministic_algorithms(deterministic_before)
+            _merge_logs(run_dir)
+    best = ckpt_dir / "best.ckpt"
+    if last.is_file() and not best.is_file():  # no validation finished (e.g. max_time): fall back to last
+        best.write_bytes(last.read_bytes())
+    score = checkpoint.best_model_score
+    atomic_write_json(run_dir / "train_summary.json", {
+        "best_" + config.monitor: None if score is None else float(score),
+        "epochs_completed": int(trainer.current_epoch), "global_step": int(trainer.global_step),
+        "seconds": round(time.perf_counter() - started, 2), "interrupted": bool(trainer.interrupted),
+    })
+    return run_dir
+
+
+def train_classifier(data_dir: str | Path, out_dir: str | Path, config: MagnifierConfig, *, progress: bool = True,
+                     resume: bool = True) -> Path:
+    """Train the level-classification baseline (``config`` with ``model_type`` set to the classifier).
+
+    Same machinery, run folder and resume rules as :func:`train_magnifier`; the classes are
+    ``config.levels`` and only rows within ``config.level_tolerance`` of a level are used.
+    """
+    return train_magnifier(data_dir, out_dir, config.replace(model_type=MODEL_TYPE_CLASSIFIER), progress=progress,
+                           resume=resume)
