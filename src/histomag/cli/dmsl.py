@@ -111,3 +111,49 @@ def predict(
                           progress=not quiet)
     print(f"predicted {target.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}")
     return 0
+
+
+@dmsl_app.command("cam")
+def cam(
+    run: Path = typer.Argument(..., help="Run folder made by `histomag dmsl train`."),
+    data: Path = typer.Argument(..., help="The dataset folder the run was trained on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG panels and cams.csv."),
+    n: int = typer.Option(16, "--n", help="Number of test tuples (a mix of correct and wrong predictions)."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class (default: the prediction)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Fold whose model and test split are used (default 1)."),
+    cell: int = typer.Option(256, "--cell", help="Display height in px of the largest member."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> int:
+    """Grad-CAM panels: every magnification x input / low-level / high-level layer, per test tuple."""
+    from histomag.explain.gradcam import run_cams
+
+    paths = run_cams(run, data, out, n=n, class_name=class_name, fold=fold, cell=cell, progress=not quiet)
+    print(f"{len(paths)} Grad-CAM panels -> {out} (index: {out / 'cams.csv'})")
+    return 0
+
+
+@dmsl_app.command("similarity")
+def similarity(
+    paths: list[Path] = typer.Argument(..., metavar="RUN... DATA", help="RUN [RUN...] DATA: run folders (e.g. with and without SIM), "
+                                                 "then the dataset folder they were trained on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for similarity.csv, scores.csv and the pie chart."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Only this fold's test tuples (default: every fold)."),
+    feature: str = typer.Option("pooled", "--feature", help="pooled (Eq. 4 on pooled vectors) or channel-max."),
+) -> int:
+    """Similarity S = (corr + 1) / 2 of the branches' features, binned for correct and wrong tuples (Fig. 4)."""
+    from histomag.errors import ConfigError
+    from histomag.explain.similarity_stats import write_similarity
+
+    if len(paths) < 2:
+        raise ConfigError("give one or more run folders and then the dataset folder: RUN [RUN...] DATA")
+    *run_dirs, data = paths
+    runs: dict[str, Path] = {}
+    for r in run_dirs:
+        name = r.resolve().name or str(r)
+        while name in runs:
+            name += "'"
+        runs[name] = r
+    written = write_similarity(runs, data, out, fold=fold, feature=feature)
+    print((out / "similarity.csv").read_text(), end="")
+    print(f"-> {written['table']}, {written['scores']}, {written['png']}")
+    return 0

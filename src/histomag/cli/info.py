@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -16,16 +17,36 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     mpp: float = typer.Option(None, "--mpp", help="Resolution override in µm/px (wins over metadata)."),
     backend: str = typer.Option("auto", "--backend", help="auto, openslide, tiffslide or image."),
+    estimate: bool = typer.Option(False, "--estimate", help="Also estimate the magnification from the pixels."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --estimate."),
+    n_crops: int = typer.Option(16, "--n-crops", help="Tissue crops for --estimate (median)."),
 ) -> None:
     """Dimensions, pyramid levels with downsample and mpp, objective power, vendor and mpp source."""
+    from histomag.errors import ConfigError
     from histomag.slide import open_slide
 
+    if estimate and checkpoint is None:
+        raise ConfigError("--estimate needs a magnification model: add --checkpoint RUN "
+                          "(made by `histomag magnification train`)")
     with open_slide(slide, mpp=mpp, backend=backend) as s:  # type: ignore[arg-type]
         data = s.info()
+        if estimate:
+            data["estimate"] = _estimate(s, checkpoint, n_crops)  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(data))
         return
     _print_info(data)
+
+
+def _estimate(slide, checkpoint: Path, n_crops: int) -> dict:
+    from histomag.cli.magnification import make_predictor
+    from histomag.estimate import disagreement, estimate_magnification
+    from histomag.train.maginfer import load_magnifier
+
+    model, config = load_magnifier(checkpoint)
+    est = estimate_magnification(slide, make_predictor(model, config.crop), config.crop, n_crops)
+    return {"magnification": round(est.magnification, 3), "mpp": round(est.mpp, 5), "n_crops": est.n_crops,
+            "iqr": round(est.spread, 3), "warning": disagreement(slide, est)}
 
 
 def _print_info(data: dict) -> None:
@@ -46,3 +67,9 @@ def _print_info(data: dict) -> None:
         table.add_row(str(lv["level"]), f"{lv['dimensions'][0]} x {lv['dimensions'][1]}", f"{lv['downsample']:g}",
                       f"{lv['mpp']:.4g}" if lv["mpp"] else "-", f"{lv['magnification']:g}x" if lv["magnification"] else "-")
     console.print(table)
+    est = data.get("estimate")
+    if est:
+        console.print(f"estimated from pixels: [bold]{est['magnification']:g}x ({est['mpp']:.4g} µm/px)[/] "
+                      f"from {est['n_crops']} tissue crops (IQR {est['iqr']:g}); metadata: {mag}")
+        if est["warning"]:
+            console.print(f"[bold red]warning: {est['warning']}[/]")

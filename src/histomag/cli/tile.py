@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,9 @@ def tile(
     label_fraction: float = typer.Option(0.8, "--label-fraction", help="Share a class must cover to label a field."),
     negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide."),
+    mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide, or "
+                                      "'estimate' to recover it from the pixels (needs --checkpoint)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate."),
     allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
     workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
@@ -59,28 +62,72 @@ def tile(
     if not patients:
         for folder in sorted({p.parent for p in paths}):
             patient_map.update(read_patients_beside(folder))
+    mpps, failed_early = resolve_mpp(paths, mpp, checkpoint)
     jobs = []
     for p in paths:
+        if str(p) in failed_early:
+            continue
         lab = labels or find_labels(p, labels_dir)
-        jobs.append(SlideJob(str(p), mpp=mpp, labels=str(lab) if lab else None,
+        jobs.append(SlideJob(str(p), mpp=mpps.get(str(p)), labels=str(lab) if lab else None,
                              patient_id=patient_map.get(_stem(p))))
     settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                             n_random=n_random, seed=seed, min_tissue=min_tissue,
                             tissue_threshold=tissue_threshold, label_fraction=label_fraction,
                             negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples)
-    results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet)
+    results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet) if jobs else []
     ok = [r for r in results if r.status == "ok"]
-    failed = [r for r in results if r.status != "ok"]
-    for r in failed:
-        error(r.error)
+    failed = [r.error for r in results if r.status != "ok"] + list(failed_early.values())
+    for message in failed:
+        error(message)
+    n_all = len(results) + len(failed_early)
     written = sum(r.tuples_written for r in ok)
     resumed = sum(r.tuples_resumed for r in ok)
     dropped = sum(r.fields_dropped for r in ok)
-    print(f"tiled {len(ok)} of {len(results)} slides ({len(failed)} failed): {written} tuples written, "
+    print(f"tiled {len(ok)} of {n_all} slides ({len(failed)} failed): {written} tuples written, "
           f"{resumed} already present, {dropped} fields dropped by the label rule -> {out / 'manifest.csv'}")
     if failed:
         return 2 if not ok else 1
     return 0
+
+
+def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None
+                ) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Per-slide mpp from ``--mpp`` (a number, or ``estimate`` with a magnification model).
+
+    Returns the mpp per path and, for ``estimate``, the one-line errors of slides it failed on.
+    """
+    if mpp is None:
+        return {}, {}
+    if mpp.strip().lower() != "estimate":
+        try:
+            value = float(mpp)
+        except ValueError:
+            raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25) or --mpp estimate") from None
+        return {str(p): value for p in paths}, {}
+    if checkpoint is None:
+        raise ConfigError("--mpp estimate needs a magnification model: add --checkpoint RUN "
+                          "(made by `histomag magnification train`)")
+    from histomag.cli.magnification import make_predictor
+    from histomag.errors import HistomagError
+    from histomag.estimate import estimate_magnification
+    from histomag.slide import open_slide
+    from histomag.train.maginfer import load_magnifier
+
+    model, config = load_magnifier(checkpoint)
+    values: dict[str, float | None] = {}
+    failed: dict[str, str] = {}
+    for p in paths:
+        try:
+            with open_slide(p) as slide:
+                est = estimate_magnification(slide, make_predictor(model, config.crop), config.crop)
+                meta = f"metadata: {slide.magnification:.3g}x" if slide.mpp else "no resolution in metadata"
+        except HistomagError as exc:
+            failed[str(p)] = str(exc)
+            continue
+        values[str(p)] = est.mpp
+        print(f"warning: {p.name}: using the ESTIMATED resolution {est.magnification:.3g}x ({est.mpp:.4g} µm/px) "
+              f"from {est.n_crops} tissue crops ({meta})", file=sys.stderr)
+    return values, failed
 
 
 def _stem(p: Path) -> str:

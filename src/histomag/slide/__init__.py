@@ -57,12 +57,12 @@ def open_slide(path: str | Path, *, mpp: float | None = None, backend: Backend =
         if name != order[0]:
             log.info("%s: opened with %s (%s)", path.name, name, "; ".join(reasons))
         return slide
-    detail = reasons[0] if len(reasons) == 1 else "; ".join(r.split(" (", 1)[0] for r in reasons)
     if any("truncated" in r or "read failed" in r for r in reasons):
         raise UnreadableSlideError(
             f"{path.name}: the file opens but its image data cannot be decoded (truncated or corrupt?); "
             "copy or export the slide again"
         )
+    detail = reasons[0].split(": ", 1)[-1] if len(reasons) == 1 else f"tried {', '.join(order)}"
     raise UnreadableSlideError(
         f"{path.name}: not a readable slide or image ({detail}); "
         "give a whole-slide file (SVS, NDPI, MRXS, pyramidal TIFF) or a PNG/JPEG/TIFF image"

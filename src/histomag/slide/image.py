@@ -70,10 +70,7 @@ class ImageSlide(Slide):
                 self.array, self.conversion = to_rgb_uint8(img)
                 fmt = img.format or "image"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise UnreadableSlideError(
-                f"{path.name}: not a readable slide or image ({_short(exc)}); "
-                "give a whole-slide file (SVS, NDPI, pyramidal TIFF, ...) or a PNG/JPEG/TIFF image"
-            ) from None
+            raise UnreadableSlideError(f"{path.name}: cannot decode it as an image ({_short(exc)})") from None
         if self.conversion:
             log.info("%s: %s", path.name, self.conversion)
         h, w = self.array.shape[:2]
