@@ -10,7 +10,7 @@ import typer
 from histomag.cli.main import app
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
-                            "evaluate, predict.", no_args_is_help=True)
+                            "evaluate, predict, cam (Grad-CAM), similarity (Eq. 4 statistics).", no_args_is_help=True)
 app.add_typer(dmsl_app, name="dmsl")
 
 
