@@ -32,13 +32,20 @@ class DemoPlan:
     batch_size: int = 16
     modes: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("single", (40.0,)), ("single", (20.0,)), ("mm", (40.0, 20.0)), ("sim", (40.0, 20.0)))
+    mag_levels: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0)
+    mag_regions_um: tuple[float, ...] = (200.0, 400.0)
+    mag_regions: int = 8
+    mag_epochs: int = 6
+    snapshot_mags: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
+    cams: int = 6
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
 
 PLANS = {
     "default": DemoPlan(),
-    "quick": DemoPlan(slides=4, slide_px=2048, tile_px=160, max_tuples=40, folds=2, epochs=4),
+    "quick": DemoPlan(slides=4, slide_px=2048, tile_px=128, max_tuples=30, folds=2, epochs=3, mag_regions=6,
+                      mag_epochs=4, cams=2),
 }
 
 
@@ -49,6 +56,8 @@ class DemoResult:
     out: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
 
 
 def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
@@ -101,7 +110,84 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
             patch = cv.summary["patch"]
             result.rows.append({"task": "DMSL", "run": name, "ACC": _ms(patch["accuracy"]),
                                 "F1": _ms(patch["f1"]), "AUC": _ms(patch["auc"])})
+
+    # magnification recovery: train on all slides but the last, predict snapshots of the last
+    held_out = slides[-1]
+    with _timed(result, "magnification set + regressor"):
+        mag_run = _magnification_stage(out, plan, slides[:-1], progress)
+    with _timed(result, "predict held-out snapshots"):
+        result.snapshots = _snapshot_stage(out, plan, held_out, mag_run)
+        errs = [abs(r["predicted"] - r["true"]) / r["true"] for r in result.snapshots if r["predicted"]]
+        result.rows.append({"task": "magnification", "run": f"{len(result.snapshots)} snapshots of {held_out.stem}",
+                            "ACC": f"median rel. error {100 * sorted(errs)[len(errs) // 2]:.0f}%" if errs else "n/a",
+                            "F1": "", "AUC": ""})
+    with _timed(result, "Grad-CAM + similarity"):
+        _explain_stage(out, plan, tiles)
     return result
+
+
+def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress: bool) -> Path:
+    from histomag.data.magset import MagSetSettings, Source, build_magnification_set
+    from histomag.train.magconfig import preset
+    from histomag.train.magnification import train_magnifier
+
+    magset, run = out / "magset", out / "magnifier"
+    if not (magset / "manifest.csv").is_file():
+        # the held-out slide's snapshots are the test set; one source of the rest validates
+        settings = MagSetSettings(magnifications=plan.mag_levels, regions_um=plan.mag_regions_um,
+                                  regions_per_size=plan.mag_regions, max_crop=128, min_crop=32,
+                                  val_fraction=1 / max(3, len(slides)), test_fraction=0.0, seed=plan.seed)
+        build_magnification_set([Source(str(p), p.stem) for p in slides], magset, settings, progress=progress)
+    if not (run / "checkpoints" / "best.ckpt").is_file():
+        train_magnifier(magset, run, preset("tiny", epochs=plan.mag_epochs, seed=plan.seed), progress=progress)
+    from histomag.train.magmetrics import evaluate_run
+
+    evaluate_run(run, magset, "val", progress=False)
+    return run
+
+
+def _snapshot_stage(out: Path, plan: DemoPlan, slide_path: Path, run: Path) -> list[dict[str, Any]]:
+    """Save fields of a held-out slide as metadata-free PNG 'snapshots' and recover their magnification."""
+    import numpy as np
+    from PIL import Image
+
+    from histomag.cli.magnification import predict_one
+    from histomag.slide import open_slide
+    from histomag.tiling import make_tuple_spec, plan_fields
+    from histomag.tissue import tissue_mask
+    from histomag.train.maginfer import load_magnifier
+
+    folder = out / "snapshots"
+    folder.mkdir(exist_ok=True)
+    model, config = load_magnifier(run)
+    rows = []
+    with open_slide(slide_path) as slide:
+        mask = tissue_mask(slide)
+        rng = np.random.default_rng(plan.seed)
+        for mag in plan.snapshot_mags:
+            spec = make_tuple_spec([mag], 192, "same-fov")
+            fields = plan_fields(slide, spec, mask, placement="random", n_random=2, seed=int(rng.integers(1 << 30)),
+                                 min_tissue=0.8)
+            for i, f in enumerate(fields):
+                path = folder / f"{slide.slide_id}_{mag:g}x_{i}.png"
+                Image.fromarray(slide.read((f.x, f.y), 192, magnification=mag)).save(path)
+                rec = predict_one(path, model, config.crop, n_crops=6)
+                rows.append({"image": path.name, "true": mag, "predicted": rec["magnification"],
+                             "error": rec.get("error", "")})
+    return rows
+
+
+def _explain_stage(out: Path, plan: DemoPlan, tiles: Path) -> None:
+    from histomag.explain.gradcam import run_cams
+    from histomag.explain.similarity_stats import write_similarity
+
+    sim_runs = {name: out / "runs" / name for mode, mags in plan.modes if mode in ("sim", "mm")
+                for name in [f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}"]}
+    sim_run = next((p for n, p in sim_runs.items() if n.startswith("sim")), None)
+    if sim_run is not None:
+        run_cams(sim_run, tiles, sim_run / "cams", n=plan.cams, cell=192)
+    if sim_runs:
+        write_similarity(sim_runs, tiles, out / "similarity")
 
 
 def _ms(stat: dict) -> str:
