@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from histomag.errors import CheckpointError, ConfigError
 from histomag.models.dmsl import FUSIONS, MODES, MultiMagNet
 from histomag.models.similarity import SIM_FORMS, DMSLLoss
+from histomag.train.common import lightning_quiet, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -267,36 +267,6 @@ class TupleDataModule(L.LightningDataModule):
 
 
 # ----- fitting ----------------------------------------------------------------------------------
-_QUIET_WARNINGS = (
-    r".*does not have many workers.*",
-    r".*Checkpoint directory .* exists and is not empty.*",
-    r".*The number of training batches .* is smaller than the logging interval.*",
-    r".*Experiment logs directory .* exists.*",
-    r".*Total length of .* across ranks is zero.*",
-    r".*`training_step` returned `None`.*",
-    r".*LeafSpec.*",
-    r".*no `val_dataloader`.*",
-)
-
-
-@contextlib.contextmanager
-def lightning_quiet(verbose: bool) -> Iterator[None]:
-    """Hide Lightning's known-harmless warnings, and its info messages unless ``verbose``."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        if not verbose:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 @dataclass(frozen=True)
 class FitResult:
     """What :func:`fit_fold` leaves behind."""
@@ -353,7 +323,11 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
     Returns:
         Paths of the best and last checkpoints and where training stopped.
     """
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -393,14 +367,9 @@ def load_task(path: str | Path, map_location: str | torch.device = "cpu") -> DMS
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; make it with: {TRAIN_HINT}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
-    meta = ckpt.get("histomag") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or meta.get("model_type") != MODEL_TYPE:
-        kind = meta.get("model_type") if isinstance(meta, dict) else "unknown"
+    ckpt, meta = read_checkpoint(path, map_location)
+    if meta is None or meta.get("model_type") != MODEL_TYPE:
+        kind = meta.get("model_type") if meta else "unknown"
         raise CheckpointError(f"{path} is not a DMSL checkpoint (model type {kind}); use one written by: {TRAIN_HINT}")
     task = DMSLTask(meta["config"], meta["class_names"], weights=None)
     result = task.load_state_dict(ckpt.get("state_dict", {}), strict=False)

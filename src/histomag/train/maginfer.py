@@ -22,8 +22,14 @@ from torch import Tensor, nn
 
 from histomag.errors import CheckpointError, ConfigError, InputPathError
 from histomag.models.magnifier import MODEL_TYPES, MagnificationClassifier
+from histomag.train.common import read_checkpoint
 from histomag.train.magconfig import TRAIN_HINT, MagnifierConfig, build_magnifier
-from histomag.train.magdata import as_rgb_uint8, crop_boxes, pad_to_size, to_normalized_tensor
+from histomag.train.magdata import (
+    as_rgb_uint8,
+    crop_boxes,
+    pad_to_size,
+    to_normalized_tensor,
+)
 
 
 def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
@@ -51,13 +57,8 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
             raise CheckpointError(f"run folder {path} has no checkpoints/{which}.ckpt; make it with: {TRAIN_HINT}")
     else:
         ckpt_path = path
-    try:
-        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"cannot read checkpoint {ckpt_path}: {first}") from None
-    meta = ckpt.get("histomag") if isinstance(ckpt, dict) else None
-    model_type = meta.get("model_type") if isinstance(meta, dict) else None
+    ckpt, meta = read_checkpoint(ckpt_path, map_location)
+    model_type = meta.get("model_type") if meta else None
     if model_type not in MODEL_TYPES or not isinstance(meta.get("config"), dict):  # type: ignore[union-attr]
         raise CheckpointError(
             f"{ckpt_path} is not a magnification-model checkpoint (model type {model_type or 'unknown'}); "

@@ -17,13 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import logging
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from torch import Tensor, nn
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.errors import ConfigError
 from histomag.models.magnifier import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
+from histomag.train.common import lightning_quiet
 from histomag.train.magconfig import (
     ARCHITECTURE_FIELDS,
     CHECKPOINT_FORMAT,
@@ -46,7 +44,12 @@ from histomag.train.magconfig import (
     build_magnifier,
     preset,
 )
-from histomag.train.magdata import MagnificationDataset, filter_levels, make_loader, read_manifest
+from histomag.train.magdata import (
+    MagnificationDataset,
+    filter_levels,
+    make_loader,
+    read_manifest,
+)
 from histomag.train.maginfer import load_magnifier, predict_images, read_run_config
 
 __all__ = [
@@ -185,41 +188,6 @@ class MagnificationDataModule(L.LightningDataModule):
         return make_loader(self.val_set, self.config.batch_size, shuffle=False, num_workers=self.config.num_workers)
 
 
-_QUIET_WARNINGS = (
-    r".*does not have many workers.*",
-    r".*Checkpoint directory .* exists and is not empty.*",
-    r".*The number of training batches .* is smaller than the logging interval.*",
-    r".*is set to `True`.*deterministic.*",
-    r".*Experiment logs directory .* exists.*",
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-)
-
-
-def _not_a_tip(record: logging.LogRecord) -> bool:
-    return "Tip:" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def lightning_quiet(verbose: bool) -> Iterator[None]:
-    """Silence Lightning's routine messages (always its known-harmless warnings and tips; info logs unless verbose)."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    rank_zero.addFilter(_not_a_tip)
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        if not verbose:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            rank_zero.removeFilter(_not_a_tip)
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def _check_resume(run_dir: Path, config: MagnifierConfig) -> None:
     path = run_dir / "config.json"
     if not path.is_file():
@@ -283,7 +251,11 @@ def train_magnifier(data_dir: str | Path, out_dir: str | Path, config: Magnifier
         ConfigError: resuming with different architecture settings, or ``resume=False`` on a
             folder that already holds checkpoints.
     """
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
     from lightning.pytorch.loggers import CSVLogger
 
     run_dir = Path(out_dir)
