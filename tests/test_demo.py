@@ -19,3 +19,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert len(list((out / "snapshots").glob("*.png"))) >= 4
     assert list((out / "runs" / "sim-40x+20x" / "cams").glob("*.png"))
     assert (out / "similarity" / "similarity_pies.png").is_file()
+    html = (out / "report.html").read_text()
+    assert str(out / "report.html") in printed
+    for section in ("settings", "metrics", "roc", "confusion", "gradcam", "similarity", "magnification"):
+        assert f'id="{section}"' in html
+    assert html.count("data:image/png;base64,") >= 6

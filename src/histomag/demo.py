@@ -123,6 +123,12 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
                             "F1": "", "AUC": ""})
     with _timed(result, "Grad-CAM + similarity"):
         _explain_stage(out, plan, tiles)
+    with _timed(result, "HTML report"):
+        from histomag.report import write_report
+
+        dmsl_runs = [out / "runs" / f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}" for mode, mags in plan.modes]
+        result.report = write_report(dmsl_runs + [mag_run], out / "report.html", title="histomag demo",
+                                     similarity=[out / "similarity"])
     return result
 
 

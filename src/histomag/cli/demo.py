@@ -32,3 +32,4 @@ def demo(
     for stage, seconds in result.timings.items():
         console.print(f"  {stage}: {seconds:.1f} s")
     console.print(f"outputs in {out}")
+    console.print(f"report: [bold]{result.report}[/]")

@@ -1,0 +1,263 @@
+"""Reading run folders for the report (no torch: only JSON, CSV and PNG files are read).
+
+A DMSL run (``histomag dmsl train``) needs ``config.json`` and ``metrics.json``; its folds'
+``predictions.csv`` (ROC curves) and ``split.json`` are used where present. A magnification run
+(``histomag magnification train``) needs ``config.json`` and ``eval/metrics.json`` (``histomag
+magnification evaluate``); ``eval/predictions.csv`` and ``eval/scatter.png`` are used where
+present. Anything else raises :class:`~histomag.errors.CheckpointError` with a one-line message
+that names the missing file and the command that makes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histomag.errors import CheckpointError
+
+DMSL_TYPE = "dmsl"
+MAG_TYPES = ("magnification-regressor", "magnification-classifier")
+DMSL_TRAIN = "histomag dmsl train DATA --out {run}"
+DMSL_EVALUATE = "histomag dmsl evaluate {run}"
+MAG_TRAIN = "histomag magnification train DATA --out {run}"
+MAG_EVALUATE = "histomag magnification evaluate {run}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass(frozen=True)
+class FoldPredictions:
+    """One fold's test predictions (``folds/K/predictions.csv``).
+
+    Attributes:
+        fold: fold number (1-based).
+        patients: patient per tuple.
+        y: class index per tuple.
+        probs: ``(n, n_classes)`` probabilities.
+        train_fraction: from ``split.json`` where present.
+    """
+
+    fold: int
+    patients: list[str]
+    y: np.ndarray
+    probs: np.ndarray
+    train_fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class DMSLRun:
+    """A DMSL (or baseline) cross-validation run folder."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    data: str
+    classes: list[str]
+    tuple_mode: str | None
+    tile_settings: dict[str, Any]
+    metrics: dict[str, Any]
+    folds: list[FoldPredictions]
+    missing_predictions: list[int]
+    date: str
+
+    @property
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        return self.metrics["summary"]
+
+    @property
+    def label(self) -> str:
+        """Method, backbone and magnification combination, e.g. ``DMSL (tiny) 40x+20x``."""
+        from histomag.train.clsmetrics import METHOD_NAMES
+
+        c = self.config
+        mags = "+".join(f"{float(m):g}x" for m in c.get("magnifications", []))
+        return f"{METHOD_NAMES.get(c.get('mode'), c.get('mode'))} ({c.get('backbone')}) {mags}".strip()
+
+
+@dataclass(frozen=True)
+class MagRun:
+    """A magnification regressor or classifier run folder with its evaluation."""
+
+    path: Path
+    name: str
+    model_type: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    eval_dir: Path
+    scatter: Path | None
+    true: np.ndarray | None = None
+    pred: np.ndarray | None = None
+    date: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """``regressor`` or ``classifier``."""
+        return self.model_type.rsplit("-", 1)[-1]
+
+
+Run = DMSLRun | MagRun
+
+
+def _date(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+
+
+def _read_json(path: Path, hint: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        raise CheckpointError(f"{path} is unreadable: {hint}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({_one_line(exc)}): {hint}") from None
+
+
+def load_run(path: str | Path, name: str | None = None) -> Run:
+    """Read a DMSL or magnification run folder.
+
+    Args:
+        path: the run folder.
+        name: display name (default: the folder name).
+
+    Raises:
+        CheckpointError: not a folder, no ``config.json``, an unknown model type, or a missing
+            metrics file (the one-line message names the command that makes it).
+    """
+    path = Path(path)
+    name = name or path.resolve().name or str(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a run folder: make one with `{DMSL_TRAIN.format(run=path)}` "
+                              f"or `{MAG_TRAIN.format(run=path)}`")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} has no config.json: run `{DMSL_TRAIN.format(run=path)}` "
+                              f"or `{MAG_TRAIN.format(run=path)}`")
+    meta = _read_json(config_path, f"re-run `{DMSL_TRAIN.format(run=path)}` or `{MAG_TRAIN.format(run=path)}`")
+    model_type = meta.get("model_type") if isinstance(meta, dict) else None
+    if model_type == DMSL_TYPE:
+        return _load_dmsl(path, name, meta)
+    if model_type in MAG_TYPES:
+        return _load_mag(path, name, meta)
+    raise CheckpointError(f"{path} holds a {_one_line(model_type or 'unknown')} run, which the report does not "
+                          f"know: give DMSL runs (`{DMSL_TRAIN.format(run='RUN')}`) or magnification runs "
+                          f"(`{MAG_TRAIN.format(run='RUN')}`)")
+
+
+# ----- DMSL -------------------------------------------------------------------------------------
+def _load_dmsl(path: Path, name: str, meta: dict[str, Any]) -> DMSLRun:
+    train = DMSL_TRAIN.format(run=path)
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("classes"), list):
+        raise CheckpointError(f"{path / 'config.json'} lacks the run's config or classes: re-run `{train}`")
+    metrics_path = path / "metrics.json"
+    if not metrics_path.is_file():
+        raise CheckpointError(f"{path} has no metrics.json: run `{train}` "
+                              f"(or `{DMSL_EVALUATE.format(run=path)}` when its folds finished)")
+    metrics = _read_json(metrics_path, f"run `{DMSL_EVALUATE.format(run=path)}`")
+    summary = metrics.get("summary") if isinstance(metrics, dict) else None
+    if not isinstance(summary, dict) or not {"patch", "patient"} <= set(summary):
+        raise CheckpointError(f"{metrics_path} has no patch and patient summary: run "
+                              f"`{DMSL_EVALUATE.format(run=path)}`")
+    classes = [str(c) for c in meta["classes"]]
+    n_folds = int(meta["config"].get("folds") or len(metrics.get("folds", [])) or 0)
+    folds, missing = [], []
+    for k in range(1, n_folds + 1):
+        fold = read_fold(path, k, classes)
+        if fold is None:
+            missing.append(k)
+        else:
+            folds.append(fold)
+    return DMSLRun(path=path, name=name, config=dict(meta["config"]), data=str(meta.get("data", "")),
+                   classes=classes, tuple_mode=meta.get("tuple_mode"),
+                   tile_settings=dict(meta.get("tile_settings") or {}), metrics=metrics, folds=folds,
+                   missing_predictions=missing, date=_date(metrics_path))
+
+
+def read_fold(run_dir: Path, k: int, classes: list[str]) -> FoldPredictions | None:
+    """Fold ``k``'s predictions, or None when its ``predictions.csv`` is absent.
+
+    Raises:
+        CheckpointError: the CSV lacks a class's probability column or has unknown labels.
+    """
+    fold_dir = run_dir / "folds" / str(k)
+    pred_path = fold_dir / "predictions.csv"
+    if not pred_path.is_file():
+        return None
+    hint = f"re-run `{DMSL_EVALUATE.format(run=run_dir)}`"
+    with open(pred_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = [f"prob_{c}" for c in classes]
+    if rows and not set(cols) <= set(rows[0]):
+        raise CheckpointError(f"{pred_path} lacks columns {', '.join(c for c in cols if c not in rows[0])}: {hint}")
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({r.get("label", "") for r in rows} - set(index))
+    if unknown:
+        raise CheckpointError(f"{pred_path} has labels {', '.join(map(repr, unknown[:3]))} that are not classes of "
+                              f"the run ({', '.join(classes)}): {hint}")
+    try:
+        probs = np.array([[float(r[c]) for c in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
+    except ValueError:
+        raise CheckpointError(f"{pred_path} has non-numeric probabilities: {hint}") from None
+    fraction = None
+    split_path = fold_dir / "split.json"
+    if split_path.is_file():
+        try:
+            fraction = json.loads(split_path.read_text()).get("train_fraction")
+        except (OSError, ValueError, AttributeError):
+            fraction = None
+    patients = [r.get("patient_id") or r.get("slide_id", "") for r in rows]
+    return FoldPredictions(k, patients, np.array([index[r["label"]] for r in rows], dtype=int), probs,
+                           None if fraction is None else float(fraction))
+
+
+# ----- magnification ----------------------------------------------------------------------------
+def _load_mag(path: Path, name: str, meta: dict[str, Any]) -> MagRun:
+    eval_dir = path / "eval"
+    metrics_path = eval_dir / "metrics.json"
+    evaluate = MAG_EVALUATE.format(run=path)
+    if not metrics_path.is_file():
+        raise CheckpointError(f"{path} has no eval/metrics.json: run `{evaluate}`")
+    metrics = _read_json(metrics_path, f"re-run `{evaluate}`")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("overall"), dict):
+        raise CheckpointError(f"{metrics_path} has no overall metrics: re-run `{evaluate}`")
+    true = pred = None
+    pred_path = eval_dir / "predictions.csv"
+    if pred_path.is_file():
+        with open(pred_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        try:
+            true = np.array([float(r["magnification"]) for r in rows], dtype=float)
+            pred = np.array([float(r["predicted"]) for r in rows], dtype=float)
+        except (KeyError, ValueError, TypeError):
+            raise CheckpointError(f"{pred_path} lacks numeric magnification/predicted columns: "
+                                  f"re-run `{evaluate}`") from None
+    scatter = eval_dir / "scatter.png"
+    return MagRun(path=path, name=name, model_type=str(meta["model_type"]),
+                  config={k: v for k, v in meta.items() if k not in ("versions",)}, metrics=metrics,
+                  eval_dir=eval_dir, scatter=scatter if scatter.is_file() else None, true=true, pred=pred,
+                  date=_date(metrics_path), extra={"versions": meta.get("versions", {})})
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Display names of run folders: the folder name, with parents added where names collide."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            return names
+        grown = False
+        for i, n in enumerate(names):
+            if n in clashes and depth[i] < len(parts[i]):
+                depth[i] += 1
+                grown = True
+        if not grown:  # the same folder given twice
+            return [n if names.count(n) == 1 else f"{n} #{names[:i + 1].count(n)}" for i, n in enumerate(names)]
