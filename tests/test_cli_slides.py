@@ -147,3 +147,31 @@ def test_truncated_slide_is_reported(capsys, shared_data, tmp_path):
     err = _one_line_error(capsys, run(["tile", str(cut), "--mags", "20,10", "--size", "300",
                                        "--out", str(tmp_path / "ds"), "-q"]))
     assert "cut.svs" in err and ("corrupt" in err or "not a readable" in err)
+
+
+# ----- synthetic pyramidal slides (no shared data needed) ---------------------------------------
+@pytest.fixture(scope="module")
+def synth_svs(tmp_path_factory):
+    from histomag.synth import render_tissue, write_pyramidal_tiff
+
+    t = render_tissue(1536, 1536, seed=3)
+    path = tmp_path_factory.mktemp("svs") / "s.svs"
+    write_pyramidal_tiff(path, t.rgb, mpp=0.25, objective_power=40)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_synthetic_svs_reads_at_true_resolution(synth_svs, backend, capsys):
+    assert run(["info", str(synth_svs), "--json", "--backend", backend]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["backend"] == backend and d["mpp"] == 0.25 and d["magnification"] == 40
+    assert [lv["downsample"] for lv in d["levels"]] == [1, 2]  # 1536 px: levels down to >= 512 px
+
+
+def test_truncated_synthetic_tiff(synth_svs, tmp_path, capsys):
+    data = synth_svs.read_bytes()
+    for share in (0.5, 0.9):
+        cut = tmp_path / f"cut{int(share * 100)}.svs"
+        cut.write_bytes(data[: int(len(data) * share)])
+        err = _one_line_error(capsys, run(["info", str(cut)]))
+        assert cut.name in err and ("corrupt" in err or "not a readable" in err)

@@ -29,7 +29,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what 
     # third-party readers chatter about the files we already report on in one line
     logging.captureWarnings(True)
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _register() -> None:

@@ -53,11 +53,13 @@ def open_slide(path: str | Path, *, mpp: float | None = None, backend: Backend =
         except UnreadableSlideError as exc:
             reasons.append(f"{name}: {str(exc).split(': ', 1)[-1]}")
             log.debug("%s: %s failed: %s", path.name, name, exc)
+            if _is_damage(str(exc)):
+                break  # a damaged file is not retried as a plain image: that would hide the damage
             continue
         if name != order[0]:
             log.info("%s: opened with %s (%s)", path.name, name, "; ".join(reasons))
         return slide
-    if any("truncated" in r or "read failed" in r for r in reasons):
+    if any(_is_damage(r) for r in reasons):
         raise UnreadableSlideError(
             f"{path.name}: the file opens but its image data cannot be decoded (truncated or corrupt?); "
             "copy or export the slide again"
@@ -67,6 +69,12 @@ def open_slide(path: str | Path, *, mpp: float | None = None, backend: Backend =
         f"{path.name}: not a readable slide or image ({detail}); "
         "give a whole-slide file (SVS, NDPI, MRXS, pyramidal TIFF) or a PNG/JPEG/TIFF image"
     )
+
+
+def _is_damage(message: str) -> bool:
+    """Whether a backend's error says the file is a slide whose data is damaged (not another format)."""
+    low = message.lower()
+    return any(k in low for k in ("truncated", "read failed", "short read", "unexpected end", "corrupt"))
 
 
 def _open_with(name: str, path: Path, mpp: float | None) -> Slide:
