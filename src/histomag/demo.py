@@ -36,6 +36,10 @@ class DemoPlan:
     mag_regions_um: tuple[float, ...] = (200.0, 400.0)
     mag_regions: int = 8
     mag_epochs: int = 6
+    mag_preset: str = "tiny"
+    mag_max_crop: int = 128
+    snapshot_px: int = 192
+    workers: int = 0
     snapshot_mags: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
     cams: int = 6
     seed: int = 0
@@ -44,6 +48,11 @@ class DemoPlan:
 
 PLANS = {
     "default": DemoPlan(),
+    # the paper's backbones and sizes, for a GPU: Inception-v3 on 40x@600 + 20x@300, 5 folds;
+    # the magnifier is Hagnifinder's ResNet50 preset on 224 px crops
+    "paper": DemoPlan(slides=12, slide_px=8192, tile_px=600, max_tuples=150, backbone="inception_v3", folds=5,
+                      epochs=30, batch_size=32, mag_regions_um=(640.0, 1120.0), mag_regions=8, mag_epochs=50,
+                      mag_preset="paper", mag_max_crop=500, snapshot_px=512, cams=16, workers=8),
     "quick": DemoPlan(slides=4, slide_px=2048, tile_px=128, max_tuples=30, folds=2, epochs=3, mag_regions=6,
                       mag_epochs=4, cams=2),
 }
@@ -101,7 +110,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
             run_dir = out / "runs" / name
             config = DMSLConfig(mode=mode, backbone=plan.backbone, magnifications=mags, folds=plan.folds,
                                 epochs=plan.epochs, batch_size=plan.batch_size, patience=plan.epochs,
-                                seed=plan.seed, num_workers=0, lr=1e-3)
+                                seed=plan.seed, num_workers=plan.workers, lr=1e-3)
             if (run_dir / "metrics.json").is_file():
                 cv = evaluate_cv_run(run_dir)
             else:
@@ -141,11 +150,12 @@ def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress
     if not (magset / "manifest.csv").is_file():
         # the held-out slide's snapshots are the test set; one source of the rest validates
         settings = MagSetSettings(magnifications=plan.mag_levels, regions_um=plan.mag_regions_um,
-                                  regions_per_size=plan.mag_regions, max_crop=128, min_crop=32,
+                                  regions_per_size=plan.mag_regions, max_crop=plan.mag_max_crop, min_crop=32,
                                   val_fraction=1 / max(3, len(slides)), test_fraction=0.0, seed=plan.seed)
         build_magnification_set([Source(str(p), p.stem) for p in slides], magset, settings, progress=progress)
     if not (run / "checkpoints" / "best.ckpt").is_file():
-        train_magnifier(magset, run, preset("tiny", epochs=plan.mag_epochs, seed=plan.seed), progress=progress)
+        train_magnifier(magset, run, preset(plan.mag_preset, epochs=plan.mag_epochs, seed=plan.seed),
+                        progress=progress)
     from histomag.train.magmetrics import evaluate_run
 
     evaluate_run(run, magset, "val", progress=False)
@@ -171,12 +181,12 @@ def _snapshot_stage(out: Path, plan: DemoPlan, slide_path: Path, run: Path) -> l
         mask = tissue_mask(slide)
         rng = np.random.default_rng(plan.seed)
         for mag in plan.snapshot_mags:
-            spec = make_tuple_spec([mag], 192, "same-fov")
+            spec = make_tuple_spec([mag], plan.snapshot_px, "same-fov")
             fields = plan_fields(slide, spec, mask, placement="random", n_random=2, seed=int(rng.integers(1 << 30)),
                                  min_tissue=0.8)
             for i, f in enumerate(fields):
                 path = folder / f"{slide.slide_id}_{mag:g}x_{i}.png"
-                Image.fromarray(slide.read((f.x, f.y), 192, magnification=mag)).save(path)
+                Image.fromarray(slide.read((f.x, f.y), plan.snapshot_px, magnification=mag)).save(path)
                 rec = predict_one(path, model, config.crop, n_crops=6)
                 rows.append({"image": path.name, "true": mag, "predicted": rec["magnification"],
                              "error": rec.get("error", "")})
