@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from test_tuples import make_tuple_folder
 
 from histomag.data.atomic import atomic_write_json
@@ -33,13 +32,7 @@ from histomag.train.dmsl import DMSLConfig, fit_fold, load_task, predict_probs
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CPU models are fastest single-threaded (and do not fight parallel jobs for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
