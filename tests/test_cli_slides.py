@@ -175,3 +175,14 @@ def test_truncated_synthetic_tiff(synth_svs, tmp_path, capsys):
         cut.write_bytes(data[: int(len(data) * share)])
         err = _one_line_error(capsys, run(["info", str(cut)]))
         assert cut.name in err and ("corrupt" in err or "not a readable" in err)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["tile"], "Missing argument"),
+    (["tile", "x.svs", "--bogus"], "No such option"),
+    (["nope"], "No such command"),
+    (["tile", "x.svs", "--size", "abc"], "abc"),
+])
+def test_usage_errors_are_one_line(argv, needle, capsys):
+    err = _one_line_error(capsys, run(argv))
+    assert needle in err

@@ -5,8 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
 import typer
+
+try:  # recent typer vendors click; older releases use click itself
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
+
+_Abort = typer.Abort
 
 from histomag.errors import HistomagError
 
@@ -49,10 +55,10 @@ def run(argv: list[str] | None = None) -> int:
     except HistomagError as exc:
         error(str(exc))
         return exc.exit_code
-    except click.exceptions.ClickException as exc:
+    except _ClickException as exc:
         error(exc.format_message().replace("\n", " "))
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (_Abort, KeyboardInterrupt):
         error("interrupted")
         return 130
     return rv if isinstance(rv, int) else 0
