@@ -24,11 +24,11 @@ class DemoPlan:
     slides: int = 6
     slide_px: int = 3072
     classes: tuple[str, ...] = ("normal", "tumor")
-    tile_px: int = 256  # at 40x; 20x gets half
-    max_tuples: int = 60  # per slide
+    tile_px: int = 128  # at 40x; 20x gets half
+    max_tuples: int = 40  # per slide
     backbone: str = "tiny"
     folds: int = 3
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 16
     modes: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("single", (40.0,)), ("single", (20.0,)), ("mm", (40.0, 20.0)), ("sim", (40.0, 20.0)))
