@@ -24,18 +24,18 @@ class DemoPlan:
     slides: int = 6
     slide_px: int = 3072
     classes: tuple[str, ...] = ("normal", "tumor")
-    tile_px: int = 128  # at 40x; 20x gets half
-    max_tuples: int = 40  # per slide
+    tile_px: int = 256  # at 40x; 20x gets half
+    max_tuples: int = 60  # per slide
     backbone: str = "tiny"
     folds: int = 3
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 16
     modes: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("single", (40.0,)), ("single", (20.0,)), ("mm", (40.0, 20.0)), ("sim", (40.0, 20.0)))
     mag_levels: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0)
     mag_regions_um: tuple[float, ...] = (200.0, 400.0)
     mag_regions: int = 8
-    mag_epochs: int = 6
+    mag_epochs: int = 10
     mag_preset: str = "tiny"
     mag_max_crop: int = 128
     snapshot_px: int = 192
@@ -53,8 +53,8 @@ PLANS = {
     "paper": DemoPlan(slides=12, slide_px=8192, tile_px=600, max_tuples=150, backbone="inception_v3", folds=5,
                       epochs=30, batch_size=32, mag_regions_um=(640.0, 1120.0), mag_regions=8, mag_epochs=50,
                       mag_preset="paper", mag_max_crop=500, snapshot_px=512, cams=16, workers=8),
-    "quick": DemoPlan(slides=4, slide_px=2048, tile_px=128, max_tuples=30, folds=2, epochs=3, mag_regions=6,
-                      mag_epochs=4, cams=2),
+    "quick": DemoPlan(slides=4, slide_px=2048, tile_px=128, max_tuples=40, folds=2, epochs=8, mag_regions=6,
+                      mag_epochs=6, cams=2),
 }
 
 
