@@ -84,7 +84,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
             with progress_bar(progress) as bar:
                 task = bar.add_task("synthesising slides", total=plan.slides) if bar else None
                 make_cohort(cohort, n_slides=plan.slides, seed=plan.seed, size_px=plan.slide_px,
-                            classes=plan.classes, progress=(lambda n: bar.advance(task, n)) if bar else None)
+                            classes=plan.classes, progress=(lambda n: bar.update(task, completed=n)) if bar else None)
 
     with _timed(result, "tile 40x+20x"):
         from histomag.cli.tile import expand_slides, find_labels, read_patients_beside
@@ -106,7 +106,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
 
     for mode, mags in plan.modes:
         name = f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}"
-        with _timed(result, f"cross-validate {name}"):
+        with _timed(result, f"cross-validate {name}", bar=progress):
             run_dir = out / "runs" / name
             config = DMSLConfig(mode=mode, backbone=plan.backbone, magnifications=mags, folds=plan.folds,
                                 epochs=plan.epochs, batch_size=plan.batch_size, patience=plan.epochs,
@@ -115,7 +115,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
                 cv = evaluate_cv_run(run_dir)
             else:
                 cv = cross_validate(tiles, run_dir, config, resume=(run_dir / "config.json").is_file(),
-                                    progress=progress)
+                                    progress=False)
             patch = cv.summary["patch"]
             result.rows.append({"task": "DMSL", "run": name, "ACC": _ms(patch["accuracy"]),
                                 "F1": _ms(patch["f1"]), "AUC": _ms(patch["auc"])})
@@ -124,15 +124,15 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
     held_out = slides[-1]
     with _timed(result, "magnification set + regressor"):
         mag_run = _magnification_stage(out, plan, slides[:-1], progress)
-    with _timed(result, "predict held-out snapshots"):
+    with _timed(result, "predict held-out snapshots", bar=progress):
         result.snapshots = _snapshot_stage(out, plan, held_out, mag_run)
         errs = [abs(r["predicted"] - r["true"]) / r["true"] for r in result.snapshots if r["predicted"]]
         result.rows.append({"task": "magnification", "run": f"{len(result.snapshots)} snapshots of {held_out.stem}",
                             "ACC": f"median rel. error {100 * sorted(errs)[len(errs) // 2]:.0f}%" if errs else "n/a",
                             "F1": "", "AUC": ""})
-    with _timed(result, "Grad-CAM + similarity"):
+    with _timed(result, "Grad-CAM + similarity", bar=progress):
         _explain_stage(out, plan, tiles)
-    with _timed(result, "HTML report"):
+    with _timed(result, "HTML report", bar=progress):
         from histomag.report import write_report
 
         dmsl_runs = [out / "runs" / f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}" for mode, mags in plan.modes]
@@ -154,8 +154,9 @@ def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress
                                   val_fraction=1 / max(3, len(slides)), test_fraction=0.0, seed=plan.seed)
         build_magnification_set([Source(str(p), p.stem) for p in slides], magset, settings, progress=progress)
     if not (run / "checkpoints" / "best.ckpt").is_file():
-        train_magnifier(magset, run, preset(plan.mag_preset, epochs=plan.mag_epochs, seed=plan.seed),
-                        progress=progress)
+        with _timed(DemoResult(out), "training the magnification regressor", bar=progress):
+            train_magnifier(magset, run, preset(plan.mag_preset, epochs=plan.mag_epochs, seed=plan.seed),
+                            progress=False)
     from histomag.train.magmetrics import evaluate_run
 
     evaluate_run(run, magset, "val", progress=False)
@@ -211,13 +212,24 @@ def _ms(stat: dict) -> str:
 
 
 class _timed:
-    def __init__(self, result: DemoResult, stage: str) -> None:
-        self.result, self.stage = result, stage
+    """Time a stage; with ``bar`` also show one progress bar for it (for stages without their own)."""
+
+    def __init__(self, result: DemoResult, stage: str, bar: bool = False) -> None:
+        self.result, self.stage, self.bar = result, stage, bar
 
     def __enter__(self) -> None:
+        from histomag.progress import progress_bar
+
         self.t = time.perf_counter()
+        self._ctx = progress_bar(self.bar)
+        self._progress = self._ctx.__enter__()
+        if self._progress is not None:
+            self._task = self._progress.add_task(self.stage, total=1)
 
     def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=1)
+        self._ctx.__exit__(*exc)
         self.result.timings[self.stage] = time.perf_counter() - self.t
 
 

@@ -31,6 +31,6 @@ def synth(
     with progress_bar(not quiet) as bar:
         task = bar.add_task("synthesising slides", total=slides) if bar else None
         records = make_cohort(out, n_slides=slides, seed=seed, size_px=size, classes=names,
-                              progress=(lambda n: bar.advance(task, n)) if bar else None)
+                              progress=(lambda n: bar.update(task, completed=n)) if bar else None)
     print(f"wrote {len(records)} slides ({size} x {size} px at 0.25 µm/px, classes {', '.join(names)}) "
           f"-> {out / 'cohort.csv'}")
