@@ -242,3 +242,24 @@ def test_slide_dataset_plans_labelled_tuples_and_reads_them_lazily(slide_with_la
     labels = torch.cat([y for _, y, _ in loader])
     assert labels.tolist() == ds.targets
     ds.close()
+
+
+def test_training_streams_tuples_straight_from_slides(slide_with_labels, tmp_path: Path) -> None:
+    """No pre-extraction: a model trains on tuples read lazily from the slide in 2 loader workers."""
+    from histomag.data.folder import TileSettings
+    from histomag.data.tiler import SlideJob
+    from histomag.train.dmsl import DMSLConfig, fit_fold, load_task, predict_probs
+
+    path, lab = slide_with_labels
+    settings = TileSettings((40.0, 20.0), 64, overlap=0.0, min_tissue=0.5, tissue_mpp=2.0)
+    job = SlideJob(str(path), mpp=0.25, labels=str(lab), patient_id="P1")
+    train = SlideTupleDataset([job], settings, transform=tuple_transform((0.5,) * 3, (0.5,) * 3, train=True))
+    plain = SlideTupleDataset([job], settings, transform=tuple_transform((0.5,) * 3, (0.5,) * 3, train=False))
+    before = sorted(tmp_path.rglob("*.png"))  # the slide and its label mask
+    config = DMSLConfig(backbone="tiny", batch_size=16, epochs=6, patience=20, num_workers=2, lr=3e-3)
+    result = fit_fold(config, train, None, tmp_path / "run", class_names=train.classes, progress=False)
+    probs = predict_probs([load_task(result.last_checkpoint)], plain, batch_size=32)
+    accuracy = float((probs.argmax(1) == np.asarray(plain.targets)).mean())
+    assert accuracy >= 0.8, accuracy
+    assert sorted(tmp_path.rglob("*.png")) == before  # nothing was extracted to disk
+
