@@ -49,9 +49,7 @@ def tile(
     from histomag.resolution import parse_magnifications
     from histomag.tiling import make_tuple_spec
 
-    magnifications = parse_magnifications(mags)
-    if len(magnifications) < 1:
-        raise ConfigError("give at least one magnification, e.g. --mags 40,20")
+    magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
     make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
     paths = expand_slides(slides)
     if labels is not None and len(paths) > 1:
