@@ -154,7 +154,7 @@ def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress
                                   val_fraction=1 / max(3, len(slides)), test_fraction=0.0, seed=plan.seed)
         build_magnification_set([Source(str(p), p.stem) for p in slides], magset, settings, progress=progress)
     if not (run / "checkpoints" / "best.ckpt").is_file():
-        with _timed(DemoResult(out), "training the magnification regressor", bar=progress):
+        with _timed(None, "training the magnification regressor", bar=progress):
             train_magnifier(magset, run, preset(plan.mag_preset, epochs=plan.mag_epochs, seed=plan.seed),
                             progress=False)
     from histomag.train.magmetrics import evaluate_run
@@ -214,7 +214,7 @@ def _ms(stat: dict) -> str:
 class _timed:
     """Time a stage; with ``bar`` also show one progress bar for it (for stages without their own)."""
 
-    def __init__(self, result: DemoResult, stage: str, bar: bool = False) -> None:
+    def __init__(self, result: DemoResult | None, stage: str, bar: bool = False) -> None:
         self.result, self.stage, self.bar = result, stage, bar
 
     def __enter__(self) -> None:
@@ -230,7 +230,8 @@ class _timed:
         if self._progress is not None:
             self._progress.update(self._task, completed=1)
         self._ctx.__exit__(*exc)
-        self.result.timings[self.stage] = time.perf_counter() - self.t
+        if self.result is not None:
+            self.result.timings[self.stage] = time.perf_counter() - self.t
 
 
 def plan_for(name: str, **overrides: Any) -> DemoPlan:

@@ -32,7 +32,7 @@ from histomag.progress import progress_bar
 from histomag.resolution import DEFAULT_POWER_MPP
 from histomag.slide import open_slide
 from histomag.slide.base import Slide, slide_id_from_path
-from histomag.tissue import tissue_mask
+from histomag.tissue import TissueMask, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,19 @@ def assign_splits(source_ids: Sequence[str], val_fraction: float, test_fraction:
     return splits
 
 
-def region_plan(slide: Slide, settings: MagSetSettings, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+def source_tissue_mask(slide: Slide) -> TissueMask:
+    """Tissue mask at up to 8 µm/px, fine enough for at least ~256 px across the short side."""
+    mpp = slide.resolution.mpp
+    short_um = min(slide.dimensions) * mpp
+    return tissue_mask(slide, mpp=min(8.0, max(mpp, short_um / 256)))
+
+
+def region_plan(slide: Slide, settings: MagSetSettings, rng: np.random.Generator,
+                mask: TissueMask) -> list[tuple[float, float, float]]:
     """Square regions ``(left, top, side)`` in level-0 px, on tissue, at each size that fits."""
     W, H = slide.dimensions
     mpp = slide.resolution.mpp
     short_um = min(W, H) * mpp
-    mask = tissue_mask(slide, mpp=min(8.0, max(mpp, short_um / 256)))
     sizes = [s for s in settings.regions_um if s <= short_um] or [short_um]
     regions: list[tuple[float, float, float]] = []
     for size_um in sizes:
@@ -174,8 +181,8 @@ def build_source(source: Source, split: str, settings: MagSetSettings, out_dir: 
             info.update(mpp=round(res.mpp, 5), magnification=round(res.magnification, 3),
                         mpp_source="index-csv" if source.origin == "index-csv" else slide.mpp_source)
             rng = np.random.default_rng(abs(hash((settings.seed, source.source_id))) % (2**32))
-            regions = region_plan(slide, settings, rng)
-            mask = tissue_mask(slide, mpp=min(8.0, max(res.mpp, min(slide.dimensions) * res.mpp / 256)))
+            mask = source_tissue_mask(slide)
+            regions = region_plan(slide, settings, rng, mask)
             # a 39.6x scan serves "40x" at its own resolution (labelled 39.6): never an upsample
             mags = sorted({res.magnification if abs(m / res.magnification - 1) <= slide.rel_tol else m
                            for m in settings.magnifications if m <= res.magnification * (1 + slide.rel_tol)})

@@ -18,11 +18,11 @@ from typing import Callable, Sequence
 from histomag.annotations import LabelMask, assign_label, load_geojson, load_label_mask
 from histomag.data.atomic import atomic_write_csv, atomic_write_png
 from histomag.data.folder import DatasetFolder, TileSettings, image_column, manifest_columns
-from histomag.errors import HistomagError
+from histomag.errors import DatasetError, HistomagError
 from histomag.progress import progress_bar
 from histomag.slide import open_slide
 from histomag.slide.base import Slide
-from histomag.tiling import TupleSpec, make_tuple_spec, plan_fields, read_tuple
+from histomag.tiling import Field, TupleSpec, make_tuple_spec, plan_fields, read_tuple
 from histomag.tissue import require_tissue, tissue_mask
 
 log = logging.getLogger(__name__)
@@ -92,22 +92,50 @@ def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
     return result
 
 
-def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
-                     result: SlideResult, report: Reporter | None) -> None:
+@dataclass(frozen=True)
+class PlannedField:
+    """A reference field that passed the tissue and label rules."""
+
+    field: Field
+    label: str  # "" when the slide has no labels (or the rule gave none and unlabelled are kept)
+    fractions: dict[str, float]
+    tissue_fraction: float
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """The tuples one slide yields under some tile settings."""
+
+    spec: TupleSpec
+    fields: list[PlannedField]
+    dropped: int  # fields the label rule gave no class (and that were not kept)
+    has_labels: bool
+    field_width: float  # level-0 width of a reference field (0 when nothing lies on tissue)
+
+
+def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unlabelled: bool = False,
+               require_labels: bool = False) -> SlidePlan:
+    """Tissue mask, labels and field placement of one slide: what both the tiler and the streaming dataset use.
+
+    Raises:
+        MissingResolutionError: the slide has no resolution.
+        NoTissueError: no tissue found.
+        DatasetError: ``require_labels`` and the job has no label file.
+    """
     spec: TupleSpec = make_tuple_spec(settings.magnifications, settings.size, settings.mode,  # type: ignore[arg-type]
                                       power_mpp=slide.power_mpp)
     slide.resolution  # raises MissingResolutionError before any work
-    tissue = tissue_mask(slide, mpp=settings.tissue_mpp, threshold=settings.tissue_threshold)
-    require_tissue(tissue, slide.path.name)
+    tissue = require_tissue(tissue_mask(slide, mpp=settings.tissue_mpp, threshold=settings.tissue_threshold),
+                            slide.path.name)
     labels = load_labels(job.labels, slide, settings.tissue_mpp) if job.labels else None
+    if require_labels and labels is None:
+        raise DatasetError(f"{slide.path.name}: no label file, so no labelled tuples; give labels "
+                           "(<slide>.labels.png or GeoJSON) or predict without labels")
     fields = plan_fields(slide, spec, tissue, placement=settings.placement,  # type: ignore[arg-type]
                          overlap=settings.overlap, min_tissue=settings.min_tissue,
                          n_random=settings.n_random, seed=settings.seed)
-    columns = manifest_columns(spec.magnifications)
-    done = {row["tuple_id"] for row in folder.read_part(slide.slide_id, columns)}
-    patient = job.patient_id or patient_id_for(slide.slide_id)
-    mpps = ";".join(f"{slide.to_resolution(magnification=m).mpp:.5g}" for m in spec.magnifications)
-    todo = []
+    planned: list[PlannedField] = []
+    dropped = 0
     for f in fields:
         fractions: dict[str, float] = {}
         label = ""
@@ -115,17 +143,30 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
             fractions = labels.fractions(f.left, f.top, f.width, f.width)
             chosen = assign_label(fractions, min_fraction=settings.label_fraction,
                                   negative_class=settings.negative_class)
-            if chosen is None:
-                result.fields_dropped += 1
+            if chosen is None and not keep_unlabelled:
+                dropped += 1
                 continue
-            label = chosen
-        todo.append((f, label, fractions, tissue.fraction(f.left, f.top, f.width, f.width)))
+            label = chosen or ""
+        planned.append(PlannedField(f, label, fractions, tissue.fraction(f.left, f.top, f.width, f.width)))
     if settings.max_tuples is not None:
-        todo = todo[: settings.max_tuples]
-    result.fields_planned = len(todo)
+        planned = planned[: settings.max_tuples]
+    return SlidePlan(spec, planned, dropped, labels is not None, fields[0].width if fields else 0.0)
+
+
+def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
+                     result: SlideResult, report: Reporter | None) -> None:
+    plan = plan_slide(slide, job, settings)
+    spec = plan.spec
+    columns = manifest_columns(spec.magnifications)
+    done = {row["tuple_id"] for row in folder.read_part(slide.slide_id, columns)}
+    patient = job.patient_id or patient_id_for(slide.slide_id)
+    mpps = ";".join(f"{slide.to_resolution(magnification=m).mpp:.5g}" for m in spec.magnifications)
+    result.fields_dropped = plan.dropped
+    result.fields_planned = len(plan.fields)
     if report:
-        report("planned", len(todo))
-    for f, label, fractions, tissue_share in todo:
+        report("planned", len(plan.fields))
+    for planned in plan.fields:
+        f, label, fractions, tissue_share = planned.field, planned.label, planned.fractions, planned.tissue_fraction
         tuple_id = f"{slide.slide_id}_{f.key}"
         if tuple_id in done:
             result.tuples_resumed += 1

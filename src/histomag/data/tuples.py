@@ -338,45 +338,23 @@ class SlideTupleDataset(Dataset[Item]):
         return make_tuple_spec(s.magnifications, s.size, s.mode, power_mpp=power_mpp)  # type: ignore[arg-type]
 
     def _plan(self, slide_index: int, job: Any, labelled_only: bool) -> list[PlannedTuple]:
-        from histomag.annotations import assign_label
-        from histomag.data.tiler import load_labels, patient_id_for
+        from histomag.data.tiler import patient_id_for, plan_slide
         from histomag.slide import open_slide
-        from histomag.tiling import plan_fields
-        from histomag.tissue import require_tissue, tissue_mask
 
         s = self.settings
         with open_slide(job.path, mpp=job.mpp, backend=job.backend) as slide:  # type: ignore[arg-type]
-            spec = self._spec(slide.power_mpp)
-            slide.resolution  # raises MissingResolutionError before any work
-            tissue = require_tissue(tissue_mask(slide, mpp=s.tissue_mpp, threshold=s.tissue_threshold),
-                                    slide.path.name)
-            labels = load_labels(job.labels, slide, s.tissue_mpp) if job.labels else None
-            if labelled_only and labels is None:
-                raise DatasetError(f"{slide.path.name}: no label file, so no labelled tuples; give labels "
-                                   "(<slide>.labels.png or GeoJSON) or predict without labels")
-            fields = plan_fields(slide, spec, tissue, placement=s.placement,  # type: ignore[arg-type]
-                                 overlap=s.overlap, min_tissue=s.min_tissue, n_random=s.n_random, seed=s.seed)
+            plan = plan_slide(slide, job, s, keep_unlabelled=not labelled_only, require_labels=labelled_only)
             W, H = slide.dimensions
-            width = fields[0].width if fields else 0.0
+            width = plan.field_width
             stride = width * (1.0 - s.overlap) if width else 1.0
             n_cols = int(math.floor((W - width) / stride + 1e-9)) + 1 if width else 0
             n_rows = int(math.floor((H - width) / stride + 1e-9)) + 1 if width else 0
             self.grid_shapes.append((n_rows, n_cols))
             patient = job.patient_id or patient_id_for(slide.slide_id)
-            out: list[PlannedTuple] = []
-            for f in fields:
-                label = ""
-                if labels is not None:
-                    fractions = labels.fractions(f.left, f.top, f.width, f.width)
-                    label = assign_label(fractions, min_fraction=s.label_fraction,
-                                         negative_class=s.negative_class) or ""
-                if labelled_only and not label:
-                    continue
-                out.append(PlannedTuple(slide_index, f"{slide.slide_id}_{f.key}", slide.slide_id, patient,
-                                        f.x, f.y, f.width, label, int(round(f.left / stride)),
-                                        int(round(f.top / stride))))
-            if s.max_tuples is not None:
-                out = out[: s.max_tuples]
+            out = [PlannedTuple(slide_index, f"{slide.slide_id}_{p.field.key}", slide.slide_id, patient,
+                                p.field.x, p.field.y, p.field.width, p.label, int(round(p.field.left / stride)),
+                                int(round(p.field.top / stride)))
+                   for p in plan.fields]
         log.info("%s: %d tuples planned", Path(job.path).name, len(out))
         return out
 
