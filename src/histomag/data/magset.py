@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -180,7 +181,8 @@ def build_source(source: Source, split: str, settings: MagSetSettings, out_dir: 
             res = slide.resolution
             info.update(mpp=round(res.mpp, 5), magnification=round(res.magnification, 3),
                         mpp_source="index-csv" if source.origin == "index-csv" else slide.mpp_source)
-            rng = np.random.default_rng(abs(hash((settings.seed, source.source_id))) % (2**32))
+            # str hashes change per process (PYTHONHASHSEED): a stable checksum keeps the set reproducible
+            rng = np.random.default_rng([settings.seed, zlib.crc32(source.source_id.encode())])
             mask = source_tissue_mask(slide)
             regions = region_plan(slide, settings, rng, mask)
             # a 39.6x scan serves "40x" at its own resolution (labelled 39.6): never an upsample
