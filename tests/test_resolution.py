@@ -54,3 +54,21 @@ def test_parse_magnifications():
 def test_format():
     assert format_magnification(40.0) == "40x"
     assert format_magnification(2.5) == "2.5x"
+
+
+def test_square_pixels_resamples_the_finer_axis():
+    import numpy as np
+
+    from histomag.resolution import is_anisotropic, square_pixels
+
+    img = np.zeros((1536, 1536, 3), np.uint8)
+    img[::2] = 200  # horizontal stripes one pixel tall
+    out, mpp = square_pixels(img, 0.56, 0.42)
+    assert mpp == 0.56
+    assert out.shape == (1152, 1536, 3)  # BACH: 1536 rows of 0.42 µm become 1152 rows of 0.56 µm
+    assert 90 < out.mean() < 110  # box-averaged, not point-sampled
+    same, mpp2 = square_pixels(img, 0.25, 0.2505)
+    assert same is img and mpp2 == 0.2505
+    assert is_anisotropic(0.25, 0.26) and not is_anisotropic(0.25, 0.2501)
+    with pytest.raises(ConfigError):
+        square_pixels(img, 0.0, 0.5)

@@ -94,3 +94,39 @@ def parse_magnifications(text: str) -> list[float]:
     if len(set(values)) != len(values):
         raise ConfigError(f"repeated magnification in {text!r}: name each once, e.g. --mags 40,20")
     return values
+
+
+#: mpp-x and mpp-y further apart than this (relative) are anisotropic: pixels are resampled to square
+ANISOTROPY_TOL = 0.01
+
+
+def is_anisotropic(mpp_x: float, mpp_y: float, rel_tol: float = ANISOTROPY_TOL) -> bool:
+    """Whether pixels of ``mpp_x`` x ``mpp_y`` µm differ in width and height by more than ``rel_tol``."""
+    return abs(mpp_x - mpp_y) > rel_tol * min(mpp_x, mpp_y)
+
+
+def square_pixels(image, mpp_x: float, mpp_y: float, rel_tol: float = ANISOTROPY_TOL):
+    """Resample an ``(H, W[, C])`` uint8 image with non-square pixels to square ones.
+
+    The finer axis is area-resampled to the coarser one (never an upsample), so the result has
+    ``max(mpp_x, mpp_y)`` µm per pixel along both axes; pixels within ``rel_tol`` are kept as they
+    are and get the coarser of the two values (never the mean, which distorts every field).
+
+    Returns:
+        ``(image, mpp)``: the square-pixel image and its µm per pixel.
+    """
+    import numpy as np
+    from PIL import Image
+
+    for name, value in (("mpp_x", mpp_x), ("mpp_y", mpp_y)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} {value!r} is not a positive number of µm per pixel; give e.g. 0.25")
+    mpp = float(max(mpp_x, mpp_y))
+    if not is_anisotropic(mpp_x, mpp_y, rel_tol):
+        return image, mpp
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    new_w = max(1, int(round(w * mpp_x / mpp)))
+    new_h = max(1, int(round(h * mpp_y / mpp)))
+    out = np.asarray(Image.fromarray(arr).resize((new_w, new_h), Image.Resampling.BOX))
+    return out, mpp
