@@ -36,7 +36,7 @@ def test_median_and_mpp():
         return [10.0, 20.0, 21.0, 19.0, 80.0][: len(crops)]
 
     est = estimate_magnification(s, predict, crop=128, n_crops=5)
-    assert calls == [5] and est.magnification == 20.0 and est.mpp == pytest.approx(0.5) and est.n_crops == 5
+    assert calls == [5] and est.magnification == pytest.approx(20.0) and est.mpp == pytest.approx(0.5) and est.n_crops == 5
 
 
 def test_disagreement_is_reported_over_25_percent():
@@ -59,3 +59,48 @@ def test_small_image_gives_one_whole_crop():
     small = MemorySlide(s.levels[0][:100, :150].copy(), n_levels=1)
     crops = tissue_crops(small, 224)
     assert len(crops) == 1 and crops[0].shape == (100, 150, 3)
+
+
+def test_interval_calibration_covers_at_its_level():
+    from histomag.estimate import IntervalCalibration
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        true = np.exp(rng.uniform(np.log(2), np.log(40), n))
+        mad = rng.uniform(0.02, 0.3, n)
+        pred = true * np.exp(rng.normal(0, 1, n) * mad * 1.5)  # errors scale with the crops' spread
+        return true, pred, mad
+
+    cal = IntervalCalibration.fit(*draw(2000), level=0.9)
+    true, pred, mad = draw(4000)
+    lo, hi = cal.bounds(np.log(pred), mad)
+    coverage = np.mean((np.log(true) >= lo) & (np.log(true) <= hi))
+    assert 0.87 <= coverage <= 0.93
+    assert IntervalCalibration.from_dict(cal.to_dict()) == cal
+
+
+def test_estimate_carries_interval_and_verdict():
+    from histomag.estimate import IntervalCalibration, combine, verdict
+
+    cal = IntervalCalibration(q=2.0, level=0.9, floor=0.05)
+    est = combine([19.0, 20.0, 21.0, 20.0], cal)
+    lo, hi = est.interval
+    assert lo < 20 < hi and est.mpp_interval[0] < 0.5 < est.mpp_interval[1]
+    assert est.relative_uncertainty == pytest.approx((hi - lo) / 40)
+    assert "90% interval" in est.describe() and est.to_dict()["mpp_interval"][0] < 0.5
+    assert verdict(None, est) == "missing" and verdict(0.5, est) == "ok" and verdict(0.25, est) == "likely wrong"
+    with pytest.raises(NoTissueError):
+        combine([float("nan")])
+
+
+def test_crops_spread_over_the_whole_tissue():
+    from histomag.estimate import rgb_tissue_crops
+
+    rgb = np.full((1024, 1024, 3), 245, np.uint8)
+    rgb[:, :512] = (150, 80, 160)   # tissue on the left half only
+    crops = rgb_tissue_crops(rgb, 128, n_crops=8)
+    assert len(crops) == 8 and all(c.shape == (128, 128, 3) for c in crops)
+    assert all(c.mean() < 200 for c in crops)  # every crop on tissue
+    with pytest.raises(NoTissueError):
+        rgb_tissue_crops(np.full((512, 512, 3), 245, np.uint8), 128)

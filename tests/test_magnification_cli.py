@@ -82,8 +82,10 @@ def test_info_estimate_reports_and_flags_mislabel(trained, tmp_path, capsys):
                 "--mpp", str(claimed), "--n-crops", "4"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["estimate"]["warning"] and "mislabelled" in d["estimate"]["warning"]
-    assert run(["info", str(img), "--estimate"]) == 2
-    assert "--checkpoint" in capsys.readouterr().err
+    # without --checkpoint the model shipped with histomag answers, with its calibrated interval
+    assert run(["info", str(img), "--json", "--estimate", "--n-crops", "4"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["estimate"]["model"] == "default model" and len(d["estimate"]["mpp_interval"]) == 2
 
 
 def test_tile_with_estimated_mpp(trained, tmp_path, capsys):
@@ -95,5 +97,8 @@ def test_tile_with_estimated_mpp(trained, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "ESTIMATED resolution" in captured.err
-    assert run(["tile", str(img), "--mpp", "estimate", "--out", str(tmp_path / "x"), "-q"]) == 2
-    assert "--checkpoint" in capsys.readouterr().err
+    # an estimate less certain than --max-uncertainty allows is refused, naming both
+    assert run(["tile", str(img), "--mpp", "estimate", "--max-uncertainty", "0.001", "--mags", "10", "--size", "64",
+                "--out", str(tmp_path / "x"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "uncertain by ±" in err and "±0%" in err and err.count("\n") == 1

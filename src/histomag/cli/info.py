@@ -18,16 +18,13 @@ def info(
     mpp: float = typer.Option(None, "--mpp", help="Resolution override in µm/px (wins over metadata)."),
     backend: str = typer.Option("auto", "--backend", help="auto, openslide, tiffslide or image."),
     estimate: bool = typer.Option(False, "--estimate", help="Also estimate the magnification from the pixels."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --estimate."),
-    n_crops: int = typer.Option(16, "--n-crops", help="Tissue crops for --estimate (median)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --estimate "
+                                              "(default: the model shipped with histomag)."),
+    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops for --estimate (spread over the tissue)."),
 ) -> None:
     """Dimensions, pyramid levels with downsample and mpp, objective power, vendor and mpp source."""
-    from histomag.errors import ConfigError
     from histomag.slide import open_slide
 
-    if estimate and checkpoint is None:
-        raise ConfigError("--estimate needs a magnification model: add --checkpoint RUN "
-                          "(made by `histomag magnification train`)")
     with open_slide(slide, mpp=mpp, backend=backend) as s:  # type: ignore[arg-type]
         data = s.info()
         if estimate:
@@ -38,15 +35,14 @@ def info(
     _print_info(data)
 
 
-def _estimate(slide, checkpoint: Path, n_crops: int) -> dict:
-    from histomag.cli.magnification import make_predictor
-    from histomag.estimate import disagreement, estimate_magnification
-    from histomag.train.maginfer import load_magnifier
+def _estimate(slide, checkpoint: Optional[Path], n_crops: int) -> dict:
+    from histomag.estimate import disagreement
+    from histomag.train.maginfer import load_estimator
 
-    model, config = load_magnifier(checkpoint)
-    est = estimate_magnification(slide, make_predictor(model, config.crop), config.crop, n_crops)
-    return {"magnification": round(est.magnification, 3), "mpp": round(est.mpp, 5), "n_crops": est.n_crops,
-            "iqr": round(est.spread, 3), "warning": disagreement(slide, est)}
+    estimator = load_estimator(checkpoint)
+    est = estimator.estimate_slide(slide, n_crops)
+    return {**est.to_dict(), "iqr": round(est.spread, 3), "model": estimator.source, "text": est.describe(),
+            "warning": disagreement(slide, est)}
 
 
 def _print_info(data: dict) -> None:
@@ -69,7 +65,6 @@ def _print_info(data: dict) -> None:
     console.print(table)
     est = data.get("estimate")
     if est:
-        console.print(f"estimated from pixels: [bold]{est['magnification']:g}x ({est['mpp']:.4g} µm/px)[/] "
-                      f"from {est['n_crops']} tissue crops (IQR {est['iqr']:g}); metadata: {mag}")
+        console.print(f"estimated from pixels ({est['model']}): [bold]{est['text']}[/]; metadata: {mag}")
         if est["warning"]:
             console.print(f"[bold red]warning: {est['warning']}[/]")

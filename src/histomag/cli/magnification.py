@@ -67,12 +67,55 @@ def build(
     return (2 if len(failed) == len(infos) else 1) if failed else 0
 
 
+def _acquisition(text: str):
+    """``full``, ``off`` or ``no-PART`` (e.g. ``no-jpeg``) -> AcquisitionSettings."""
+    from histomag.data.acquisition import AcquisitionSettings
+    from histomag.errors import ConfigError
+
+    if text == "full":
+        return AcquisitionSettings()
+    if text == "off":
+        return AcquisitionSettings.off()
+    if text.startswith("no-"):
+        return AcquisitionSettings().without(text[3:])
+    raise ConfigError(f"--acquisition {text!r}: use full, off or no-PART (kernel, blur, sharpen, noise, jpeg, stain)")
+
+
+def _training(acquisition: str, epoch_size: int):
+    """Online sampling settings; validation crops are a quarter of an epoch (32 to 512)."""
+    from histomag.errors import ConfigError
+    from histomag.train.magreal import SourceTraining
+
+    if epoch_size < 8:
+        raise ConfigError(f"--epoch-size {epoch_size}: draw at least 8 crops per epoch")
+    return SourceTraining(settings=_acquisition(acquisition), epoch_size=epoch_size,
+                          val_size=max(32, min(512, epoch_size // 4)))
+
+
+def _is_magset(paths: list[Path]) -> bool:
+    return len(paths) == 1 and paths[0].is_dir() and (paths[0] / "manifest.csv").is_file()
+
+
+def _load_real_sources(paths: list[Path], quiet: bool):
+    from histomag.cli.main import error as say_error
+    from histomag.data.magsources import collect_entries, load_sources
+    from histomag.errors import DatasetError
+
+    sources, errors = load_sources(collect_entries(paths), progress=not quiet)
+    for message in errors:
+        say_error(message)
+    if not sources:
+        raise DatasetError("no usable source: every image or slide failed to load (see above)")
+    return sources
+
+
 @mag_app.command("train")
 def train(
-    data: Path = typer.Argument(..., help="Magnification set made by `histomag magnification build`."),
+    data: list[Path] = typer.Argument(..., help="A magnification set (`histomag magnification build`), or index "
+                                      "CSVs / slides of known resolution to draw crops from online."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, checkpoints, metrics)."),
-    preset: str = typer.Option("cpu-small", "--preset", help="paper (ResNet50, GPU), cpu-small (≤ 30 min on "
-                               "2 CPU cores) or tiny (seconds)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="real-small (default for sources), cpu-small "
+                                         "(default for a set), paper (ResNet50, GPU) or tiny (seconds)."),
     model: str = typer.Option("regressor", "--model", help="regressor (Hagnifinder) or classifier (4-level baseline)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Override the preset's backbone."),
     weights: Optional[str] = typer.Option(None, "--weights", help="imagenet (local torch cache) or a state-dict file."),
@@ -84,6 +127,9 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", "-j"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop training after this long."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    acquisition: str = typer.Option("full", "--acquisition", help="Sources only: full, off, or no-PART "
+                                    "(kernel, blur, sharpen, noise, jpeg, stain) for ablations."),
+    epoch_size: int = typer.Option(4096, "--epoch-size", help="Sources only: crops drawn per epoch."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the magnification regressor (Huber loss, AdamW, LR halved on plateau, best-on-val checkpoint)."""
@@ -93,13 +139,79 @@ def train(
 
     if model not in ("regressor", "classifier"):
         raise ConfigError(f"--model {model!r}: use regressor or classifier")
+    on_set = _is_magset(data)
     overrides = {"backbone": backbone, "weights": weights, "target": target, "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "crop": crop, "num_workers": workers,
                  "max_time_minutes": max_minutes, "seed": seed,
                  "model_type": MODEL_TYPE_CLASSIFIER if model == "classifier" else MODEL_TYPE_REGRESSOR}
-    config = make_preset(preset, **{k: v for k, v in overrides.items() if v is not None})
-    run = train_magnifier(data, out, config, progress=not quiet)
-    print(f"trained {config.model_type} ({config.backbone}, preset {preset}) -> {run}/checkpoints/best.ckpt")
+    name = preset or ("cpu-small" if on_set else "real-small")
+    config = make_preset(name, **{k: v for k, v in overrides.items() if v is not None})
+    if on_set:
+        run = train_magnifier(data[0], out, config, progress=not quiet)
+    else:
+        from histomag.train.magreal import train_on_sources
+
+        sources = _load_real_sources(data, quiet)
+        run = train_on_sources(sources, out, config, progress=not quiet,
+                               training=_training(acquisition, epoch_size))
+    print(f"trained {config.model_type} ({config.backbone}, preset {name}) -> {run}/checkpoints/best.ckpt")
+
+
+@mag_app.command("cv")
+def cv(
+    sources: list[Path] = typer.Argument(..., help="Index CSVs / slides of known resolution."),
+    out: Path = typer.Option(..., "--out", "-o", help="CV folder (one run per fold, predictions, metrics)."),
+    hold_out: Optional[list[str]] = typer.Option(None, "--hold-out", help="Groups held out together in one fold, "
+                                                 "comma-separated; repeat per fold (default: one fold per group)."),
+    preset: str = typer.Option("real-small", "--preset"),
+    acquisition: str = typer.Option("full", "--acquisition", help="full, off, or no-PART (for ablations)."),
+    epoch_size: int = typer.Option(4096, "--epoch-size", help="Crops drawn per epoch."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Per fold."),
+    level: float = typer.Option(0.9, "--level", help="Nominal coverage of the calibrated interval."),
+    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per held-out image."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Leave-groups-out CV: per held-out group relative error, ACC_k, bias, interval coverage."""
+    from histomag.train.magconfig import preset as make_preset
+    from histomag.train.magreal import cross_validate_sources
+
+    config = make_preset(preset, **{k: v for k, v in {"epochs": epochs, "max_time_minutes": max_minutes}.items()
+                                    if v is not None})
+    folds = [[g.strip() for g in f.split(",") if g.strip()] for f in hold_out] if hold_out else None
+    summary = cross_validate_sources(_load_real_sources(sources, quiet), out, config, folds=folds, level=level,
+                                     training=_training(acquisition, epoch_size),
+                                     n_crops=n_crops, progress=not quiet)
+    for row in summary["metrics"]:
+        print(f"{row['group']:<24} n={row['n']:<4} median rel. error {row['median_rel_error']:.3f}  "
+              f"within 10% {row['within_10']:.2f}  bias {row['bias']:+.3f}  coverage {row.get('coverage', 0):.2f}")
+    print(f"-> {out / 'metrics_per_group.csv'}; interval q={summary['interval']['q']:.3g}")
+
+
+@mag_app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint of a magnification model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.pt)."),
+    cv_dir: Optional[Path] = typer.Option(None, "--cv", help="CV folder whose held-out errors calibrate the interval."),
+) -> None:
+    """Write a slim model file (weights + config + interval calibration) for predict/info/tile."""
+    from histomag.errors import InputPathError
+    from histomag.estimate import IntervalCalibration
+    from histomag.train.maginfer import export_model
+    from histomag.train.magreal import read_cv_summary
+
+    calibration = None
+    if cv_dir is not None:
+        if not (cv_dir / "summary.json").is_file():
+            raise InputPathError(f"{cv_dir} is not a CV folder (no summary.json); make one with: "
+                                 "histomag magnification cv SOURCES --out DIR")
+        summary = read_cv_summary(cv_dir)
+        calibration = IntervalCalibration.from_dict(summary["interval"])
+        card = {"cv": summary["metrics"], "folds": summary["folds"]}
+    else:
+        card = None
+    path = export_model(run, out, calibration=calibration, card=card)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if calibration else "; no interval (no --cv)"))
 
 
 @mag_app.command("evaluate")
@@ -128,19 +240,22 @@ def _fmt(value: object) -> str:
 @mag_app.command("predict")
 def predict(
     paths: list[Path] = typer.Argument(..., help="Images, folders of images, or slides."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run folder or .ckpt of a magnification model."),
-    n_crops: int = typer.Option(8, "--n-crops", help="Tissue crops per image or slide (median)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Run folder or model file "
+                                              "(default: the model shipped with histomag)."),
+    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per image or slide (median of logs)."),
 ) -> int:
-    """Print one JSON object per image: path, magnification, mpp, n_crops (or an error)."""
+    """Print one JSON object per image: path, magnification, mpp, interval, n_crops (or an error)."""
     import json
 
-    from histomag.train.maginfer import load_magnifier
+    from histomag.train.maginfer import load_estimator
 
-    model, config = load_magnifier(checkpoint)
-    items = _expand_images(paths)
+    estimator = load_estimator(checkpoint)
+    from histomag.data.magsources import expand_image_paths
+
+    items = expand_image_paths(paths)
     failures = 0
     for path in items:
-        record = predict_one(path, model, config.crop, n_crops)
+        record = predict_one(path, estimator, n_crops)
         failures += "error" in record
         print(json.dumps(record), flush=True)
     if failures:
@@ -148,30 +263,9 @@ def predict(
     return 0
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".svs", ".ndpi", ".mrxs", ".scn"}
-
-
-def _expand_images(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(p)
-    return out
-
-
-def make_predictor(model, crop: int):
-    """A batch-independent predictor of one magnification per crop."""
-    from histomag.train.maginfer import predict_images
-
-    return lambda crops: predict_images(model, crops, crop, n_crops=1)
-
-
-def predict_one(path: Path, model, crop: int, n_crops: int) -> dict:
+def predict_one(path: Path, estimator, n_crops: int) -> dict:
     """Estimate one file's magnification; bad input becomes an ``error`` field, never an exception."""
     from histomag.errors import HistomagError
-    from histomag.estimate import estimate_magnification
     from histomag.slide import open_slide
 
     record: dict = {"path": str(path), "magnification": None, "mpp": None, "n_crops": 0}
@@ -180,8 +274,8 @@ def predict_one(path: Path, model, crop: int, n_crops: int) -> dict:
             note = getattr(slide, "conversion", None)
             if note:
                 record["note"] = note
-            est = estimate_magnification(slide, make_predictor(model, crop), crop, n_crops)
-        record.update(magnification=round(est.magnification, 3), mpp=round(est.mpp, 5), n_crops=est.n_crops)
+            est = estimator.estimate_slide(slide, n_crops)
+        record.update(est.to_dict())
     except HistomagError as exc:
         record["error"] = str(exc)
     return record

@@ -39,7 +39,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what 
 
 
 def _register() -> None:
-    from histomag.cli import demo, dmsl, info, magnification, report, synth, tile  # noqa: F401  (commands register themselves)
+    from histomag.cli import audit, demo, dmsl, info, magnification, report, synth, tile  # noqa: F401  (commands register themselves)
 
 
 def error(message: str) -> None:

@@ -36,8 +36,11 @@ def tile(
     negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
     mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide, or "
-                                      "'estimate' to recover it from the pixels (needs --checkpoint)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate."),
+                                      "'estimate' to recover it from the pixels."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
+                                              "(default: the model shipped with histomag)."),
+    max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse a slide whose "
+                                          "estimate's interval is wider than ± this share (0.25 = ±25%)."),
     allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
     workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
@@ -60,7 +63,7 @@ def tile(
     if not patients:
         for folder in sorted({p.parent for p in paths}):
             patient_map.update(read_patients_beside(folder))
-    mpps, failed_early = resolve_mpp(paths, mpp, checkpoint)
+    mpps, failed_early = resolve_mpp(paths, mpp, checkpoint, max_uncertainty)
     jobs = []
     for p in paths:
         if str(p) in failed_early:
@@ -88,7 +91,7 @@ def tile(
     return 0
 
 
-def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None
+def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float = 0.25
                 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Per-slide mpp from ``--mpp`` (a number, or ``estimate`` with a magnification model).
 
@@ -102,29 +105,30 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None
         except ValueError:
             raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25) or --mpp estimate") from None
         return {str(p): value for p in paths}, {}
-    if checkpoint is None:
-        raise ConfigError("--mpp estimate needs a magnification model: add --checkpoint RUN "
-                          "(made by `histomag magnification train`)")
-    from histomag.cli.magnification import make_predictor
     from histomag.errors import HistomagError
-    from histomag.estimate import estimate_magnification
     from histomag.slide import open_slide
-    from histomag.train.maginfer import load_magnifier
+    from histomag.train.maginfer import load_estimator
 
-    model, config = load_magnifier(checkpoint)
+    estimator = load_estimator(checkpoint)
     values: dict[str, float | None] = {}
     failed: dict[str, str] = {}
     for p in paths:
         try:
             with open_slide(p) as slide:
-                est = estimate_magnification(slide, make_predictor(model, config.crop), config.crop)
+                est = estimator.estimate_slide(slide)
                 meta = f"metadata: {slide.magnification:.3g}x" if slide.mpp else "no resolution in metadata"
         except HistomagError as exc:
             failed[str(p)] = str(exc)
             continue
+        unc = est.relative_uncertainty
+        if unc is not None and unc > max_uncertainty:
+            failed[str(p)] = (f"{p.name}: the estimated resolution {est.describe()} is uncertain by ±{unc:.0%}, more "
+                              f"than the allowed ±{max_uncertainty:.0%}; give the true resolution with --mpp, or "
+                              "raise --max-uncertainty")
+            continue
         values[str(p)] = est.mpp
-        print(f"warning: {p.name}: using the ESTIMATED resolution {est.magnification:.3g}x ({est.mpp:.4g} µm/px) "
-              f"from {est.n_crops} tissue crops ({meta})", file=sys.stderr)
+        note = "" if unc is not None else "; this model has no calibrated interval, its uncertainty is unknown"
+        print(f"warning: {p.name}: using the ESTIMATED resolution {est.describe()} ({meta}){note}", file=sys.stderr)
     return values, failed
 
 

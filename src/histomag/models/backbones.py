@@ -353,6 +353,24 @@ def tiny() -> StagedBackbone:
     return StagedBackbone("tiny", stages, num_features=widths[-1], low_layer="stem.0", high_layer="stage3")
 
 
+@register_backbone("small")
+def small() -> StagedBackbone:
+    """A compact ResNet (one basic block per stage, widths 24-32-64-128-256, ~1.2M parameters).
+
+    Sized for the magnification model shipped with histomag (a few MB on disk) and for training
+    from scratch on two CPU cores (~0.07 GMAC for a 128 px crop); output stride 32.
+    """
+    from torchvision.models.resnet import BasicBlock
+
+    def stage(c_in: int, c_out: int) -> nn.Sequential:
+        down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, 2, bias=False), nn.BatchNorm2d(c_out))
+        return nn.Sequential(BasicBlock(c_in, c_out, 2, down))
+
+    stages = [("stem", _conv_bn_relu(3, 24, 2)), ("stage1", stage(24, 32)), ("stage2", stage(32, 64)),
+              ("stage3", stage(64, 128)), ("stage4", stage(128, 256))]
+    return StagedBackbone("small", stages, num_features=256, low_layer="stem.0", high_layer="stage4")
+
+
 def list_backbones() -> list[str]:
     """Registered backbone names, sorted (``timm:NAME`` is accepted in addition)."""
     return BACKBONES.names()

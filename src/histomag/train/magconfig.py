@@ -177,12 +177,17 @@ class MagnifierConfig:
 #: ``cpu-small``: ResNet-18 on 128 px crops, 8 epochs, stopped after 28 minutes: measured ~0.075
 #: CPU-s per training image (decode + augment + step), ~0.03 per validation image, so ~2 s per 100
 #: images per epoch on 2 cores: 3k images (70/15/15 split) ~15 min, 5k ~24 min.
+#: ``real-small``: the compact ``small`` ResNet on 128 px crops drawn online from real sources with
+#: randomised acquisition (:mod:`histomag.train.magreal`), log target; the shipped default model.
 #: ``tiny``: the tiny backbone on 64 px crops, for tests and demos (seconds).
 PRESETS: dict[str, MagnifierConfig] = {
     "paper": MagnifierConfig(preset="paper", backbone="resnet50", hidden_activation="none", crop=224,
                              batch_size=64, lr=1e-4, epochs=50, patience=5, num_workers=8),
     "cpu-small": MagnifierConfig(preset="cpu-small", backbone="resnet18", crop=128, batch_size=32, lr=1e-3,
                                  epochs=8, patience=2, num_workers=1, max_time_minutes=28.0),
+    "real-small": MagnifierConfig(preset="real-small", backbone="small", target="log", mag_range=(1.0, 64.0),
+                                  crop=128, batch_size=64, lr=2e-3, weight_decay=1e-4, epochs=6, patience=1,
+                                  num_workers=1, calibration_batches=6, max_time_minutes=9.0),
     "tiny": MagnifierConfig(preset="tiny", backbone="tiny", crop=64, batch_size=16, lr=3e-3, epochs=3,
                             patience=2, num_workers=0),
 }

@@ -11,8 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from histomag.errors import CheckpointError, ConfigError, InputPathError
+from histomag.estimate import IntervalCalibration, MagnificationEstimate, estimate_from_rgb, estimate_magnification
 from histomag.models.magnifier import MODEL_TYPES, MagnificationClassifier
 from histomag.train.common import read_checkpoint
 from histomag.train.magconfig import TRAIN_HINT, MagnifierConfig, build_magnifier
@@ -131,6 +134,89 @@ def predict_images(model: nn.Module, images: Sequence[np.ndarray], crop: int, n_
         else:
             result.append(float(np.median(mine.numpy())))
     return result
+
+
+def crop_predictor(model: nn.Module, crop: int):
+    """A batch-independent predictor of one magnification per crop (for :mod:`histomag.estimate`)."""
+    return lambda crops: predict_images(model, crops, crop, n_crops=1)
+
+
+#: the magnification model shipped with histomag (used when no checkpoint is given)
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "magnifier-small.pt"
+DEFAULT_MODEL_HINT = ("reinstall histomag (the package ships weights/magnifier-small.pt), or pass a model made by: "
+                      "histomag magnification train SOURCES --out RUN")
+
+
+@dataclass
+class Estimator:
+    """A magnification model ready to estimate resolutions, with its calibrated interval (if any).
+
+    Attributes:
+        model: the network (eval mode).
+        config: its config (``crop`` is the input size).
+        calibration: the interval calibration from leave-groups-out CV (None: no interval).
+        source: where it was loaded from.
+    """
+
+    model: nn.Module
+    config: MagnifierConfig
+    calibration: IntervalCalibration | None
+    source: str
+
+    def predictor(self):
+        """One magnification per crop (batch-independent)."""
+        return crop_predictor(self.model, self.config.crop)
+
+    def estimate_slide(self, slide: Any, n_crops: int = 32) -> MagnificationEstimate:
+        """Estimate of a slide or image file opened with :func:`histomag.slide.open_slide`."""
+        return estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, self.calibration)
+
+    def estimate_rgb(self, rgb: np.ndarray, n_crops: int = 32, name: str = "image") -> MagnificationEstimate:
+        """Estimate of a square-pixel image in memory."""
+        return estimate_from_rgb(as_rgb_uint8(rgb), self.predictor(), self.config.crop, n_crops, self.calibration,
+                                 name)
+
+
+def load_estimator(checkpoint: str | Path | None = None, map_location: str | torch.device = "cpu") -> Estimator:
+    """The magnification model at ``checkpoint`` (a run folder or file), or the shipped default.
+
+    Raises:
+        CheckpointError: the default model is missing from the installation, or the checkpoint
+            is not a magnification model (one line).
+    """
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_MODEL
+    if checkpoint is None and not path.is_file():
+        raise CheckpointError(f"the default magnification model {path} is missing; {DEFAULT_MODEL_HINT}")
+    model, config = load_magnifier(path, map_location=map_location)
+    ckpt_path = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+    _, meta = read_checkpoint(ckpt_path, map_location)
+    interval = (meta or {}).get("interval")
+    calibration = IntervalCalibration.from_dict(interval) if isinstance(interval, dict) else None
+    return Estimator(model, config, calibration, "default model" if checkpoint is None else str(path))
+
+
+def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: IntervalCalibration | None = None,
+                 card: dict[str, Any] | None = None) -> Path:
+    """Write a slim, weights-only model file (no optimiser state) with its interval calibration.
+
+    The file loads with :func:`load_estimator` / :func:`load_magnifier` like a checkpoint.
+    """
+    from histomag.data.atomic import atomic_write_bytes
+
+    path = Path(run_or_ckpt)
+    ckpt_path = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+    ckpt, meta = read_checkpoint(ckpt_path)
+    load_magnifier(ckpt_path)  # checks that it is a magnification model
+    meta = dict(meta or {})
+    if calibration is not None:
+        meta["interval"] = calibration.to_dict()
+    if card:
+        meta["card"] = card
+    state = {k: v.detach().clone().contiguous() for k, v in ckpt["state_dict"].items()}
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "histomag": meta}, buf)
+    atomic_write_bytes(Path(out), buf.getvalue())
+    return Path(out)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

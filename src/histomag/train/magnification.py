@@ -232,8 +232,9 @@ def _trainer_kwargs(config: MagnifierConfig) -> dict[str, Any]:
     return kw
 
 
-def train_magnifier(data_dir: str | Path, out_dir: str | Path, config: MagnifierConfig, *, progress: bool = True,
-                    resume: bool = True) -> Path:
+def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: MagnifierConfig, *,
+                    progress: bool = True, resume: bool = True, datamodule: Any = None,
+                    extra_config: dict[str, Any] | None = None) -> Path:
     """Train a magnification regressor or classifier; ``out_dir`` becomes its run folder.
 
     Args:
@@ -242,6 +243,10 @@ def train_magnifier(data_dir: str | Path, out_dir: str | Path, config: Magnifier
         config: the run's settings (``config.model_type`` picks regressor or classifier).
         progress: show a progress bar (stderr) and Lightning's info messages.
         resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists.
+        datamodule: instead of a magnification set, a callable ``(config, mean, std) ->
+            LightningDataModule`` (with ``train_set`` and optionally ``calibration_dataloader``),
+            e.g. crops drawn online from real sources (:mod:`histomag.train.magreal`).
+        extra_config: more entries for the run's ``config.json`` (what the data were).
 
     Returns:
         The run folder.
@@ -259,7 +264,6 @@ def train_magnifier(data_dir: str | Path, out_dir: str | Path, config: Magnifier
     from lightning.pytorch.loggers import CSVLogger
 
     run_dir = Path(out_dir)
-    data_dir = Path(data_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if last.is_file() and not resume:
@@ -271,10 +275,14 @@ def train_magnifier(data_dir: str | Path, out_dir: str | Path, config: Magnifier
         L.seed_everything(config.seed, workers=True, verbose=False)
         task = MagnifierTask(config)
         backbone = task.model.backbone
-        data = MagnificationDataModule(data_dir, config, backbone.input_mean, backbone.input_std)
+        if datamodule is not None:
+            data = datamodule(config, backbone.input_mean, backbone.input_std)
+        else:
+            data = MagnificationDataModule(Path(data_dir), config, backbone.input_mean, backbone.input_std)  # type: ignore[arg-type]
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {
-            **config.to_dict(), "data_dir": str(data_dir.resolve()),
+            **config.to_dict(), "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+            **(extra_config or {}),
             "versions": {"torch": torch.__version__, "lightning": L.__version__},
         })
         # Lightning's save_last only refreshes last.ckpt when a top-k file is written, so "last" is

@@ -1,0 +1,111 @@
+"""Cohort resolution audit: for every slide or image, the resolution its metadata states, the one its pixels show, and a verdict.
+
+Verdicts: ``ok`` (metadata inside the estimate's calibrated interval), ``likely wrong`` (outside it),
+``missing`` (no usable resolution in the metadata), ``error`` (the file could not be read or shows
+no tissue; the others go on). Results go to ``DIR/audit.csv`` and a self-contained ``DIR/audit.html``
+with a thumbnail per file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histomag.data.atomic import atomic_write_csv, atomic_write_text
+from histomag.errors import HistomagError
+from histomag.estimate import verdict
+from histomag.progress import progress_bar
+
+AUDIT_COLUMNS = ["path", "verdict", "metadata_mpp", "mpp_source", "estimated_mpp", "mpp_low", "mpp_high",
+                 "estimated_magnification", "interval_level", "n_crops", "error"]
+THUMB_SIDE = 160
+
+
+def _thumbnail(slide: Any) -> bytes | None:
+    from PIL import Image
+
+    try:
+        rgb, _ = slide.read_overview(max_side=THUMB_SIDE * 2)
+        im = Image.fromarray(np.asarray(rgb)[..., :3])
+        im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+    except Exception:  # noqa: BLE001 - a thumbnail is decoration; never fail the audit row for it
+        return None
+
+
+def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, Any], bytes | None]:
+    """Audit one file; a bad file gives a row with ``verdict`` ``error`` and the one-line reason."""
+    from histomag.slide import open_slide
+
+    row: dict[str, Any] = {"path": str(path), "verdict": "error"}
+    thumb = None
+    try:
+        with open_slide(path) as slide:
+            thumb = _thumbnail(slide)
+            meta_mpp = slide.mpp if slide.mpp_source not in ("missing",) and slide.mpp else None
+            row.update(metadata_mpp=round(meta_mpp, 5) if meta_mpp else "", mpp_source=slide.mpp_source)
+            est = estimator.estimate_slide(slide, n_crops)
+        lo, hi = est.mpp_interval if est.mpp_interval else ("", "")
+        row.update(verdict=verdict(meta_mpp, est), estimated_mpp=round(est.mpp, 5),
+                   mpp_low=round(lo, 5) if lo != "" else "", mpp_high=round(hi, 5) if hi != "" else "",
+                   estimated_magnification=round(est.magnification, 3),
+                   interval_level=est.level if est.interval else "", n_crops=est.n_crops)
+    except HistomagError as exc:
+        row["error"] = str(exc)
+    return row, thumb
+
+
+def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n_crops: int = 32,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Audit every file and write ``audit.csv`` and ``audit.html`` into ``out_dir``; returns the rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    thumbs: list[bytes | None] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("auditing resolutions", total=len(paths)) if bar else None
+        for p in paths:
+            row, thumb = audit_one(Path(p), estimator, n_crops)
+            rows.append(row)
+            thumbs.append(thumb)
+            if bar:
+                bar.advance(task, 1)
+    atomic_write_csv(out_dir / "audit.csv", AUDIT_COLUMNS, rows)
+    atomic_write_text(out_dir / "audit.html", render_audit(rows, thumbs, estimator.source))
+    return rows
+
+
+def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None], model: str) -> str:
+    """The audit as one self-contained HTML page."""
+    from histomag.report.html import page
+    from histomag.report.markup import esc, image, table
+    from histomag.report.sections import Section
+
+    colour = {"ok": "#1a7f37", "likely wrong": "#b35900", "missing": "#8250df", "error": "#cf222e"}
+    cells = []
+    for row, thumb in zip(rows, thumbs):
+        v = row["verdict"]
+        interval = (f"{row['mpp_low']:.3g}–{row['mpp_high']:.3g}" if row.get("mpp_low") not in ("", None) else "—")
+        cells.append([
+            image(thumb, Path(row["path"]).name, max_width=THUMB_SIDE) if thumb else "",
+            esc(Path(row["path"]).name),
+            f'<b style="color:{colour.get(v, "#000")}">{esc(v)}</b>',
+            esc(f"{row['metadata_mpp']:.4g} ({row.get('mpp_source', '')})" if row.get("metadata_mpp") not in ("", None)
+                else row.get("mpp_source", "") or "—"),
+            esc(f"{row['estimated_mpp']:.4g}" if row.get("estimated_mpp") not in ("", None) else "—"),
+            esc(interval),
+            esc(row.get("error", "")),
+        ])
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in colour}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    body = (f"<p>{len(rows)} files: {esc(summary)}. Estimates by the {esc(model)}; a verdict of "
+            "<i>likely wrong</i> means the metadata lies outside the estimate's calibrated interval.</p>"
+            + table(["thumbnail", "file", "verdict", "metadata µm/px", "estimated µm/px", "interval µm/px", "error"],
+                    cells, raw=True))
+    return page("histomag resolution audit", [Section("audit", "Resolution per file", body)], subtitle=summary)

@@ -1,0 +1,40 @@
+"""``histomag audit``: the resolution every file states vs the one its pixels show, with a verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from histomag.cli.main import app, error
+
+
+@app.command()
+def audit(
+    paths: list[Path] = typer.Argument(..., help="Slides, images, or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for audit.csv and audit.html."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Magnification model "
+                                              "(default: the model shipped with histomag)."),
+    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> int:
+    """Per file: metadata mpp (or none), estimate with its interval, verdict ok / missing / likely wrong."""
+    from histomag.audit import audit_files
+    from histomag.data.magsources import expand_image_paths
+    from histomag.errors import InputPathError
+    from histomag.train.maginfer import load_estimator
+
+    if out.exists() and not out.is_dir():
+        raise InputPathError(f"{out} is a file; give a folder for the audit")
+    items = expand_image_paths(paths)
+    estimator = load_estimator(checkpoint)
+    rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet)
+    bad = [r for r in rows if r["verdict"] == "error"]
+    for r in bad:
+        error(r["error"])
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "likely wrong", "missing", "error")}
+    print(", ".join(f"{n} {v}" for v, n in counts.items()) + f" -> {out / 'audit.csv'}, {out / 'audit.html'}")
+    if bad:
+        return 2 if len(bad) == len(rows) else 1
+    return 0

@@ -1,0 +1,103 @@
+"""Training on sources, leave-groups-out CV, export with a calibrated interval, predict and audit, through the CLI."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import nuclei_image
+from histomag.cli.main import run
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Two groups of synthetic tissue: 'scanA' at 0.25 µm/px (40x) and 'scanB' at 0.5 µm/px (20x)."""
+    root = tmp_path_factory.mktemp("realsrc")
+    rng = np.random.default_rng(0)
+    rows = []
+    for group, mpp in (("scanA", 0.25), ("scanB", 0.5)):
+        for k in range(2):
+            name = f"{group}_{k}.png"
+            Image.fromarray(nuclei_image(320, 320, mpp, rng)).save(root / name)
+            rows.append(f"{name},{mpp},{group}")
+    (root / "index.csv").write_text("image,mpp,group\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cv_and_model(sources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("realcv")
+    common = ["--preset", "tiny", "--epoch-size", "32", "--epochs", "1", "-q"]
+    assert run(["magnification", "train", str(sources / "index.csv"), "--out", str(out / "run")] + common) == 0
+    assert run(["magnification", "cv", str(sources / "index.csv"), "--out", str(out / "cv"), "--n-crops", "4"]
+               + common) == 0
+    assert run(["magnification", "export", str(out / "run"), "--cv", str(out / "cv"), "--out",
+                str(out / "model.pt")]) == 0
+    return out
+
+
+def test_train_on_sources_records_the_data(cv_and_model):
+    config = json.loads((cv_and_model / "run" / "config.json").read_text())
+    assert config["data"] == "sources" and set(config["sources"]) == {"scanA", "scanB"}
+    assert config["acquisition"]["random_kernel"] is True
+    assert (cv_and_model / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_cv_leaves_whole_groups_out(cv_and_model):
+    with open(cv_and_model / "cv" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    folds = {r["group"]: r["fold"] for r in rows}
+    assert set(folds) == {"scanA", "scanB"} and folds["scanA"] != folds["scanB"]
+    for k in (0, 1):  # each fold's model never saw the group it predicts
+        cfg = json.loads((cv_and_model / "cv" / f"fold-{k}" / "config.json").read_text())
+        held = cfg["held_out"]
+        assert all(r["group"] in held for r in rows if r["fold"] == str(k)) and not set(held) & set(cfg["sources"])
+    with open(cv_and_model / "cv" / "metrics_per_group.csv", newline="") as fh:
+        metrics = {r["group"]: r for r in csv.DictReader(fh)}
+    assert set(metrics) == {"scanA", "scanB", "all"}
+    for key in ("median_rel_error", "within_10", "acc_1", "bias", "coverage"):
+        assert key in metrics["all"]
+    summary = json.loads((cv_and_model / "cv" / "summary.json").read_text())
+    assert summary["interval"]["q"] > 0 and summary["interval"]["n"] == len(rows)
+
+
+def test_exported_model_is_small_and_gives_intervals(cv_and_model, sources, tmp_path, capsys):
+    from histomag.train.maginfer import load_estimator
+
+    model = cv_and_model / "model.pt"
+    assert model.stat().st_size < 20e6
+    est = load_estimator(model)
+    assert est.calibration is not None and est.calibration.level == 0.9
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    code = run(["magnification", "predict", "--checkpoint", str(model), "--n-crops", "4",
+                str(sources / "scanA_0.png"), str(bad)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and len(lines) == 2
+    good, broken = lines
+    lo, hi = good["mpp_interval"]
+    assert lo < good["mpp"] < hi and good["interval_level"] == 0.9
+    assert "error" in broken and broken["magnification"] is None
+
+
+def test_audit_reports_every_file_and_goes_on(cv_and_model, sources, tmp_path, capsys):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    Image.open(sources / "scanB_0.png").save(folder / "a_snapshot.png")
+    Image.fromarray(np.full((300, 300, 3), 250, np.uint8)).save(folder / "b_glass.png")
+    (folder / "c_corrupt.png").write_bytes(b"not an image")
+    code = run(["audit", str(folder), "--checkpoint", str(cv_and_model / "model.pt"), "--out", str(tmp_path / "aud"),
+                "-q", "--n-crops", "4"])
+    captured = capsys.readouterr()
+    assert code == 1
+    with open(tmp_path / "aud" / "audit.csv", newline="") as fh:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(fh)}
+    assert rows["a_snapshot.png"]["verdict"] == "missing"  # a PNG states no resolution
+    assert float(rows["a_snapshot.png"]["mpp_low"]) < float(rows["a_snapshot.png"]["mpp_high"])
+    assert rows["b_glass.png"]["verdict"] == "error" and "no tissue" in rows["b_glass.png"]["error"]
+    assert rows["c_corrupt.png"]["verdict"] == "error"
+    html = (tmp_path / "aud" / "audit.html").read_text()
+    assert "a_snapshot.png" in html and "data:image/png;base64" in html and "1 missing" in html
+    assert captured.err.count("error:") == 2
