@@ -159,9 +159,23 @@ def spread_crops(mask: TissueMask, width: int, height: int, crop: int, n_crops: 
     return [tuple(int(v) for v in boxes[i]) for i in pick]  # type: ignore[misc]
 
 
+def _shrink(crop_rgb: np.ndarray, factor: float) -> np.ndarray:
+    """A crop box-downsampled by ``factor`` (1: unchanged)."""
+    if factor == 1.0:
+        return crop_rgb
+    from PIL import Image
+
+    h, w = crop_rgb.shape[:2]
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop_rgb)).resize(size, Image.Resampling.BOX))
+
+
 def tissue_crops(slide: Slide, crop: int, n_crops: int = 32, min_tissue: float = 0.6,
-                 seed: int = 0) -> list[np.ndarray]:
-    """Up to ``n_crops`` level-0 crops of ``crop`` px (smaller images: the whole image), spread over the tissue.
+                 seed: int = 0, scale: float = 1.0) -> list[np.ndarray]:
+    """Up to ``n_crops`` crops of ``crop`` px spread over the tissue (smaller images: the whole image).
+
+    With ``scale`` > 1 each crop covers ``crop * scale`` level-0 px and is box-downsampled to
+    ``crop`` px: the slide as it would look at ``1 / scale`` of its magnification.
 
     Raises:
         NoTissueError: no place with enough tissue.
@@ -169,18 +183,20 @@ def tissue_crops(slide: Slide, crop: int, n_crops: int = 32, min_tissue: float =
     W, H = slide.dimensions
     overview, ds = slide.read_overview()
     mask = tissue_mask_from_rgb(overview, downsample=ds)
-    boxes = spread_crops(mask, W, H, crop, n_crops, min_tissue, slide.path.name)
-    return [slide.read_native(x, y, w, h) for x, y, w, h in boxes]
+    side = int(round(crop * scale))
+    boxes = spread_crops(mask, W, H, side, n_crops, min_tissue, slide.path.name)
+    return [_shrink(slide.read_native(x, y, w, h), scale) for x, y, w, h in boxes]
 
 
 def rgb_tissue_crops(rgb: np.ndarray, crop: int, n_crops: int = 32, min_tissue: float = 0.6,
-                     name: str = "image") -> list[np.ndarray]:
+                     name: str = "image", scale: float = 1.0) -> list[np.ndarray]:
     """Like :func:`tissue_crops`, for an image already in memory (square pixels)."""
     H, W = rgb.shape[:2]
     step = max(1, int(max(H, W) // 1024))
     mask = tissue_mask_from_rgb(rgb[::step, ::step], downsample=(float(step), float(step)))
-    boxes = spread_crops(mask, W, H, crop, n_crops, min_tissue, name)
-    return [rgb[y : y + h, x : x + w] for x, y, w, h in boxes]
+    side = int(round(crop * scale))
+    boxes = spread_crops(mask, W, H, side, n_crops, min_tissue, name)
+    return [_shrink(rgb[y : y + h, x : x + w], scale) for x, y, w, h in boxes]
 
 
 def combine(predictions: Sequence[float], calibration: IntervalCalibration | None = None,
@@ -202,17 +218,37 @@ def combine(predictions: Sequence[float], calibration: IntervalCalibration | Non
     return MagnificationEstimate(float(math.exp(centre)), int(preds.size), float(q3 - q1), mad, interval, level)
 
 
+def _scaled_predictions(get_crops: Callable[[float], list[np.ndarray]], predict: Predictor, short_side: int,
+                        crop: int, tta: Sequence[float]) -> list[float]:
+    """Predictions at each test-time scale, folded back to the image's own magnification."""
+    preds: list[float] = []
+    for f in tta:
+        if f != 1.0 and short_side < crop * f:
+            continue  # too small to show at that scale
+        preds.extend(float(p) * f for p in predict(get_crops(f)))
+    return preds
+
+
 def estimate_from_rgb(rgb: np.ndarray, predict: Predictor, crop: int, n_crops: int = 32,
-                      calibration: IntervalCalibration | None = None, name: str = "image") -> MagnificationEstimate:
-    """Estimate the magnification of a square-pixel image held in memory."""
-    return combine(predict(rgb_tissue_crops(rgb, crop, n_crops, name=name)), calibration, name)
+                      calibration: IntervalCalibration | None = None, name: str = "image",
+                      tta: Sequence[float] = (1.0,)) -> MagnificationEstimate:
+    """Estimate the magnification of a square-pixel image held in memory.
+
+    ``tta`` lists test-time scales: at ``f`` > 1 the image is also shown box-downsampled by ``f``
+    and the predictions are multiplied back by ``f`` (scale consistency).
+    """
+    preds = _scaled_predictions(lambda f: rgb_tissue_crops(rgb, crop, n_crops, name=name, scale=f), predict,
+                                min(rgb.shape[:2]), crop, tta)
+    return combine(preds, calibration, name)
 
 
 def estimate_magnification(slide: Slide, predict: Predictor, crop: int, n_crops: int = 32,
-                           calibration: IntervalCalibration | None = None) -> MagnificationEstimate:
-    """Estimate from crops of ``slide`` at its own pixel scale, spread over its tissue."""
-    crops = tissue_crops(slide, crop, n_crops)
-    est = combine(predict(crops), calibration, slide.path.name)
+                           calibration: IntervalCalibration | None = None,
+                           tta: Sequence[float] = (1.0,)) -> MagnificationEstimate:
+    """Estimate from crops of ``slide`` at its own pixel scale, spread over its tissue (``tta``: see above)."""
+    preds = _scaled_predictions(lambda f: tissue_crops(slide, crop, n_crops, scale=f), predict,
+                                min(slide.dimensions), crop, tta)
+    est = combine(preds, calibration, slide.path.name)
     log.info("%s: %s", slide.path.name, est.describe())
     return est
 

@@ -182,10 +182,10 @@ def cv(
     summary = cross_validate_sources(_load_real_sources(sources, quiet), out, config, folds=folds, level=level,
                                      training=_training(acquisition, epoch_size),
                                      n_crops=n_crops, progress=not quiet)
-    for row in summary["metrics"]:
+    for row in (r for r in summary["metrics"] if r["method"] == summary["method"]):
         print(f"{row['group']:<24} n={row['n']:<4} median rel. error {row['median_rel_error']:.3f}  "
               f"within 10% {row['within_10']:.2f}  bias {row['bias']:+.3f}  coverage {row.get('coverage', 0):.2f}")
-    print(f"-> {out / 'metrics_per_group.csv'}; interval q={summary['interval']['q']:.3g}")
+    print(f"-> {out / 'metrics_per_group.csv'}; inference {summary['method']}, interval q={summary['interval']['q']:.3g}")
 
 
 @mag_app.command("export")
@@ -207,10 +207,11 @@ def export(
                                  "histomag magnification cv SOURCES --out DIR")
         summary = read_cv_summary(cv_dir)
         calibration = IntervalCalibration.from_dict(summary["interval"])
-        card = {"cv": summary["metrics"], "folds": summary["folds"]}
+        card = {"cv": summary["metrics"], "folds": summary["folds"], "method": summary["method"]}
+        tta = summary.get("tta", [1.0])
     else:
-        card = None
-    path = export_model(run, out, calibration=calibration, card=card)
+        card, tta = None, [1.0]
+    path = export_model(run, out, calibration=calibration, tta=tta, card=card)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if calibration else "; no interval (no --cv)"))
 
 

@@ -156,12 +156,14 @@ class Estimator:
         config: its config (``crop`` is the input size).
         calibration: the interval calibration from leave-groups-out CV (None: no interval).
         source: where it was loaded from.
+        tta: test-time scales (see :func:`histomag.estimate.estimate_from_rgb`), as calibrated.
     """
 
     model: nn.Module
     config: MagnifierConfig
     calibration: IntervalCalibration | None
     source: str
+    tta: tuple[float, ...] = (1.0,)
 
     def predictor(self):
         """One magnification per crop (batch-independent)."""
@@ -169,12 +171,13 @@ class Estimator:
 
     def estimate_slide(self, slide: Any, n_crops: int = 32) -> MagnificationEstimate:
         """Estimate of a slide or image file opened with :func:`histomag.slide.open_slide`."""
-        return estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, self.calibration)
+        return estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, self.calibration,
+                                      tta=self.tta)
 
     def estimate_rgb(self, rgb: np.ndarray, n_crops: int = 32, name: str = "image") -> MagnificationEstimate:
         """Estimate of a square-pixel image in memory."""
         return estimate_from_rgb(as_rgb_uint8(rgb), self.predictor(), self.config.crop, n_crops, self.calibration,
-                                 name)
+                                 name, tta=self.tta)
 
 
 def load_estimator(checkpoint: str | Path | None = None, map_location: str | torch.device = "cpu") -> Estimator:
@@ -192,11 +195,12 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
     _, meta = read_checkpoint(ckpt_path, map_location)
     interval = (meta or {}).get("interval")
     calibration = IntervalCalibration.from_dict(interval) if isinstance(interval, dict) else None
-    return Estimator(model, config, calibration, "default model" if checkpoint is None else str(path))
+    tta = tuple(float(f) for f in (meta or {}).get("tta", (1.0,)))
+    return Estimator(model, config, calibration, "default model" if checkpoint is None else str(path), tta)
 
 
 def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: IntervalCalibration | None = None,
-                 card: dict[str, Any] | None = None) -> Path:
+                 tta: Sequence[float] = (1.0,), card: dict[str, Any] | None = None) -> Path:
     """Write a slim, weights-only model file (no optimiser state) with its interval calibration.
 
     The file loads with :func:`load_estimator` / :func:`load_magnifier` like a checkpoint.
@@ -210,6 +214,7 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: Inter
     meta = dict(meta or {})
     if calibration is not None:
         meta["interval"] = calibration.to_dict()
+    meta["tta"] = [float(f) for f in tta]
     if card:
         meta["card"] = card
     state = {k: v.detach().clone().contiguous() for k, v in ckpt["state_dict"].items()}

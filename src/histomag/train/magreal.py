@@ -32,12 +32,16 @@ import torch
 from histomag.data.acquisition import AcquisitionSettings
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.data.magsources import RealSource, ScaleSampleDataset, eval_views
-from histomag.errors import ConfigError
+from histomag.errors import ConfigError, HistomagError
 from histomag.estimate import IntervalCalibration, estimate_from_rgb
 from histomag.train.magconfig import MagnifierConfig
 
+#: inference variants compared in CV: name -> (magnification column, log-spread column)
+METHODS = {"cnn": ("predicted_magnification", "log_mad"), "cnn_tta": ("predicted_tta", "log_mad_tta")}
+#: test-time scales of the ``cnn_tta`` variant
+TTA_SCALES = (1.0, 2.0)
 PREDICTION_COLUMNS = ["fold", "group", "source_id", "organ", "true_magnification", "predicted_magnification",
-                      "log_mad", "n_crops", "width", "height"]
+                      "log_mad", "n_crops", "predicted_tta", "log_mad_tta", "width", "height"]
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,13 @@ def fold_groups(groups: Sequence[str], folds: Sequence[Sequence[str]] | None) ->
 
 
 def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequence[RealSource], fold: int,
-                  *, n_crops: int = 32, max_views_per_group: int = 400) -> list[dict[str, Any]]:
-    """Whole-image estimates of every held-out source at its own scale and downsampled (BOX)."""
+                  *, n_crops: int = 32, max_views_per_group: int = 400,
+                  extra: Callable[[np.ndarray], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Whole-image estimates of every held-out source at its own scale and box-downsampled.
+
+    Each view gets the plain estimate and the test-time-scale one (:data:`TTA_SCALES`); ``extra``
+    may add columns (e.g. another estimator's answer) from the view's pixels.
+    """
     from histomag.train.maginfer import crop_predictor
 
     predict = crop_predictor(model, config.crop)
@@ -141,18 +150,20 @@ def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequ
         if len(views) > max_views_per_group:
             views = [views[i] for i in sorted(rng.choice(len(views), max_views_per_group, replace=False))]
         for v in views:
+            row: dict[str, Any] = {"fold": fold, "group": group, "source_id": v.source_id, "organ": v.organ,
+                                   "true_magnification": round(v.magnification, 4), "width": v.rgb.shape[1],
+                                   "height": v.rgb.shape[0]}
             try:
                 est = estimate_from_rgb(v.rgb, predict, config.crop, n_crops=n_crops)
-            except Exception as exc:  # noqa: BLE001 - an image without tissue is reported, not fatal
-                rows.append({"fold": fold, "group": group, "source_id": v.source_id, "organ": v.organ,
-                             "true_magnification": round(v.magnification, 4), "predicted_magnification": "",
-                             "log_mad": "", "n_crops": 0, "width": v.rgb.shape[1], "height": v.rgb.shape[0],
-                             "error": str(exc)})
-                continue
-            rows.append({"fold": fold, "group": group, "source_id": v.source_id, "organ": v.organ,
-                         "true_magnification": round(v.magnification, 4),
-                         "predicted_magnification": round(est.magnification, 4), "log_mad": round(est.log_mad, 5),
-                         "n_crops": est.n_crops, "width": v.rgb.shape[1], "height": v.rgb.shape[0]})
+                tta = estimate_from_rgb(v.rgb, predict, config.crop, n_crops=n_crops, tta=TTA_SCALES)
+                row.update(predicted_magnification=round(est.magnification, 4), log_mad=round(est.log_mad, 5),
+                           n_crops=est.n_crops, predicted_tta=round(tta.magnification, 4),
+                           log_mad_tta=round(tta.log_mad, 5))
+                if extra is not None:
+                    row.update(extra(v.rgb))
+            except HistomagError as exc:  # an image without tissue is reported, not fatal
+                row.update(predicted_magnification="", n_crops=0, error=str(exc))
+            rows.append(row)
     return rows
 
 
@@ -167,18 +178,32 @@ def magnification_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float
             "acc_5": float(np.mean(np.abs(pred - true) <= 5)), "bias": float(np.median(log_ratio))}
 
 
-def summarise_predictions(rows: Sequence[dict[str, Any]], calibration: IntervalCalibration | None
-                          ) -> list[dict[str, Any]]:
+def _valid(rows: Sequence[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    col, _ = METHODS[method]
+    return [r for r in rows if r.get(col) not in ("", None)]
+
+
+def calibrate(rows: Sequence[dict[str, Any]], method: str = "cnn", level: float = 0.9) -> IntervalCalibration:
+    """The interval calibration of one inference variant from held-out prediction rows."""
+    col, spread = METHODS[method]
+    ok = _valid(rows, method)
+    return IntervalCalibration.fit([float(r["true_magnification"]) for r in ok], [float(r[col]) for r in ok],
+                                   [float(r[spread]) for r in ok], level=level)
+
+
+def summarise_predictions(rows: Sequence[dict[str, Any]], calibration: IntervalCalibration | None,
+                          method: str = "cnn") -> list[dict[str, Any]]:
     """Per-group metric rows (and an ``all`` row), with interval coverage when calibrated."""
-    ok = [r for r in rows if r.get("predicted_magnification") not in ("", None)]
+    col, spread = METHODS[method]
+    ok = _valid(rows, method)
     out = []
     for group in sorted({r["group"] for r in ok}) + ["all"]:
         mine = ok if group == "all" else [r for r in ok if r["group"] == group]
         true = np.array([float(r["true_magnification"]) for r in mine])
-        pred = np.array([float(r["predicted_magnification"]) for r in mine])
-        row: dict[str, Any] = {"group": group, **magnification_metrics(true, pred)}
+        pred = np.array([float(r[col]) for r in mine])
+        row: dict[str, Any] = {"method": method, "group": group, **magnification_metrics(true, pred)}
         if calibration is not None:
-            mad = np.array([float(r["log_mad"]) for r in mine])
+            mad = np.array([float(r[spread]) for r in mine])
             lo, hi = calibration.bounds(np.log(pred), mad)
             row["coverage"] = float(np.mean((np.log(true) >= lo) & (np.log(true) <= hi)))
             row["median_interval_width"] = float(np.median(np.exp(hi - lo) - 1.0))
@@ -214,21 +239,25 @@ def cross_validate_sources(sources: Sequence[RealSource], out_dir: str | Path, c
         test = [s for s in sources if s.group in held]
         if not train:
             raise ConfigError(f"fold {k} leaves no training source; hold out fewer groups")
-        train_on_sources(train, fold_dir, config, training=training, progress=progress,
-                         describe={"held_out": list(held)})
+        if not (fold_dir / "train_summary.json").is_file():  # a trained fold is only re-predicted
+            train_on_sources(train, fold_dir, config, training=training, progress=progress,
+                             describe={"held_out": list(held)})
         model, cfg = load_magnifier(fold_dir)
         fold_rows = predict_views(model, cfg, test, k, n_crops=n_crops)
         atomic_write_csv(done, PREDICTION_COLUMNS + ["error"], fold_rows)
         rows.extend(fold_rows)
-    calibration = IntervalCalibration.fit(
-        [float(r["true_magnification"]) for r in rows if r.get("predicted_magnification") not in ("", None)],
-        [float(r["predicted_magnification"]) for r in rows if r.get("predicted_magnification") not in ("", None)],
-        [float(r["log_mad"]) for r in rows if r.get("predicted_magnification") not in ("", None)], level=level)
     atomic_write_csv(out_dir / "predictions.csv", PREDICTION_COLUMNS + ["error"], rows)
-    per_group = summarise_predictions(rows, calibration)
+    methods = [m for m in METHODS if _valid(rows, m)]
+    calibrations = {m: calibrate(rows, m, level) for m in methods}
+    per_group = [r for m in methods for r in summarise_predictions(rows, calibrations[m], m)]
     atomic_write_csv(out_dir / "metrics_per_group.csv", list(per_group[0].keys()), per_group)
+    # the default inference is the variant with the lowest pooled median relative error
+    pooled = {r["method"]: r["median_rel_error"] for r in per_group if r["group"] == "all"}
+    best = min(pooled, key=pooled.get)  # type: ignore[arg-type]
     summary = {"folds": fold_sets, "config": config.to_dict(), "training": training.to_dict(),
-               "interval": calibration.to_dict(), "metrics": per_group}
+               "method": best, "tta": list(TTA_SCALES) if best == "cnn_tta" else [1.0],
+               "interval": calibrations[best].to_dict(),
+               "intervals": {m: c.to_dict() for m, c in calibrations.items()}, "metrics": per_group}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
