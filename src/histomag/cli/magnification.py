@@ -129,7 +129,7 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     acquisition: str = typer.Option("full", "--acquisition", help="Sources only: full, off, or no-PART "
                                     "(kernel, blur, sharpen, noise, jpeg, stain) for ablations."),
-    epoch_size: int = typer.Option(4096, "--epoch-size", help="Sources only: crops drawn per epoch."),
+    epoch_size: int = typer.Option(3072, "--epoch-size", help="Sources only: crops drawn per epoch."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the magnification regressor (Huber loss, AdamW, LR halved on plateau, best-on-val checkpoint)."""
@@ -165,7 +165,7 @@ def cv(
                                                  "comma-separated; repeat per fold (default: one fold per group)."),
     preset: str = typer.Option("real-small", "--preset"),
     acquisition: str = typer.Option("full", "--acquisition", help="full, off, or no-PART (for ablations)."),
-    epoch_size: int = typer.Option(4096, "--epoch-size", help="Crops drawn per epoch."),
+    epoch_size: int = typer.Option(3072, "--epoch-size", help="Crops drawn per epoch."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Per fold."),
     level: float = typer.Option(0.9, "--level", help="Nominal coverage of the calibrated interval."),

@@ -49,7 +49,7 @@ class SourceTraining:
     """How crops are drawn from the sources for one training run."""
 
     settings: AcquisitionSettings = AcquisitionSettings()
-    epoch_size: int = 4096
+    epoch_size: int = 3072
     val_size: int = 512
     native_share: float = 0.2
 
