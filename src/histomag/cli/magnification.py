@@ -82,14 +82,14 @@ def _acquisition(text: str):
 
 
 def _training(acquisition: str, epoch_size: int):
-    """Online sampling settings; validation crops are a quarter of an epoch (32 to 512)."""
+    """Online sampling settings; validation crops are an eighth of an epoch (32 to 256)."""
     from histomag.errors import ConfigError
     from histomag.train.magreal import SourceTraining
 
     if epoch_size < 8:
         raise ConfigError(f"--epoch-size {epoch_size}: draw at least 8 crops per epoch")
     return SourceTraining(settings=_acquisition(acquisition), epoch_size=epoch_size,
-                          val_size=max(32, min(512, epoch_size // 4)))
+                          val_size=max(32, min(256, epoch_size // 8)))
 
 
 def _is_magset(paths: list[Path]) -> bool:

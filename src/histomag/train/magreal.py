@@ -50,7 +50,7 @@ class SourceTraining:
 
     settings: AcquisitionSettings = AcquisitionSettings()
     epoch_size: int = 3072
-    val_size: int = 512
+    val_size: int = 256
     native_share: float = 0.2
 
     def to_dict(self) -> dict[str, Any]:
