@@ -7,11 +7,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-PLAUSIBLE_MPP = (0.05, 20.0)
 
-
-def float_prop(props: Mapping[str, Any], key: str) -> float | None:
-    """A positive finite float property, or None."""
+def stated_prop(props: Mapping[str, Any], key: str) -> float | None:
+    """A finite float property as stated (0 and negatives too, for the plausibility check), or None."""
     value = props.get(key)
     if value is None or value == "":
         return None
@@ -19,22 +17,43 @@ def float_prop(props: Mapping[str, Any], key: str) -> float | None:
         out = float(value)
     except (TypeError, ValueError):
         return None
-    return out if math.isfinite(out) and out > 0 else None
+    return out if math.isfinite(out) else None
 
 
-def mpp_from_tiff_tags(props: Mapping[str, Any], prefix: str = "tiff.") -> float | None:
-    """µm/px from TIFF XResolution + ResolutionUnit when plausible (72-dpi defaults are ignored)."""
-    xres = float_prop(props, prefix + "XResolution")
+def float_prop(props: Mapping[str, Any], key: str) -> float | None:
+    """A positive finite float property, or None."""
+    out = stated_prop(props, key)
+    return out if out is not None and out > 0 else None
+
+
+def mpp_from_tiff_tags(props: Mapping[str, Any], prefix: str = "tiff.") -> tuple[float | None, float | None]:
+    """(mpp_x, mpp_y) in µm from TIFF X/YResolution + ResolutionUnit, as stated (None where absent).
+
+    Implausible values (a default 72 dpi is 352.8 µm/px) are returned as they are: the slide
+    reports them and does not use them (see :class:`histomag.slide.base.Slide`).
+    """
     unit = str(props.get(prefix + "ResolutionUnit", "")).lower()
-    if not xres:
-        return None
     if unit in ("centimeter", "3", "cm"):
-        mpp = 1e4 / xres
+        microns = 1e4
     elif unit in ("inch", "2"):
-        mpp = 25400.0 / xres
+        microns = 25400.0
     else:
-        return None
-    return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
+        return None, None
+    xres, yres = float_prop(props, prefix + "XResolution"), float_prop(props, prefix + "YResolution")
+    return (microns / xres if xres else None), (microns / yres if yres else None)
+
+
+def stated_mpp_xy(props: Mapping[str, Any], key_x: str, key_y: str,
+                  tiff_prefix: str = "tiff.") -> tuple[float | None, float | None]:
+    """(mpp_x, mpp_y) from a reader's mpp properties, else from the TIFF resolution tags.
+
+    The two axes are kept apart (never averaged): pixels that are not square are resampled to
+    square at read time.
+    """
+    mx, my = stated_prop(props, key_x), stated_prop(props, key_y)
+    if mx is None and my is None:
+        return mpp_from_tiff_tags(props, tiff_prefix)
+    return mx, my
 
 
 def white_composite(region: Any) -> np.ndarray:
