@@ -35,8 +35,9 @@ def tile(
     label_fraction: float = typer.Option(0.8, "--label-fraction", help="Share a class must cover to label a field."),
     negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
-    mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide, or "
-                                      "'estimate' to recover it from the pixels (needs --checkpoint)."),
+    mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide (mpp-x,mpp-y "
+                                      "for pixels that are not square), or 'estimate' to recover it from the pixels "
+                                      "(needs --checkpoint)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate."),
     allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
@@ -89,18 +90,21 @@ def tile(
 
 
 def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None
-                ) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Per-slide mpp from ``--mpp`` (a number, or ``estimate`` with a magnification model).
+                ) -> tuple[dict[str, float | tuple[float, float] | None], dict[str, str]]:
+    """Per-slide mpp from ``--mpp`` (a number, ``mpp_x,mpp_y``, or ``estimate`` with a magnification model).
 
     Returns the mpp per path and, for ``estimate``, the one-line errors of slides it failed on.
     """
     if mpp is None:
         return {}, {}
     if mpp.strip().lower() != "estimate":
+        from histomag.resolution import parse_mpp
+
         try:
-            value = float(mpp)
-        except ValueError:
-            raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25) or --mpp estimate") from None
+            value = parse_mpp(mpp)
+        except ConfigError:
+            raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25), mpp-x,mpp-y for pixels that "
+                              "are not square (e.g. --mpp 0.56,0.42) or --mpp estimate") from None
         return {str(p): value for p in paths}, {}
     if checkpoint is None:
         raise ConfigError("--mpp estimate needs a magnification model: add --checkpoint RUN "
@@ -112,7 +116,7 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None
     from histomag.train.maginfer import load_magnifier
 
     model, config = load_magnifier(checkpoint)
-    values: dict[str, float | None] = {}
+    values: dict[str, float | tuple[float, float] | None] = {}
     failed: dict[str, str] = {}
     for p in paths:
         try:
