@@ -1,8 +1,9 @@
 """The bridge: estimate a slide's or snapshot's resolution from its pixels.
 
 A magnification predictor (the Hagnifinder regressor) sees crops taken at the file's own pixel
-scale (level 0, no resampling), from the most tissue-rich places; the estimate is the median of
-the crops' predictions, and mpp follows as 10 / magnification.
+scale (level 0 via :meth:`Slide.read_native`: no resampling, except that pixels known not to be
+square are squared first), from the most tissue-rich places; the estimate is the median of the
+crops' predictions, and mpp follows as 10 / magnification.
 """
 
 from __future__ import annotations
