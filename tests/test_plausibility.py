@@ -208,6 +208,14 @@ def test_field_count_is_arithmetic_and_bounded():
     assert time.monotonic() - t0 < 5
 
 
+def test_a_huge_member_size_is_refused():
+    from histomag.tiling import make_tuple_spec
+
+    with pytest.raises(ConfigError) as e:
+        make_tuple_spec([40, 20], 100_000)
+    assert "MiB" in str(e.value) and "8192" in str(e.value)
+
+
 def test_streaming_dataset_refuses_the_runaway_plan(boxes72):
     from histomag.data.folder import TileSettings
     from histomag.data.tiler import SlideJob

@@ -38,6 +38,8 @@ MAX_FIELDS = 1_000_000
 MIN_PIXELS_PER_FIELD = 16 * 16
 #: a small image may always hold this many (heavily overlapping or random) fields
 MIN_FIELD_BUDGET = 10_000
+#: the largest tuple member in pixels (an 8192 px RGB image is 192 MiB)
+MAX_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ def make_tuple_spec(magnifications: Sequence[float], size: int, mode: TupleMode 
         raise ConfigError(f"unknown tuple mode {mode!r}: use one of {', '.join(TUPLE_MODES)}")
     if size < 8:
         raise ConfigError(f"--size {size} is too small: use at least 8 px (e.g. --size 600)")
+    if size > MAX_SIZE:
+        raise ConfigError(f"--size {size} is too large: one member would be {3 * size * size / 2**20:,.0f} MiB; "
+                          f"use at most {MAX_SIZE} px (e.g. --size 600)")
     mags = sorted((float(m) for m in magnifications), reverse=True)
     if not mags:
         raise ConfigError("no magnification given: write e.g. --mags 40,20")
