@@ -1,7 +1,7 @@
 """The bridge: estimate a slide's or snapshot's resolution from its pixels, and say how sure it is.
 
 A magnification predictor (the Hagnifinder regressor) sees crops taken at the file's own pixel
-scale (level 0, square pixels, no other resampling), spread over all of the tissue; the estimate
+scale (level 0 via :meth:`Slide.read_native`: square pixels, no other resampling), spread over all of the tissue; the estimate
 is the median of the crops' log-magnifications, mpp follows as 10 / magnification, and the spread
 of the crops (median absolute deviation of the logs, ``log_mad``) sets the width of an interval
 calibrated on held-out groups (:class:`IntervalCalibration`): a stated 90% interval is built to

@@ -130,3 +130,73 @@ def square_pixels(image, mpp_x: float, mpp_y: float, rel_tol: float = ANISOTROPY
     new_h = max(1, int(round(h * mpp_y / mpp)))
     out = np.asarray(Image.fromarray(arr).resize((new_w, new_h), Image.Resampling.BOX))
     return out, mpp
+
+
+# ----- plausibility of stated resolutions ----------------------------------------------------------
+#: µm per pixel that a microscope or slide scanner can produce. The fine end: a 100x oil objective
+#: on a small-pixel camera samples at about 0.05 µm/px, well below the ~0.2 µm diffraction limit,
+#: so nothing finer is a real optical resolution (it is a unit error). The coarse end: 1x-2x
+#: objectives and slide-overview (macro) cameras give about 5-40 µm/px, and a 600-dpi flatbed scan
+#: of a glass slide 42 µm/px; 50 µm/px (0.2x) is coarser than any of them. The default resolution
+#: tags of ordinary image tools (72, 96, 150, 300 dpi = 352.8, 264.6, 169.3, 84.7 µm/px) all fall
+#: above it, which is the point: such a value says "nobody set a resolution", not "0.03x".
+PLAUSIBLE_MPP: tuple[float, float] = (0.05, 50.0)
+
+#: objective powers that exist: 1x (and 1.25x) scanning objectives up to 100x oil immersion, with
+#: room for 150x. 0 and values like 1000 are placeholders or unit errors, never a real objective.
+PLAUSIBLE_OBJECTIVE_POWER: tuple[float, float] = (1.0, 150.0)
+
+#: resolution tags that image tools write when nobody set one (dots per inch)
+DEFAULT_DPIS: tuple[int, ...] = (72, 96, 150, 200, 300, 600)
+
+
+def is_plausible_mpp(mpp: float) -> bool:
+    """Whether ``mpp`` µm/px lies in :data:`PLAUSIBLE_MPP` (a resolution a microscope produces)."""
+    return math.isfinite(mpp) and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
+
+
+def is_plausible_objective_power(power: float) -> bool:
+    """Whether ``power`` lies in :data:`PLAUSIBLE_OBJECTIVE_POWER` (an objective that exists)."""
+    return math.isfinite(power) and PLAUSIBLE_OBJECTIVE_POWER[0] <= power <= PLAUSIBLE_OBJECTIVE_POWER[1]
+
+
+def implausible_mpp_cause(mpp: float) -> str:
+    """The likely origin of an implausible mpp, for a warning (``"a default 72 dpi resolution tag"``)."""
+    if not (math.isfinite(mpp) and mpp > 0):
+        return "a placeholder value"
+    if mpp < PLAUSIBLE_MPP[0]:
+        return "a unit error (nm or mm taken for µm?)"
+    dpi = 25400.0 / mpp
+    for default in DEFAULT_DPIS:
+        if math.isclose(dpi, default, rel_tol=0.01):
+            return f"a default {default} dpi resolution tag"
+    return f"a default or wrong resolution tag ({dpi:.3g} dpi)"
+
+
+def implausible_mpp_message(mpp: float) -> str:
+    """One line naming an implausible stated mpp, the plausible range and the likely cause."""
+    return (f"the metadata says {mpp:.4g} µm/px, outside what microscopes produce "
+            f"({PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} µm/px), likely {implausible_mpp_cause(mpp)}")
+
+
+def implausible_power_message(power: float) -> str:
+    """One line naming an implausible stated objective power and the plausible range."""
+    return (f"the metadata says objective power {power:.4g}x, outside the objectives that exist "
+            f"({PLAUSIBLE_OBJECTIVE_POWER[0]:g}-{PLAUSIBLE_OBJECTIVE_POWER[1]:g}x), likely a placeholder")
+
+
+def parse_mpp(text: str) -> float | tuple[float, float]:
+    """Parse ``"0.25"`` (square pixels) or ``"0.56,0.42"`` (mpp-x, mpp-y of pixels that are not square).
+
+    Raises:
+        ConfigError: not one or two positive numbers.
+    """
+    parts = [p.strip() for p in str(text).replace(";", ",").replace("x", ",").split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"--mpp {text!r}: give µm per pixel, e.g. --mpp 0.25, or mpp-x,mpp-y for pixels "
+                          "that are not square, e.g. --mpp 0.56,0.42")
+    return values[0] if len(values) == 1 else (values[0], values[1])

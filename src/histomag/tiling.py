@@ -15,6 +15,7 @@ with overlap, or at seeded random positions inside tissue.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -29,6 +30,16 @@ from histomag.tissue import TissueMask
 TupleMode = Literal["same-fov", "context"]
 TUPLE_MODES = ("same-fov", "context")
 Placement = Literal["grid", "random"]
+
+#: a plan never holds more fields than this per slide, whatever its size (time and memory stay bounded)
+MAX_FIELDS = 1_000_000
+#: nor more than one field per this many level-0 pixels of the slide: more means fields of a few
+#: pixels (a request far above the scan resolution) or an overlap close to 1, never a useful plan
+MIN_PIXELS_PER_FIELD = 16 * 16
+#: a small image may always hold this many (heavily overlapping or random) fields
+MIN_FIELD_BUDGET = 10_000
+#: the largest tuple member in pixels (an 8192 px RGB image is 192 MiB)
+MAX_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,9 @@ def make_tuple_spec(magnifications: Sequence[float], size: int, mode: TupleMode 
         raise ConfigError(f"unknown tuple mode {mode!r}: use one of {', '.join(TUPLE_MODES)}")
     if size < 8:
         raise ConfigError(f"--size {size} is too small: use at least 8 px (e.g. --size 600)")
+    if size > MAX_SIZE:
+        raise ConfigError(f"--size {size} is too large: one member would be {3 * size * size / 2**20:,.0f} MiB; "
+                          f"use at most {MAX_SIZE} px (e.g. --size 600)")
     mags = sorted((float(m) for m in magnifications), reverse=True)
     if not mags:
         raise ConfigError("no magnification given: write e.g. --mags 40,20")
@@ -124,6 +138,68 @@ def field_width_level0(slide: Slide, spec: MagSpec) -> float:
     return spec.size * slide.to_resolution(magnification=spec.magnification).mpp / slide.resolution.mpp
 
 
+def check_spec_resolution(slide: Slide, spec: TupleSpec, *, allow_upsample: bool = False) -> None:
+    """Refuse, before any planning, a tuple member above the slide's scan resolution.
+
+    Raises:
+        MissingResolutionError: the slide has no usable resolution.
+        UpsampleError: a magnification is above the scan resolution and not ``allow_upsample``.
+    """
+    for member in spec.members:
+        slide.check_not_upsample(slide.to_resolution(magnification=member.magnification), allow_upsample)
+
+
+def max_fields(dimensions: tuple[int, int]) -> int:
+    """The most fields a plan may hold on a slide of ``dimensions`` (level-0 px).
+
+    One field per :data:`MIN_PIXELS_PER_FIELD` pixels of the slide, at least
+    :data:`MIN_FIELD_BUDGET` and at most :data:`MAX_FIELDS`.
+    """
+    w, h = dimensions
+    return int(min(MAX_FIELDS, max(MIN_FIELD_BUDGET, w * h // MIN_PIXELS_PER_FIELD)))
+
+
+def count_fields(dimensions: tuple[int, int], width: float, *, placement: Placement = "grid",
+                 overlap: float = 0.25, n_random: int = 100) -> tuple[int, str]:
+    """How many reference fields a plan would place, computed without placing any.
+
+    Returns:
+        The count (before the tissue rule, so an upper bound of the plan) and how it arises, for messages.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"--overlap {overlap} must be in [0, 1): e.g. 0.25")
+    W, H = dimensions
+    if width > W or width > H:
+        return 0, "no field fits"
+    if placement == "random":
+        return max(int(n_random), 0), f"{int(n_random):,} random fields"
+    stride = width * (1.0 - overlap)
+    nx = max(0, math.ceil((W - width + 1e-6) / stride))
+    ny = max(0, math.ceil((H - width + 1e-6) / stride))
+    return nx * ny, f"a {nx:,} x {ny:,} grid of {width:.4g}-px fields every {stride:.4g} px"
+
+
+def check_plan_size(slide: Slide, width: float, *, placement: Placement = "grid", overlap: float = 0.25,
+                    n_random: int = 100) -> int:
+    """Refuse a plan with more fields than :func:`max_fields` allows for the slide's size.
+
+    Returns:
+        The number of fields (an upper bound, before the tissue rule).
+
+    Raises:
+        ConfigError: naming the count, how it arises and the limit.
+    """
+    n, how = count_fields(slide.dimensions, width, placement=placement, overlap=overlap, n_random=n_random)
+    limit = max_fields(slide.dimensions)
+    if n > limit:
+        W, H = slide.dimensions
+        fix = ("ask for fewer random fields" if placement == "random"
+               else "ask for larger fields (a lower magnification or a larger size) or less overlap")
+        raise ConfigError(f"{slide.path.name}: the plan would hold {n:,} fields ({how}) on a {W:,} x {H:,} px slide, "
+                          f"more than the {limit:,} a slide of this size allows; {fix}")
+    return n
+
+
 def plan_fields(slide: Slide, spec: TupleSpec, tissue: TissueMask, *, placement: Placement = "grid",
                 overlap: float = 0.25, min_tissue: float = 0.5, n_random: int = 100,
                 seed: int = 0) -> list[Field]:
@@ -138,23 +214,28 @@ def plan_fields(slide: Slide, spec: TupleSpec, tissue: TissueMask, *, placement:
         min_tissue: minimum tissue share of a reference field.
         n_random: number of random fields wanted.
         seed: random seed.
+
+    Raises:
+        ConfigError: a bad overlap, min_tissue or placement, or more fields than the slide's size
+            allows (:func:`check_plan_size`; counted before any field is placed).
     """
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"--overlap {overlap} must be in [0, 1): e.g. 0.25")
     if not 0.0 <= min_tissue <= 1.0:
         raise ConfigError(f"--min-tissue {min_tissue} must be in [0, 1]: e.g. 0.5")
+    if placement not in ("grid", "random"):
+        raise ConfigError(f"unknown placement {placement!r}: use grid or random")
     width = field_width_level0(slide, spec.reference)
     W, H = slide.dimensions
     if width > W or width > H:
         return []
+    check_plan_size(slide, width, placement=placement, overlap=overlap, n_random=n_random)
     if placement == "grid":
         stride = width * (1.0 - overlap)
         xs = np.arange(0.0, W - width + 1e-6, stride)
         ys = np.arange(0.0, H - width + 1e-6, stride)
         fields = [Field(float(x + width / 2), float(y + width / 2), width) for y in ys for x in xs]
         return [f for f in fields if tissue.fraction(f.left, f.top, width, width) >= min_tissue]
-    if placement != "random":
-        raise ConfigError(f"unknown placement {placement!r}: use grid or random")
     rng = np.random.default_rng(seed)
     ys_t, xs_t = np.nonzero(tissue.mask)
     if len(xs_t) == 0:

@@ -35,8 +35,8 @@ def tile(
     label_fraction: float = typer.Option(0.8, "--label-fraction", help="Share a class must cover to label a field."),
     negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
-    mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide, or "
-                                      "'estimate' to recover it from the pixels."),
+    mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide (mpp-x,mpp-y "
+                                      "for pixels that are not square), or 'estimate' to recover it from the pixels."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
                                               "(default: the model shipped with histomag)."),
     max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse a slide whose "
@@ -92,25 +92,28 @@ def tile(
 
 
 def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float = 0.25
-                ) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Per-slide mpp from ``--mpp`` (a number, or ``estimate`` with a magnification model).
+                ) -> tuple[dict[str, float | tuple[float, float] | None], dict[str, str]]:
+    """Per-slide mpp from ``--mpp`` (a number, ``mpp_x,mpp_y``, or ``estimate`` with a magnification model).
 
     Returns the mpp per path and, for ``estimate``, the one-line errors of slides it failed on.
     """
     if mpp is None:
         return {}, {}
     if mpp.strip().lower() != "estimate":
+        from histomag.resolution import parse_mpp
+
         try:
-            value = float(mpp)
-        except ValueError:
-            raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25) or --mpp estimate") from None
+            value = parse_mpp(mpp)
+        except ConfigError:
+            raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25), mpp-x,mpp-y for pixels that "
+                              "are not square (e.g. --mpp 0.56,0.42) or --mpp estimate") from None
         return {str(p): value for p in paths}, {}
     from histomag.errors import HistomagError
     from histomag.slide import open_slide
     from histomag.train.maginfer import load_estimator
 
     estimator = load_estimator(checkpoint)
-    values: dict[str, float | None] = {}
+    values: dict[str, float | tuple[float, float] | None] = {}
     failed: dict[str, str] = {}
     for p in paths:
         try:

@@ -30,7 +30,13 @@ import numpy as np
 from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_png
 from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
 from histomag.progress import progress_bar
-from histomag.resolution import DEFAULT_POWER_MPP
+from histomag.resolution import (
+    DEFAULT_POWER_MPP,
+    PLAUSIBLE_MPP,
+    PLAUSIBLE_OBJECTIVE_POWER,
+    is_plausible_mpp,
+    is_plausible_objective_power,
+)
 from histomag.slide import open_slide
 from histomag.slide.base import Slide, slide_id_from_path
 from histomag.tissue import TissueMask, tissue_mask
@@ -88,6 +94,13 @@ def read_index_csv(path: Path) -> list[Source]:
             mag = _float(row.get("magnification"))
             if mpp is None and mag is None:
                 raise DatasetError(f"{path} line {i}: neither mpp nor magnification for {row['image']}; fill one in")
+            if mpp is not None and not is_plausible_mpp(mpp):
+                raise DatasetError(f"{path} line {i}: mpp {mpp:g} for {row['image']} is outside what microscopes "
+                                   f"produce ({PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} µm/px); give µm per pixel, e.g. 0.25")
+            if mpp is None and not is_plausible_objective_power(mag):  # type: ignore[arg-type]
+                lo, hi = PLAUSIBLE_OBJECTIVE_POWER
+                raise DatasetError(f"{path} line {i}: magnification {mag:g} for {row['image']} is outside the "
+                                   f"objectives that exist ({lo:g}-{hi:g}x); give e.g. 40")
             img = (path.parent / row["image"]).resolve()
             out.append(Source(str(img), slide_id_from_path(img), (row.get("organ") or "").strip(),
                               mpp if mpp is not None else DEFAULT_POWER_MPP / mag,  # type: ignore[operator]

@@ -22,7 +22,16 @@ from histomag.errors import DatasetError, HistomagError
 from histomag.progress import progress_bar
 from histomag.slide import open_slide
 from histomag.slide.base import Slide
-from histomag.tiling import Field, TupleSpec, make_tuple_spec, plan_fields, read_tuple
+from histomag.tiling import (
+    Field,
+    TupleSpec,
+    check_plan_size,
+    check_spec_resolution,
+    field_width_level0,
+    make_tuple_spec,
+    plan_fields,
+    read_tuple,
+)
 from histomag.tissue import require_tissue, tissue_mask
 
 log = logging.getLogger(__name__)
@@ -38,7 +47,7 @@ class SlideJob:
     """One slide to tile, with its optional resolution override, labels and patient."""
 
     path: str
-    mpp: float | None = None
+    mpp: float | tuple[float, float] | None = None  # one value, or (mpp_x, mpp_y) for non-square pixels
     labels: str | None = None
     patient_id: str | None = None
     backend: str = "auto"
@@ -67,12 +76,22 @@ def patient_id_for(slide_id: str) -> str:
 
 
 def load_labels(path: str | Path, slide: Slide, tissue_mpp: float) -> LabelMask:
-    """A label mask PNG (any downsample) or a QuPath GeoJSON rasterised at ``tissue_mpp``."""
+    """A label mask PNG (any downsample) or a QuPath GeoJSON rasterised at ``tissue_mpp``.
+
+    Both are in the file's own pixels (as QuPath and image viewers show the file); on a slide whose
+    pixels are not square the mask is mapped to the slide's square-pixel coordinates.
+    """
     path = Path(path)
+    file_dims = slide.level_dimensions[0]
+    sx, sy = slide.pixel_scale
     if path.suffix.lower() in (".geojson", ".json"):
         downsample = max(1.0, tissue_mpp / 4 / slide.resolution.mpp)
-        return load_geojson(path, slide.dimensions, downsample=downsample)
-    return load_label_mask(path, slide.dimensions, slide_name=slide.path.name)
+        mask = load_geojson(path, file_dims, downsample=downsample)
+    else:
+        mask = load_label_mask(path, file_dims, slide_name=slide.path.name)
+    if (sx, sy) == (1.0, 1.0):
+        return mask
+    return LabelMask(mask.labels, mask.class_names, (mask.downsample[0] * sx, mask.downsample[1] * sy))
 
 
 def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
@@ -117,14 +136,22 @@ def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unla
                require_labels: bool = False) -> SlidePlan:
     """Tissue mask, labels and field placement of one slide: what both the tiler and the streaming dataset use.
 
+    Every magnification is checked against the scan resolution, and the number of fields is
+    bounded by the slide's size, before any tissue mask or field is made.
+
     Raises:
-        MissingResolutionError: the slide has no resolution.
+        MissingResolutionError: the slide has no usable resolution.
+        UpsampleError: a magnification above the scan resolution without ``settings.allow_upsample``.
+        ConfigError: the plan would hold more fields than the slide's size allows.
         NoTissueError: no tissue found.
         DatasetError: ``require_labels`` and the job has no label file.
     """
     spec: TupleSpec = make_tuple_spec(settings.magnifications, settings.size, settings.mode,  # type: ignore[arg-type]
                                       power_mpp=slide.power_mpp)
     slide.resolution  # raises MissingResolutionError before any work
+    check_spec_resolution(slide, spec, allow_upsample=settings.allow_upsample)  # and UpsampleError
+    check_plan_size(slide, field_width_level0(slide, spec.reference), placement=settings.placement,  # type: ignore[arg-type]
+                    overlap=settings.overlap, n_random=settings.n_random)
     tissue = require_tissue(tissue_mask(slide, mpp=settings.tissue_mpp, threshold=settings.tissue_threshold),
                             slide.path.name)
     labels = load_labels(job.labels, slide, settings.tissue_mpp) if job.labels else None

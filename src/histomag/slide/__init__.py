@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from histomag.errors import ConfigError, InputPathError, UnreadableSlideError
-from histomag.slide.base import MppSource, Slide, SlideMetadata, slide_id_from_path
+from histomag.slide.base import MppOverride, MppSource, Slide, SlideMetadata, slide_id_from_path
 
 log = logging.getLogger(__name__)
 
@@ -15,16 +15,20 @@ Backend = Literal["auto", "openslide", "tiffslide", "image"]
 BACKENDS = ("auto", "openslide", "tiffslide", "image")
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
-__all__ = ["Slide", "SlideMetadata", "MppSource", "open_slide", "slide_id_from_path", "BACKENDS"]
+__all__ = ["Slide", "SlideMetadata", "MppSource", "MppOverride", "open_slide", "slide_id_from_path", "BACKENDS"]
 
 
-def open_slide(path: str | Path, *, mpp: float | None = None, backend: Backend = "auto",
+def open_slide(path: str | Path, *, mpp: MppOverride | None = None, backend: Backend = "auto",
                probe: bool = True) -> Slide:
     """Open a slide or image at its true resolution.
 
     Args:
         path: whole-slide file (SVS, NDPI, MRXS, pyramidal TIFF, ...) or a PNG/JPEG/TIFF image.
-        mpp: explicit resolution override in µm/px (wins over any metadata).
+        mpp: explicit resolution override in µm/px (wins over any metadata): one number for
+            square pixels, or ``(mpp_x, mpp_y)`` for pixels that are not square, e.g.
+            ``(0.56, 0.42)`` for a snapshot whose pixels are 0.56 µm wide and 0.42 µm tall. The
+            slide then reads square pixels at the coarser value (here 0.56 µm/px; the finer axis
+            is area-averaged, never upsampled).
         backend: ``auto`` tries OpenSlide, then TiffSlide, then a plain image reader.
         probe: decode a few tiles now so a truncated or corrupt file fails here, not mid-job.
 
@@ -77,7 +81,7 @@ def _is_damage(message: str) -> bool:
     return any(k in low for k in ("truncated", "read failed", "short read", "unexpected end", "corrupt"))
 
 
-def _open_with(name: str, path: Path, mpp: float | None) -> Slide:
+def _open_with(name: str, path: Path, mpp: MppOverride | None) -> Slide:
     if name == "openslide":
         from histomag.slide.openslide import OpenSlideSlide
 
@@ -98,7 +102,7 @@ def _probe(slide: Slide) -> None:
         lw, lh = slide.level_dimensions[level]
         w, h = min(lw, 1024), min(lh, 1024)
         slide._read_level_padded((lw - w) // 2, (lh - h) // 2, level, w, h)
-        W, H = slide.dimensions
+        W, H = slide.level_dimensions[0]  # file pixels, as _read_level_padded takes
         slide._read_level_padded(max(W - 64, 0), max(H - 64, 0), 0, min(W, 64), min(H, 64))
     except UnreadableSlideError:
         slide.close()

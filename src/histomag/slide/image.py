@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from histomag.errors import UnreadableSlideError
-from histomag.slide.base import Slide, SlideMetadata
-from histomag.slide.props import PLAUSIBLE_MPP
+from histomag.slide.base import MppOverride, Slide, SlideMetadata
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
-
-
-
 
 Image.MAX_IMAGE_PIXELS = 1 << 31
 
@@ -39,34 +36,36 @@ def to_rgb_uint8(img: Image.Image) -> tuple[np.ndarray, str | None]:
     return np.asarray(img.convert("RGB")), f"{mode} converted to RGB"
 
 
-def _dpi_to_mpp(img: Image.Image) -> float | None:
+def _dpi_to_mpp(img: Image.Image) -> tuple[float | None, float | None]:
+    """(mpp_x, mpp_y) from the image's dpi, as stated (implausible ones too: the slide drops them)."""
     dpi = img.info.get("dpi")
     if not dpi:
-        return None
-    try:
-        x = float(dpi[0])
-    except (TypeError, ValueError, IndexError):
-        return None
-    if x <= 0:
-        return None
-    mpp = 25400.0 / x
-    return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
+        return None, None
+    out: list[float | None] = []
+    for i in (0, 1):
+        try:
+            d = float(dpi[i] if isinstance(dpi, (tuple, list)) else dpi)
+        except (TypeError, ValueError, IndexError):
+            d = float("nan")
+        out.append(25400.0 / d if math.isfinite(d) and d > 0 else None)
+    return out[0], out[1]
 
 
 class ImageSlide(Slide):
     """A single image held in memory as a one-level slide.
 
-    Resolution comes from the override, else from a plausible DPI/resolution tag, else it is missing.
+    Resolution comes from the override, else from a plausible DPI/resolution tag (a default 72 or
+    96 dpi is reported, not used), else it is missing.
     """
 
     backend = "image"
 
-    def __init__(self, path: Path, mpp_override: float | None = None) -> None:
+    def __init__(self, path: Path, mpp_override: MppOverride | None = None) -> None:
         path = Path(path)
         try:
             with Image.open(path) as img:
                 img.load()
-                meta_mpp = _dpi_to_mpp(img)
+                mpp_x, mpp_y = _dpi_to_mpp(img)
                 self.array, self.conversion = to_rgb_uint8(img)
                 fmt = img.format or "image"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -74,7 +73,7 @@ class ImageSlide(Slide):
         if self.conversion:
             log.info("%s: %s", path.name, self.conversion)
         h, w = self.array.shape[:2]
-        meta = SlideMetadata(level_dimensions=((w, h),), level_downsamples=(1.0,), mpp=meta_mpp,
+        meta = SlideMetadata(level_dimensions=((w, h),), level_downsamples=(1.0,), mpp_x=mpp_x, mpp_y=mpp_y,
                              vendor=fmt.lower())
         super().__init__(path, meta, mpp_override)
 

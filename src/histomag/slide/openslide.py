@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from histomag.errors import UnreadableSlideError
-from histomag.slide.base import Slide, SlideMetadata
-from histomag.slide.props import float_prop, mpp_from_tiff_tags, white_composite
+from histomag.slide.base import MppOverride, Slide, SlideMetadata
+from histomag.slide.props import stated_mpp_xy, stated_prop, white_composite
 
 
 class OpenSlideSlide(Slide):
@@ -16,7 +16,7 @@ class OpenSlideSlide(Slide):
 
     backend = "openslide"
 
-    def __init__(self, path: Path, mpp_override: float | None = None) -> None:
+    def __init__(self, path: Path, mpp_override: MppOverride | None = None) -> None:
         import openslide
 
         try:
@@ -24,13 +24,13 @@ class OpenSlideSlide(Slide):
         except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError, OSError) as exc:
             raise UnreadableSlideError(f"{Path(path).name}: OpenSlide cannot open it ({exc})") from None
         props = dict(self._osr.properties)
-        mx, my = float_prop(props, "openslide.mpp-x"), float_prop(props, "openslide.mpp-y")
-        mpp = (mx + my) / 2 if mx and my else (mx or my or mpp_from_tiff_tags(props, "tiff."))
+        mx, my = stated_mpp_xy(props, "openslide.mpp-x", "openslide.mpp-y")
         meta = SlideMetadata(
             level_dimensions=tuple(tuple(d) for d in self._osr.level_dimensions),
             level_downsamples=tuple(float(d) for d in self._osr.level_downsamples),
-            mpp=mpp,
-            objective_power=float_prop(props, "openslide.objective-power"),
+            mpp_x=mx,
+            mpp_y=my,
+            objective_power=stated_prop(props, "openslide.objective-power"),
             vendor=props.get("openslide.vendor", "unknown"),
             properties=props,
         )

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from histomag.errors import UnreadableSlideError
-from histomag.slide.base import Slide, SlideMetadata
-from histomag.slide.props import float_prop, mpp_from_tiff_tags, white_composite
+from histomag.slide.base import MppOverride, Slide, SlideMetadata
+from histomag.slide.props import stated_mpp_xy, stated_prop, white_composite
 
 
 class TiffSlideSlide(Slide):
@@ -16,7 +16,7 @@ class TiffSlideSlide(Slide):
 
     backend = "tiffslide"
 
-    def __init__(self, path: Path, mpp_override: float | None = None) -> None:
+    def __init__(self, path: Path, mpp_override: MppOverride | None = None) -> None:
         import tiffslide
 
         try:
@@ -26,13 +26,13 @@ class TiffSlideSlide(Slide):
             downs = tuple(float(d) for d in self._ts.level_downsamples)
         except Exception as exc:  # tiffslide raises many types (TiffFileError, ValueError, KeyError, ...)
             raise UnreadableSlideError(f"{Path(path).name}: TiffSlide cannot open it ({_one_line(exc)})") from None
-        mx, my = float_prop(props, "tiffslide.mpp-x"), float_prop(props, "tiffslide.mpp-y")
-        mpp = (mx + my) / 2 if mx and my else (mx or my or mpp_from_tiff_tags(props, "tiff."))
+        mx, my = stated_mpp_xy(props, "tiffslide.mpp-x", "tiffslide.mpp-y")
         meta = SlideMetadata(
             level_dimensions=dims,
             level_downsamples=downs,
-            mpp=mpp,
-            objective_power=float_prop(props, "tiffslide.objective-power"),
+            mpp_x=mx,
+            mpp_y=my,
+            objective_power=stated_prop(props, "tiffslide.objective-power"),
             vendor=str(props.get("tiffslide.vendor") or "generic-tiff"),
             properties={k: str(v) for k, v in props.items() if v is not None},
         )
