@@ -169,7 +169,7 @@ def cv(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Per fold."),
     level: float = typer.Option(0.9, "--level", help="Nominal coverage of the calibrated interval."),
-    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per held-out image."),
+    n_crops: int = typer.Option(16, "--n-crops", help="Tissue crops per held-out image."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Leave-groups-out CV: per held-out group relative error, ACC_k, bias, interval coverage."""

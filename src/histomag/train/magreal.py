@@ -130,7 +130,7 @@ def fold_groups(groups: Sequence[str], folds: Sequence[Sequence[str]] | None) ->
 
 
 def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequence[RealSource], fold: int,
-                  *, n_crops: int = 32, max_views_per_group: int = 400,
+                  *, n_crops: int = 16, max_views_per_group: int = 120,
                   extra: Callable[[np.ndarray], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Whole-image estimates of every held-out source at its own scale and box-downsampled.
 
@@ -213,7 +213,7 @@ def summarise_predictions(rows: Sequence[dict[str, Any]], calibration: IntervalC
 
 def cross_validate_sources(sources: Sequence[RealSource], out_dir: str | Path, config: MagnifierConfig, *,
                            training: SourceTraining = SourceTraining(),
-                           folds: Sequence[Sequence[str]] | None = None, level: float = 0.9, n_crops: int = 32,
+                           folds: Sequence[Sequence[str]] | None = None, level: float = 0.9, n_crops: int = 16,
                            progress: bool = True) -> dict[str, Any]:
     """Leave-groups-out cross-validation; writes predictions, per-group metrics and the interval calibration.
 
