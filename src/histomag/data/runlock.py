@@ -12,12 +12,14 @@ which holds a shared lock on ``.histomag-run`` and checks the token: a worker le
 run finds a newer token and stops before writing, and the new run's token write waits for any append
 already under way, so it never reads a journal that an old worker is still extending.
 
-Without ``fcntl`` (Windows) the token is still written and checked, but nothing is locked.
+Without ``fcntl`` (Windows), or on a file system without locks, the token is still written and
+checked, but nothing is locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -29,6 +31,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".histomag-lock"
 TOKEN_NAME = ".histomag-run"
@@ -54,12 +58,15 @@ class FolderLock:
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 os.close(fd)
                 holder = read_token(self.root)
                 pid = f" (pid {holder.split()[0]})" if holder else ""
                 raise FolderInUseError(f"{self.root} is being written by another histomag run{pid}; "
                                        "wait for it to finish or write to another folder") from None
+            except OSError as exc:  # a file system without locks: the token still fences off old writers
+                log.warning("%s: cannot lock (%s); a second run on this folder would not be refused",
+                            self.root, exc.strerror)
         self._fd = fd
         self.token = f"{os.getpid()} {secrets.token_hex(8)}"
         with _token_file(self.root, exclusive=True) as tfd:
@@ -116,7 +123,8 @@ def _token_file(root: Path, *, exclusive: bool) -> Iterator[int]:
     fd = os.open(root / TOKEN_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            with contextlib.suppress(OSError):  # no locks on this file system: check the token unlocked
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield fd
     finally:
         os.close(fd)
