@@ -46,3 +46,7 @@ class ConfigError(HistomagError):
 
 class CheckpointError(HistomagError):
     """A checkpoint or run folder that is missing files or belongs to another model type."""
+
+
+class FolderInUseError(DatasetError):
+    """An output folder that another run is writing to, or that a newer run has taken over."""

@@ -7,24 +7,33 @@ Layout::
     DIR/slides.csv            one row per slide: status, tuples written, error
     DIR/parts/<slide>.csv     per-slide journal appended after each tuple's images are in place
     DIR/images/<slide>/...    one PNG per magnification per tuple, written atomically
+    DIR/.histomag-lock, .histomag-run   the owning run's lock and token (see data/runlock.py)
+
+Resume trusts nothing blindly: a journal may hold torn lines or a tuple twice (a run killed while
+its workers went on), so reading one keeps the last complete row per tuple and rewrites it clean,
+and the manifest is one row per tuple with every unreferenced image deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
+from histomag.data.runlock import FolderLock, owned_by
 from histomag.errors import DatasetError
 from histomag.resolution import format_magnification
 
 DATASET_VERSION = 1
 BASE_COLUMNS = ["tuple_id", "slide_id", "patient_id", "x", "y", "field_width", "mode", "magnifications",
                 "mpps", "label", "class_fractions", "tissue_fraction", "slide_mpp", "mpp_source"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: settings that must match for a re-run to resume into the same folder
 RESUME_KEYS = ("magnifications", "size", "mode", "placement", "overlap", "seed", "n_random", "min_tissue",
                "label_fraction", "negative_class")
@@ -68,8 +77,15 @@ class TileSettings:
 class DatasetFolder:
     """Reads and writes a tiled dataset folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, run_token: str | None = None) -> None:
+        """
+        Args:
+            root: the dataset folder.
+            run_token: the token of the run this handle writes for (from :meth:`lock`); its journal
+                writes then fail with :class:`FolderInUseError` once a newer run has taken the folder over.
+        """
         self.root = Path(root)
+        self.run_token = run_token
 
     @property
     def settings_path(self) -> Path:
@@ -109,59 +125,93 @@ class DatasetFolder:
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{self.settings_path}: not valid JSON ({exc.msg}); re-run `histomag tile`") from None
 
+    # ----- ownership -----------------------------------------------------------------------
+    def lock(self) -> FolderLock:
+        """The owner's lock: ``with folder.lock() as token:`` around a whole run; refuses a second run."""
+        return FolderLock(self.root)
+
+    def _writing(self) -> contextlib.AbstractContextManager:
+        return owned_by(self.root, self.run_token) if self.run_token else contextlib.nullcontext()
+
     # ----- per-slide journal (resume) -------------------------------------------------------
     def read_part(self, slide_id: str, columns: Sequence[str]) -> list[dict]:
-        """Rows already journalled for a slide whose images all exist; drops a torn last line."""
+        """Rows journalled for a slide: one per tuple (the last complete one wins), every image in place.
+
+        Torn lines (a crash mid-append), repeated tuples and rows whose images are missing or
+        truncated are dropped, and the journal is rewritten clean when any were found, so appends
+        continue after a valid line and nothing broken is carried into the manifest.
+        """
         path = self.part_path(slide_id)
-        if not path.exists():
-            return []
-        rows: list[dict] = []
-        with open(path, newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header != list(columns):
+        with self._writing():
+            if not path.exists():
                 return []
-            for values in reader:
-                if len(values) != len(columns):
-                    continue  # a line torn by a crash
+            lines, clean = _journal_lines(path.read_bytes(), columns)
+            rows: dict[str, dict] = {}
+            for values in lines:
                 row = dict(zip(columns, values))
-                if self._images_exist(row):
-                    rows.append(row)
-        # rewrite the journal clean so appends continue after a valid line
-        atomic_write_csv(path, columns, rows)
-        return rows
+                if self._images_complete(row):
+                    rows[row["tuple_id"]] = row  # a later complete row replaces an earlier one, in place
+                else:
+                    clean = False
+            if not clean or len(rows) != len(lines):
+                atomic_write_csv(path, columns, rows.values())
+        return list(rows.values())
 
     def append_part(self, slide_id: str, columns: Sequence[str], row: dict) -> None:
-        """Append one finished tuple to the slide's journal (after its images are written)."""
+        """Append one finished tuple to the slide's journal (after its images are written).
+
+        Raises:
+            FolderInUseError: this handle writes for a run that a newer run has replaced.
+        """
         path = self.part_path(slide_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            if new:
-                writer.writerow(columns)
-            writer.writerow([row.get(c, "") for c in columns])
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._writing():
+            new = not path.exists() or path.stat().st_size == 0
+            with open(path, "a", newline="") as fh:
+                writer = csv.writer(fh, lineterminator="\n")
+                if new:
+                    writer.writerow(columns)
+                writer.writerow([row.get(c, "") for c in columns])
+                fh.flush()
+                os.fsync(fh.fileno())
 
-    def _images_exist(self, row: dict) -> bool:
-        return all((self.root / v).is_file() for k, v in row.items() if k.startswith("image_") and v)
+    def _images_complete(self, row: dict) -> bool:
+        return all(v and _file_complete(self.root / v) for k, v in row.items() if k.startswith("image_"))
 
     # ----- manifest -------------------------------------------------------------------------
     def write_manifest(self, slide_ids: Sequence[str], columns: Sequence[str]) -> int:
-        """Merge the slide journals (in the given order) into ``manifest.csv``; returns the row count."""
-        rows: list[dict] = []
-        for sid in slide_ids:
-            rows.extend(self.read_part(sid, columns))
-        # keep rows of slides from earlier runs into the same folder too
-        known = set(slide_ids)
-        parts = self.root / "parts"
-        if parts.is_dir():
-            for p in sorted(parts.glob("*.csv")):
-                if p.stem not in known:
-                    rows.extend(self.read_part(p.stem, columns))
-        atomic_write_csv(self.manifest_path, columns, rows)
+        """Merge the slide journals (in the given order) into ``manifest.csv``; returns the row count.
+
+        One row per ``tuple_id``; images that no row references (written but never journalled, or
+        left by a run that was killed) are deleted.
+        """
+        with self._writing():
+            rows: dict[str, dict] = {}
+            # slides of this run first, then those of earlier runs into the same folder
+            known = set(slide_ids)
+            parts = self.root / "parts"
+            others = [p.stem for p in sorted(parts.glob("*.csv")) if p.stem not in known] if parts.is_dir() else []
+            for sid in [*slide_ids, *others]:
+                for row in self.read_part(sid, columns):
+                    rows[row["tuple_id"]] = row
+            atomic_write_csv(self.manifest_path, columns, rows.values())
+            self.remove_orphans(rows.values())
         return len(rows)
+
+    def remove_orphans(self, rows: Iterable[dict]) -> int:
+        """Delete image files no row references and temporary files of interrupted writes; returns how many."""
+        keep = {self.root / v for row in rows for k, v in row.items() if k.startswith("image_") and v}
+        stray = [f for d in (self.root, self.root / "parts") if d.is_dir() for f in d.glob(".*.tmp")]
+        images = self.root / "images"
+        for d in sorted(images.iterdir()) if images.is_dir() else []:
+            if d.is_dir():
+                stray.extend(f for f in d.iterdir() if f not in keep and _written_here(f, d.name))
+        for f in stray:
+            f.unlink(missing_ok=True)
+        for d in sorted(images.iterdir()) if images.is_dir() else []:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        return len(stray)
 
     def read_manifest(self) -> list[dict]:
         """Rows of ``manifest.csv``; raises :class:`DatasetError` listing missing images."""
@@ -178,6 +228,54 @@ class DatasetFolder:
                 "re-run the same `histomag tile` command to restore them"
             )
         return rows
+
+
+def _journal_lines(data: bytes, columns: Sequence[str]) -> tuple[list[list[str]], bool]:
+    """The well-formed rows of a journal and whether the file was clean.
+
+    Each row is one physical line (no field holds a newline), so a torn line cannot swallow the
+    next one. A last line without its newline is torn; a missing or foreign header means nothing
+    in the file can be trusted.
+    """
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    clean = lines[-1] == ""  # every append ends with a newline
+    lines = lines[:-1]
+    header = next(csv.reader(lines[:1]), None)
+    if header != list(columns):
+        return [], False
+    rows = []
+    for line in lines[1:]:
+        try:
+            values = next(csv.reader([line]))
+        except (csv.Error, StopIteration):
+            values = []
+        if len(values) == len(columns) and values[0]:
+            rows.append(values)
+        else:
+            clean = False
+    return rows, clean
+
+
+def _file_complete(path: Path) -> bool:
+    """The file exists and, for a PNG, starts with the signature and ends with the IEND chunk."""
+    if path.suffix.lower() != ".png":
+        return path.is_file()
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != PNG_SIGNATURE:
+                return False
+            fh.seek(-len(PNG_END), os.SEEK_END)
+            return fh.read(len(PNG_END)) == PNG_END
+    except OSError:  # missing, a folder, or shorter than the trailer
+        return False
+
+
+def _written_here(path: Path, slide_id: str) -> bool:
+    """A tuple image of ``images/<slide_id>/`` or the temporary file of one (nothing else is deleted)."""
+    name = path.name
+    ours = (name.startswith(f"{slide_id}_") and name.endswith(".png")) or \
+        (name.startswith(f".{slide_id}_") and name.endswith(".tmp"))
+    return ours and path.is_file()
 
 
 def _norm(value: object) -> object:

@@ -13,6 +13,10 @@ Layout::
                        tissue_fraction, source_path
     DIR/sources.csv    source_id, path, organ, mpp, magnification, mpp_source, split, status, crops, error
     DIR/images/<source_id>/<source_id>_r<k>_<mag>x.png
+
+A build is all or nothing: it first removes the manifest of any earlier build in DIR, writes
+``manifest.csv`` atomically once every source is done, then deletes crops no row lists. A crash
+leaves no manifest (so nothing reads a half-made set) and a rerun rebuilds the same set.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_png
+from histomag.data.runlock import FolderLock
 from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
 from histomag.progress import progress_bar
 from histomag.resolution import (
@@ -50,6 +55,8 @@ MANIFEST_COLUMNS = ["image", "source_id", "organ", "magnification", "mpp", "spli
 SOURCE_COLUMNS = ["source_id", "path", "organ", "mpp", "magnification", "mpp_source", "split", "status",
                   "crops", "error"]
 SPLITS = ("train", "val", "test")
+#: what a finished build writes besides the crops (manifest.csv last: its presence means complete)
+RESULT_FILES = ("manifest.csv", "sources.csv", "magset.json")
 
 
 @dataclass(frozen=True)
@@ -250,26 +257,54 @@ def build_magnification_set(sources: Sequence[Source], out_dir: Path, settings: 
     if not sources:
         raise ConfigError("no sources given: pass slides, images or an index CSV")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     splits = assign_splits([s.source_id for s in sources], settings.val_fraction, settings.test_fraction,
                            settings.seed)
-    all_rows: list[dict] = []
-    infos: list[dict] = []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("building magnification set", total=len(sources)) if bar else None
-        for src in sources:
-            rows, info = build_source(src, splits[src.source_id], settings, out_dir,
-                                      (lambda n: bar.advance(task, n)) if bar else None)
-            all_rows.extend(rows)
-            infos.append(info)
-    atomic_write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, all_rows)
-    atomic_write_csv(out_dir / "sources.csv", SOURCE_COLUMNS, infos)
-    atomic_write_json(out_dir / "magset.json", {
-        "magnifications": list(settings.magnifications), "regions_um": list(settings.regions_um),
-        "regions_per_size": settings.regions_per_size, "max_crop": settings.max_crop,
-        "min_crop": settings.min_crop, "max_background": settings.max_background,
-        "val_fraction": settings.val_fraction, "test_fraction": settings.test_fraction, "seed": settings.seed})
+    with FolderLock(out_dir):  # one build per folder at a time
+        # images are overwritten in place: a manifest of an earlier build must not outlive that
+        for name in RESULT_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        all_rows: list[dict] = []
+        infos: list[dict] = []
+        with progress_bar(progress) as bar:
+            task = bar.add_task("building magnification set", total=len(sources)) if bar else None
+            for src in sources:
+                rows, info = build_source(src, splits[src.source_id], settings, out_dir,
+                                          (lambda n: bar.advance(task, n)) if bar else None)
+                all_rows.extend(rows)
+                infos.append(info)
+        atomic_write_csv(out_dir / "sources.csv", SOURCE_COLUMNS, infos)
+        atomic_write_json(out_dir / "magset.json", {
+            "magnifications": list(settings.magnifications), "regions_um": list(settings.regions_um),
+            "regions_per_size": settings.regions_per_size, "max_crop": settings.max_crop,
+            "min_crop": settings.min_crop, "max_background": settings.max_background,
+            "val_fraction": settings.val_fraction, "test_fraction": settings.test_fraction, "seed": settings.seed})
+        atomic_write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, all_rows)  # last: the set is complete
+        remove_orphans(out_dir, all_rows)
     return len(all_rows), infos
+
+
+def remove_orphans(out_dir: Path, rows: Sequence[dict]) -> int:
+    """Delete crops no manifest row lists (from a killed or an earlier build) and temporary files; returns how many."""
+    keep = {out_dir / row["image"] for row in rows}
+    stray = list(out_dir.glob(".*.tmp"))
+    images = out_dir / "images"
+    for d in sorted(images.iterdir()) if images.is_dir() else []:
+        if d.is_dir():
+            stray.extend(f for f in d.iterdir() if f not in keep and _crop_file(f, d.name))
+    for f in stray:
+        f.unlink(missing_ok=True)
+    for d in sorted(images.iterdir()) if images.is_dir() else []:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return len(stray)
+
+
+def _crop_file(path: Path, source_id: str) -> bool:
+    """A crop this builder names (``<source>_r<k>_<mag>x.png``) or its temporary file; nothing else is deleted."""
+    name = path.name
+    ours = (name.startswith(f"{source_id}_r") and name.endswith("x.png")) or \
+        (name.startswith(f".{source_id}_r") and name.endswith(".tmp"))
+    return ours and path.is_file()
 
 
 def _float(value: str | None) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +34,7 @@ from histomag.tiling import (
     read_tuple,
 )
 from histomag.tissue import require_tissue, tissue_mask
+from histomag.workers import exit_if_orphaned, watch_parent
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,12 @@ def load_labels(path: str | Path, slide: Slide, tissue_mpp: float) -> LabelMask:
 
 
 def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
-               report: Reporter | None = None) -> SlideResult:
-    """Tile one slide; never raises for bad input (the error goes into the result)."""
+               report: Reporter | None = None, *, run_token: str | None = None) -> SlideResult:
+    """Tile one slide; never raises for bad input (the error goes into the result).
+
+    ``run_token`` (from :meth:`DatasetFolder.lock`) fences the journal off: once a newer run owns
+    ``out_dir``, this slide stops before its next append.
+    """
     from histomag.slide.base import slide_id_from_path
 
     sid = slide_id_from_path(Path(job.path))
@@ -104,7 +110,7 @@ def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
     try:
         with open_slide(job.path, mpp=job.mpp, backend=job.backend) as slide:  # type: ignore[arg-type]
             result.mpp, result.mpp_source = slide.mpp, slide.mpp_source
-            _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir)), result, report)
+            _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir), run_token=run_token), result, report)
             result.status = "ok"
     except HistomagError as exc:
         result.error = str(exc)
@@ -227,8 +233,17 @@ def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str |
 
     Returns one result per job (in job order); failed slides carry their one-line error. The
     manifest and ``slides.csv`` are rewritten at the end from the per-slide journals.
+
+    Raises:
+        FolderInUseError: another run is writing to ``out_dir``.
     """
-    folder = DatasetFolder(Path(out_dir))
+    with DatasetFolder(Path(out_dir)).lock() as run_token:
+        return _tile_slides_owned(jobs, settings, out_dir, workers=workers, progress=progress, run_token=run_token)
+
+
+def _tile_slides_owned(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str | Path, *,
+                       workers: int, progress: bool, run_token: str) -> list[SlideResult]:
+    folder = DatasetFolder(Path(out_dir), run_token=run_token)
     folder.prepare(settings)
     results: list[SlideResult | None] = [None] * len(jobs)
     with progress_bar(progress) as bar:
@@ -245,21 +260,23 @@ def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str |
 
         if workers <= 1 or len(jobs) <= 1:
             for i, job in enumerate(jobs):
-                results[i] = tile_slide(job, settings, out_dir, on_report)
+                results[i] = tile_slide(job, settings, out_dir, on_report, run_token=run_token)
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Manager() as manager:
-                q = manager.Queue()
-                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                    futures = {pool.submit(_tile_slide_queued, job, settings, str(out_dir), q): i
-                               for i, job in enumerate(jobs)}
-                    pending = set(futures)
-                    while pending:
-                        _drain(q, on_report, timeout=0.2)
-                        for fut in [f for f in pending if f.done()]:
-                            pending.discard(fut)
-                            results[futures[fut]] = fut.result()
-                    _drain(q, on_report, timeout=0.0)
+            # a plain queue handed over at start-up, not a Manager: its server process would outlive us
+            q = ctx.Queue()
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(os.getpid(), q)) as pool:
+                futures = {pool.submit(_tile_slide_queued, job, settings, str(out_dir), run_token): i
+                           for i, job in enumerate(jobs)}
+                pending = set(futures)
+                while pending:
+                    _drain(q, on_report, timeout=0.2)
+                    for fut in [f for f in pending if f.done()]:
+                        pending.discard(fut)
+                        results[futures[fut]] = fut.result()
+                _drain(q, on_report, timeout=0.0)
+            q.close()
     final = [r for r in results if r is not None]
     slide_ids = [r.slide_id for r in final if r.status == "ok"]
     spec_columns = manifest_columns(settings.magnifications)
@@ -268,8 +285,22 @@ def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str |
     return final
 
 
-def _tile_slide_queued(job: SlideJob, settings: TileSettings, out_dir: str, q) -> SlideResult:
-    return tile_slide(job, settings, out_dir, lambda kind, n: q.put((kind, n)))
+_worker_queue = None  # the progress queue of a pool worker (set by _init_worker)
+
+
+def _init_worker(parent_pid: int, q) -> None:
+    """Pool initializer: the worker dies with the run's main process and reports progress on ``q``."""
+    global _worker_queue
+    _worker_queue = q
+    watch_parent(parent_pid)
+
+
+def _tile_slide_queued(job: SlideJob, settings: TileSettings, out_dir: str, run_token: str) -> SlideResult:
+    def report(kind: str, n: int) -> None:
+        exit_if_orphaned()  # between tuples: a worker whose run is gone stops here
+        _worker_queue.put((kind, n))  # type: ignore[union-attr]
+
+    return tile_slide(job, settings, out_dir, report, run_token=run_token)
 
 
 def _drain(q, on_report: Reporter, timeout: float) -> None:

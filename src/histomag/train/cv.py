@@ -16,6 +16,7 @@ the best checkpoint) are carved out of the fold's training patients.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import warnings
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 from histomag.data.tuples import TupleDataset, class_names_of, tuple_transform
 from histomag.errors import CheckpointError, ConfigError, DatasetError
 from histomag.train.clsmetrics import (
@@ -447,7 +448,9 @@ def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *
     atomic_write_csv(paths["predictions"], header, [
         [r.tuple_id, round(r.x), round(r.y), r.grid_row, r.grid_col, run.class_names[int(np.argmax(p))]]
         + [f"{v:.6g}" for v in p] for r, p in zip(data.records, probs)])
-    np.save(paths["npy"], heat)
+    buf = io.BytesIO()
+    np.save(buf, heat)
+    atomic_write_bytes(paths["npy"], buf.getvalue())  # a killed predict leaves the old file or none, never half
     _heatmap_png(paths["png"], heat, run.class_names, title=stem)
     return paths
 
@@ -469,6 +472,7 @@ def _heatmap_png(path: Path, heat: np.ndarray, class_names: Sequence[str], *, ti
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     plt.close(fig)
