@@ -104,3 +104,14 @@ def test_crops_spread_over_the_whole_tissue():
     assert all(c.mean() < 200 for c in crops)  # every crop on tissue
     with pytest.raises(NoTissueError):
         rgb_tissue_crops(np.full((512, 512, 3), 245, np.uint8), 128)
+
+
+def test_interval_ignores_a_spread_that_does_not_track_the_error():
+    from histomag.estimate import IntervalCalibration
+
+    rng = np.random.default_rng(1)
+    true = np.exp(rng.uniform(np.log(2), np.log(40), 3000))
+    mad = rng.uniform(0.01, 0.5, true.size)           # spread unrelated to the error
+    pred = true * np.exp(rng.normal(0, 0.2, true.size))
+    cal = IntervalCalibration.fit(true, pred, mad)
+    assert not cal.scaled and cal.q == pytest.approx(0.2 * 1.645, rel=0.1)

@@ -37,21 +37,31 @@ MIN_LOG_SPREAD = 0.03
 
 @dataclass(frozen=True)
 class IntervalCalibration:
-    """A conformal interval in log-magnification: ``log(pred) ± q * max(log_mad, floor)``.
+    """A conformal interval in log-magnification: ``log(pred) ± q * s``.
 
-    ``q`` is the ``level`` quantile of ``|log(pred / true)| / max(log_mad, floor)`` over held-out
-    estimates (leave-groups-out cross-validation), with the finite-sample correction of split
-    conformal prediction, so on sources like those the interval holds at about ``level``.
+    With ``scaled`` the half-width follows each estimate's own spread, ``s = max(log_mad, floor)``;
+    otherwise ``s = 1`` (one width for every estimate). ``q`` is the ``level`` quantile of
+    ``|log(pred / true)| / s`` over held-out estimates (leave-groups-out cross-validation), with
+    the finite-sample correction of split conformal prediction, so on sources like those the
+    interval holds at about ``level``. :meth:`fit` keeps whichever form is narrower on the
+    calibration set (the spread helps only where it tracks the error).
     """
 
     q: float
     level: float = 0.9
     floor: float = MIN_LOG_SPREAD
     n: int = 0
+    scaled: bool = True
+
+    def half_width(self, log_mad: Any) -> Any:
+        """Half-width in log-magnification for estimates with these spreads."""
+        spread = np.maximum(np.asarray(log_mad, dtype=float), self.floor) if self.scaled else np.ones_like(
+            np.asarray(log_mad, dtype=float))
+        return self.q * spread
 
     def bounds(self, log_pred: Any, log_mad: Any) -> tuple[Any, Any]:
         """Lower and upper log-magnification bounds (arrays or floats)."""
-        half = self.q * np.maximum(np.asarray(log_mad, dtype=float), self.floor)
+        half = self.half_width(log_mad)
         return log_pred - half, log_pred + half
 
     @classmethod
@@ -61,17 +71,22 @@ class IntervalCalibration:
         t, p, m = (np.asarray(v, dtype=float) for v in (true, pred, log_mad))
         if t.size == 0:
             raise ConfigError("no held-out estimates to calibrate an interval on")
-        scores = np.abs(np.log(p / t)) / np.maximum(m, floor)
+        err = np.abs(np.log(p / t))
         rank = min(1.0, math.ceil((t.size + 1) * level) / t.size)
-        return cls(float(np.quantile(scores, rank, method="higher")), float(level), float(floor), int(t.size))
+        fits = []
+        for scaled in (True, False):
+            spread = np.maximum(m, floor) if scaled else np.ones_like(m)
+            q = float(np.quantile(err / spread, rank, method="higher"))
+            fits.append(cls(q, float(level), float(floor), int(t.size), scaled))
+        return min(fits, key=lambda c: float(np.median(c.half_width(m))))
 
-    def to_dict(self) -> dict[str, float]:
-        return {"q": self.q, "level": self.level, "floor": self.floor, "n": self.n}
+    def to_dict(self) -> dict[str, Any]:
+        return {"q": self.q, "level": self.level, "floor": self.floor, "n": self.n, "scaled": self.scaled}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IntervalCalibration":
         return cls(float(data["q"]), float(data.get("level", 0.9)), float(data.get("floor", MIN_LOG_SPREAD)),
-                   int(data.get("n", 0)))
+                   int(data.get("n", 0)), bool(data.get("scaled", True)))
 
 
 @dataclass(frozen=True)
