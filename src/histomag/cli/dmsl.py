@@ -33,7 +33,11 @@ def train(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 1e-3)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the cross-entropy term."),
     beta: float = typer.Option(0.5, "--beta", help="Weight of the SIM term."),
-    sim_form: str = typer.Option("l1", "--sim-form", help="SIM formula: l1 (per location) or paper (Eq. 2 as printed)."),
+    sim_form: str = typer.Option("corr", "--sim-form", help="SIM formula: corr (1 - correlation of the maps), dist "
+                                 "(JS divergence of their spatial distributions), l1 (per location) or paper "
+                                 "(Eq. 2 as printed)."),
+    sim_warmup: int = typer.Option(2, "--sim-warmup", help="Epochs over which the SIM weight rises from 0 to --beta "
+                                   "(0: full weight from the start)."),
     weights: str = typer.Option("none", "--weights", help="none (random init), imagenet (local cache) or a file."),
     train_fraction: float = typer.Option(1.0, "--train-fraction", help="Share of training tuples used (0.05..1)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of training patients for validation."),
@@ -59,7 +63,7 @@ def train(
 
     config = DMSLConfig(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
-        batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, epochs=epochs,
+        batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, sim_warmup=sim_warmup, epochs=epochs,
         patience=patience, folds=folds, val_fraction=val_fraction, train_fraction=train_fraction, seed=seed,
         num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
         precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,

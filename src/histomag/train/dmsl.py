@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histomag.errors import CheckpointError, ConfigError
 from histomag.models.dmsl import FUSIONS, MODES, MultiMagNet
-from histomag.models.similarity import SIM_FORMS, DMSLLoss
+from histomag.models.similarity import DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
 from histomag.train.common import lightning_quiet, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 MODEL_TYPE = "dmsl"
 TRAIN_HINT = "histomag dmsl train DATA --out RUN"
 #: config fields that may change when a run is resumed (they do not change what is learned)
+#: default SIM warm-up in epochs (chosen by measurement, docs/dmsl.md)
+DEFAULT_SIM_WARMUP = 2
 RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
                   "precision", "max_time")
 
@@ -55,7 +57,11 @@ class DMSLConfig:
         magnifications: one per branch, in input order (exactly one for ``single``).
         batch_size, lr: Adam's batch size and learning rate (paper: 32, 1e-3).
         alpha, beta: weights of CE and SIM (paper: 0.5, 0.5).
-        sim_form: ``"l1"`` or ``"paper"`` (see :class:`~histomag.models.similarity.SimilarityLoss`).
+        sim_form: ``"corr"`` (default), ``"dist"``, ``"l1"`` or ``"paper"`` (see
+            :class:`~histomag.models.similarity.SimilarityLoss`).
+        sim_warmup: epochs over which the SIM weight rises linearly from 0 to ``beta`` (per
+            batch); 0: full ``beta`` from the start (the paper). Validation always uses ``beta``,
+            so the monitored validation loss means the same thing in every epoch.
         epochs: maximum epochs per fold; patience: early-stopping patience in epochs.
         folds: number of patient-grouped cross-validation folds.
         val_fraction: share of a fold's training patients held out for early stopping.
@@ -78,7 +84,8 @@ class DMSLConfig:
     lr: float = 1e-3
     alpha: float = 0.5
     beta: float = 0.5
-    sim_form: str = "l1"
+    sim_form: str = DEFAULT_SIM_FORM
+    sim_warmup: int = DEFAULT_SIM_WARMUP
     epochs: int = 30
     patience: int = 5
     folds: int = 5
@@ -115,6 +122,7 @@ class DMSLConfig:
         checks = [(self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
                   (self.lr > 0, f"--lr {self.lr} must be > 0"),
                   (self.alpha >= 0 and self.beta >= 0, f"alpha {self.alpha} and beta {self.beta} must be >= 0"),
+                  (self.sim_warmup >= 0, f"--sim-warmup {self.sim_warmup} must be >= 0 epochs"),
                   (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
                   (self.patience >= 1, f"--patience {self.patience} must be >= 1"),
                   (self.folds >= 2, f"--folds {self.folds} must be >= 2"),
@@ -139,9 +147,28 @@ class DMSLConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DMSLConfig:
-        """Build from :meth:`to_dict` output, ignoring unknown keys."""
+        """Build from :meth:`to_dict` output, ignoring unknown keys.
+
+        A stored config without ``sim_warmup`` (written before the warm-up existed) trained
+        without one, so it reads as 0, not as today's default.
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs.setdefault("sim_warmup", 0)
+        return cls(**kwargs)
+
+
+def sim_weight(beta: float, warmup: float, progress: float) -> float:
+    """SIM weight after ``progress`` epochs: linear from 0 to ``beta`` over ``warmup`` epochs.
+
+    Args:
+        beta: the full SIM weight.
+        warmup: warm-up length in epochs (<= 0: ``beta`` from the start).
+        progress: epochs done, fractional within an epoch (``epoch + batch / batches``).
+    """
+    if warmup <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, max(0.0, progress) / warmup)
 
 
 def _mags(mags: Sequence[float]) -> str:
@@ -199,10 +226,20 @@ class DMSLTask(L.LightningModule):
     def forward(self, xs: Sequence[Tensor]) -> dict[str, Any]:
         return self.model(xs)
 
-    def _step(self, batch: Any, stage: str) -> Tensor:
+    def _train_beta(self, batch_idx: int) -> float:
+        """The SIM weight of a training batch (warm-up over ``config.sim_warmup`` epochs)."""
+        trainer = self._trainer
+        if trainer is None or self.config.sim_warmup <= 0:
+            return self.loss.beta
+        batches = trainer.num_training_batches
+        frac = batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
+        return sim_weight(self.loss.beta, self.config.sim_warmup, self.current_epoch + frac)
+
+    def _step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor:
         xs, y, _ = batch
         out = self.model(xs)
-        total, ce, sim = self.loss(out, y)
+        beta = self._train_beta(batch_idx) if stage == "train" else self.loss.beta
+        total, ce, sim = self.loss(out, y, beta=beta)
         bs = int(y.shape[0])
         preds = out["probs"].argmax(dim=1)
         on_step = stage == "train"
@@ -211,6 +248,8 @@ class DMSLTask(L.LightningModule):
         self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         if self.loss.use_sim:
             self.log(f"{stage}/sim", sim, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
+            if stage == "train":
+                self.log("train/beta", beta, on_step=False, on_epoch=True, batch_size=bs)
         if stage == "train":
             self.train_acc(preds, y)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
@@ -222,7 +261,7 @@ class DMSLTask(L.LightningModule):
         return total
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
