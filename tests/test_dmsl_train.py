@@ -203,10 +203,13 @@ def test_sim_weight_warms_up_linearly_and_old_configs_had_no_warm_up() -> None:
 
     assert [sim_weight(0.5, 2, e) for e in (0, 0.5, 1, 2, 5)] == [0.0, 0.125, 0.25, 0.5, 0.5]
     assert sim_weight(0.5, 0, 0) == 0.5
-    assert DMSLConfig().sim_warmup >= 1 and DMSLConfig().sim_form == "corr"
-    legacy = {k: v for k, v in DMSLConfig().to_dict().items() if k != "sim_warmup"}
+    assert (DMSLConfig().sim_form, DMSLConfig().sim_warmup, DMSLConfig().beta) == ("dist", 2, 0.1)
+    legacy = {k: v for k, v in DMSLConfig().to_dict().items() if k not in ("sim_warmup", "select_on")}
     assert DMSLConfig.from_dict(legacy).sim_warmup == 0
+    assert DMSLConfig.from_dict(legacy).select_on == "loss"
     assert DMSLConfig.from_dict(DMSLConfig(sim_warmup=3).to_dict()).sim_warmup == 3
+    with pytest.raises(ConfigError, match="unknown select_on 'acc'; valid: loss, ce"):
+        DMSLConfig(select_on="acc")
     with pytest.raises(ConfigError, match="sim-warmup -1 must be >= 0"):
         DMSLConfig(sim_warmup=-1)
     with pytest.raises(ConfigError, match="unknown SIM form 'l2'; valid: paper, l1, corr, dist"):
@@ -217,7 +220,8 @@ def test_training_ramps_the_sim_weight_and_validates_with_the_full_weight(data: 
     import csv
 
     classes, train, val, _ = _split(data, {"P00", "P01", "P02"}, {"P03"}, set())
-    fit_fold(_config(epochs=3, sim_warmup=2, beta=0.5), train, val, tmp_path, class_names=classes, progress=False)
+    result = fit_fold(_config(epochs=3, sim_warmup=2, beta=0.5, select_on="ce"), train, val, tmp_path,
+                      class_names=classes, progress=False)
     with open(tmp_path / "logs" / "version_0" / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     beta = {int(r["epoch"]): float(r["train/beta"]) for r in rows if r.get("train/beta")}
@@ -225,6 +229,7 @@ def test_training_ramps_the_sim_weight_and_validates_with_the_full_weight(data: 
     val = [r for r in rows if r.get("val/loss")]
     for r in val:  # validation loss = alpha * CE + the full beta * SIM in every epoch
         assert float(r["val/loss"]) == pytest.approx(0.5 * float(r["val/ce"]) + 0.5 * float(r["val/sim"]), rel=1e-4)
+    assert result.best_score == pytest.approx(min(float(r["val/ce"]) for r in val))  # selected on CE
 
 
 def test_mscn_on_same_fov_tuples_warns(data: Path, tmp_path: Path) -> None:
@@ -397,5 +402,5 @@ def test_cli_defaults_match_the_library_defaults() -> None:
 
     params = inspect.signature(train).parameters
     config = DMSLConfig()
-    for flag, field in (("sim_form", "sim_form"), ("sim_warmup", "sim_warmup"), ("beta", "beta"), ("alpha", "alpha")):
-        assert params[flag].default.default == getattr(config, field), flag
+    for name in ("sim_form", "sim_warmup", "select_on", "beta", "alpha"):
+        assert params[name].default.default == getattr(config, name), name

@@ -31,7 +31,9 @@ SIM_FORMS: tuple[str, ...] = ("paper", "l1", "corr", "dist")
 #: forms that compare the spatial layout of standardised maps (need >= 2 locations)
 NORMALISED_FORMS: tuple[str, ...] = ("corr", "dist")
 #: chosen by measurement on ``histomag demo --quick`` (docs/dmsl.md)
-DEFAULT_SIM_FORM: SimForm = "corr"
+DEFAULT_SIM_FORM: SimForm = "dist"
+#: default SIM weight beta (the paper's 0.5 was for its raw form; measured in docs/dmsl.md)
+DEFAULT_BETA = 0.1
 SIM_MODES: tuple[str, ...] = ("sim",)
 #: floor of a map's spatial standard deviation in the normalised forms, relative to its mean
 #: absolute value (keeps flat maps finite without breaking scale invariance)
@@ -111,10 +113,10 @@ class SimilarityLoss(nn.Module):
 
     - ``form="paper"`` — Eq. (2) as printed: ``|sum_k (m_ik - m_jk)| / k``.
     - ``form="l1"`` — per-location L1: ``sum_k |m_ik - m_jk| / k``.
-    - ``form="corr"`` (default) — ``1 - r``, with ``r`` the Pearson correlation of the two
-      maps over the ``k`` locations (``mean_k z_ik z_jk`` of the per-sample z-scores); in ``[0, 2]``.
-    - ``form="dist"`` — each map's z-scores are turned into a spatial distribution by a softmax
-      over the locations; the Jensen-Shannon divergence of the two, in bits (``[0, 1]``).
+    - ``form="corr"`` — ``1 - r``, with ``r`` the Pearson correlation of the two maps over the
+      ``k`` locations (``mean_k z_ik z_jk`` of the per-sample z-scores); in ``[0, 2]``.
+    - ``form="dist"`` (default) — each map's z-scores are turned into a spatial distribution by
+      a softmax over the locations; the Jensen-Shannon divergence of the two, in bits (``[0, 1]``).
 
     All are means over locations, so the loss scale does not depend on the map size; they are
     averaged over the ``M (M - 1) / 2`` pairs and reduced over the batch. All are zero for
@@ -125,11 +127,11 @@ class SimilarityLoss(nn.Module):
     lowered by shrinking the activations of every branch, which is what a randomly initialised
     network does (``histomag demo --quick`` stayed at chance with ``"l1"``). ``"corr"`` and
     ``"dist"`` are invariant to scaling and shifting either map, so only agreeing on *where*
-    the evidence is lowers them; they need at least two locations. The default ``"corr"`` was
+    the evidence is lowers them; they need at least two locations. The default ``"dist"`` was
     chosen by measurement (docs/dmsl.md).
 
     Args:
-        form: ``"corr"``, ``"dist"``, ``"l1"`` or ``"paper"``.
+        form: ``"dist"``, ``"corr"``, ``"l1"`` or ``"paper"``.
         pool_size: common spatial size (int or ``(h, w)``); default the smallest among inputs.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(B,)``) over the batch.
     """
@@ -200,8 +202,8 @@ class DMSLLoss(nn.Module):
 
     Args:
         alpha: weight of the cross-entropy term.
-        beta: weight of the SIM term.
-        sim_form: ``"corr"``, ``"dist"``, ``"l1"`` or ``"paper"`` (see :class:`SimilarityLoss`).
+        beta: weight of the SIM term (the paper: 0.5 with its raw form; default 0.1).
+        sim_form: ``"dist"``, ``"corr"``, ``"l1"`` or ``"paper"`` (see :class:`SimilarityLoss`).
         use_sim: add SIM; use :meth:`for_mode` to set it from a model's mode.
         pool_size: passed to :class:`SimilarityLoss`.
         eps: probability floor for the NLL.
@@ -210,7 +212,7 @@ class DMSLLoss(nn.Module):
     def __init__(
         self,
         alpha: float = 0.5,
-        beta: float = 0.5,
+        beta: float = DEFAULT_BETA,
         sim_form: SimForm = DEFAULT_SIM_FORM,
         *,
         use_sim: bool = True,

@@ -1,7 +1,8 @@
 """DMSL training with PyTorch Lightning: config, task, data loading, one fold's fit, checkpoints.
 
 Diao et al., IEEE JBHI 2023: one CNN branch per magnification, loss ``alpha * CE + beta * SIM``
-(alpha = beta = 0.5), Adam with lr 1e-3, batch 32. ``mode`` picks DMSL (``sim``) or a baseline
+(paper: alpha = beta = 0.5 with its raw SIM; here by default alpha = 0.5, beta = 0.1 with the
+normalised ``dist`` SIM and a 2-epoch warm-up of beta, see docs/dmsl.md), Adam with lr 1e-3, batch 32. ``mode`` picks DMSL (``sim``) or a baseline
 (``mm`` without SIM, ``single`` magnification, ``mscn`` on context tuples).
 
 A fold folder holds::
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histomag.errors import CheckpointError, ConfigError
 from histomag.models.dmsl import FUSIONS, MODES, MultiMagNet
-from histomag.models.similarity import DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
+from histomag.models.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
 from histomag.train.common import lightning_quiet, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 MODEL_TYPE = "dmsl"
 TRAIN_HINT = "histomag dmsl train DATA --out RUN"
 #: config fields that may change when a run is resumed (they do not change what is learned)
+#: what early stopping and the best checkpoint may follow (see DMSLConfig.select_on)
+SELECT_ON = ("loss", "ce")
 #: default SIM warm-up in epochs (chosen by measurement, docs/dmsl.md)
 DEFAULT_SIM_WARMUP = 2
 RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
@@ -56,12 +59,15 @@ class DMSLConfig:
         weights: ``"none"`` (random init), ``"imagenet"`` (local torchvision cache) or a file.
         magnifications: one per branch, in input order (exactly one for ``single``).
         batch_size, lr: Adam's batch size and learning rate (paper: 32, 1e-3).
-        alpha, beta: weights of CE and SIM (paper: 0.5, 0.5).
-        sim_form: ``"corr"`` (default), ``"dist"``, ``"l1"`` or ``"paper"`` (see
+        alpha, beta: weights of CE and SIM (paper: 0.5, 0.5 with its raw SIM; default 0.5, 0.1).
+        sim_form: ``"dist"`` (default), ``"corr"``, ``"l1"`` or ``"paper"`` (see
             :class:`~histomag.models.similarity.SimilarityLoss`).
         sim_warmup: epochs over which the SIM weight rises linearly from 0 to ``beta`` (per
             batch); 0: full ``beta`` from the start (the paper). Validation always uses ``beta``,
             so the monitored validation loss means the same thing in every epoch.
+        select_on: what early stopping and the best checkpoint minimise: ``"loss"`` (the
+            training objective, ``alpha * CE + beta * SIM``) or ``"ce"`` (the cross-entropy
+            alone); on the validation patients, or on the training tuples without them.
         epochs: maximum epochs per fold; patience: early-stopping patience in epochs.
         folds: number of patient-grouped cross-validation folds.
         val_fraction: share of a fold's training patients held out for early stopping.
@@ -83,9 +89,10 @@ class DMSLConfig:
     batch_size: int = 32
     lr: float = 1e-3
     alpha: float = 0.5
-    beta: float = 0.5
+    beta: float = DEFAULT_BETA
     sim_form: str = DEFAULT_SIM_FORM
     sim_warmup: int = DEFAULT_SIM_WARMUP
+    select_on: str = "loss"
     epochs: int = 30
     patience: int = 5
     folds: int = 5
@@ -111,6 +118,8 @@ class DMSLConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.sim_form not in SIM_FORMS:
             raise ConfigError(f"unknown SIM form {self.sim_form!r}; valid: {', '.join(SIM_FORMS)}")
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"unknown select_on {self.select_on!r}; valid: {', '.join(SELECT_ON)}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
         n = len(self.magnifications)
@@ -149,13 +158,21 @@ class DMSLConfig:
     def from_dict(cls, data: dict[str, Any]) -> DMSLConfig:
         """Build from :meth:`to_dict` output, ignoring unknown keys.
 
-        A stored config without ``sim_warmup`` (written before the warm-up existed) trained
-        without one, so it reads as 0, not as today's default.
+        A stored config without ``sim_warmup`` or ``select_on`` (written before they existed)
+        trained without a warm-up and selected on the loss, so it reads so, not as today's defaults.
         """
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs.setdefault("sim_warmup", 0)
+        kwargs.setdefault("select_on", "loss")
         return cls(**kwargs)
+
+
+def monitor_key(config: DMSLConfig, has_val: bool) -> str:
+    """The logged metric that early stopping and the best checkpoint minimise."""
+    if config.select_on == "ce":
+        return "val/ce" if has_val else "train/ce"
+    return "val/loss" if has_val else "train/loss_epoch"
 
 
 def sim_weight(beta: float, warmup: float, progress: float) -> float:
@@ -371,12 +388,13 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    monitor = "val/loss" if val_set is not None and len(val_set) > 0 else "train/loss_epoch"  # type: ignore[arg-type]
+    has_val = val_set is not None and len(val_set) > 0  # type: ignore[arg-type]
+    monitor = monitor_key(config, has_val)
     seed = config.seed if seed is None else seed
     with lightning_quiet(progress and log.isEnabledFor(logging.INFO)):  # Lightning's banners only with -v
         L.seed_everything(seed, workers=True, verbose=False)
         task = DMSLTask(config, class_names)
-        data = TupleDataModule(train_set, val_set if monitor == "val/loss" else None, batch_size=config.batch_size,
+        data = TupleDataModule(train_set, val_set if has_val else None, batch_size=config.batch_size,
                                num_workers=config.num_workers, seed=seed)
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
                                      save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
