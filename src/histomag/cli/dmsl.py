@@ -66,7 +66,8 @@ def train(
     config = DMSLConfig(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
         batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, sim_warmup=sim_warmup,
-        select_on=select_on, epochs=epochs, patience=patience, folds=folds, val_fraction=val_fraction, train_fraction=train_fraction, seed=seed,
+        select_on=select_on, epochs=epochs, patience=patience, folds=folds, val_fraction=val_fraction,
+        train_fraction=train_fraction, seed=seed,
         num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
         precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,
         max_time=max_time, max_tuples=max_tuples)

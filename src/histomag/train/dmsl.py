@@ -2,8 +2,9 @@
 
 Diao et al., IEEE JBHI 2023: one CNN branch per magnification, loss ``alpha * CE + beta * SIM``
 (paper: alpha = beta = 0.5 with its raw SIM; here by default alpha = 0.5, beta = 0.1 with the
-normalised ``dist`` SIM and a 2-epoch warm-up of beta, see docs/dmsl.md), Adam with lr 1e-3, batch 32. ``mode`` picks DMSL (``sim``) or a baseline
-(``mm`` without SIM, ``single`` magnification, ``mscn`` on context tuples).
+normalised ``dist`` SIM and a 2-epoch warm-up of beta, see docs/dmsl.md), Adam with lr 1e-3,
+batch 32. ``mode`` picks DMSL (``sim``) or a baseline (``mm`` without SIM, ``single``
+magnification, ``mscn`` on context tuples).
 
 A fold folder holds::
 
