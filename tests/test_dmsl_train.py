@@ -198,6 +198,40 @@ def test_resume_continues_from_the_checkpoint_epoch_and_global_step(data: Path, 
     assert fresh.starts == [(0, 0)]
 
 
+def test_sim_weight_warms_up_linearly_and_old_configs_had_no_warm_up() -> None:
+    from histomag.train.dmsl import sim_weight
+
+    assert [sim_weight(0.5, 2, e) for e in (0, 0.5, 1, 2, 5)] == [0.0, 0.125, 0.25, 0.5, 0.5]
+    assert sim_weight(0.5, 0, 0) == 0.5
+    assert (DMSLConfig().sim_form, DMSLConfig().sim_warmup, DMSLConfig().beta) == ("dist", 2, 0.1)
+    legacy = {k: v for k, v in DMSLConfig().to_dict().items() if k not in ("sim_warmup", "select_on")}
+    assert DMSLConfig.from_dict(legacy).sim_warmup == 0
+    assert DMSLConfig.from_dict(legacy).select_on == "loss"
+    assert DMSLConfig.from_dict(DMSLConfig(sim_warmup=3).to_dict()).sim_warmup == 3
+    with pytest.raises(ConfigError, match="unknown select_on 'acc'; valid: loss, ce"):
+        DMSLConfig(select_on="acc")
+    with pytest.raises(ConfigError, match="sim-warmup -1 must be >= 0"):
+        DMSLConfig(sim_warmup=-1)
+    with pytest.raises(ConfigError, match="unknown SIM form 'l2'; valid: paper, l1, corr, dist"):
+        DMSLConfig(sim_form="l2")
+
+
+def test_training_ramps_the_sim_weight_and_validates_with_the_full_weight(data: Path, tmp_path: Path) -> None:
+    import csv
+
+    classes, train, val, _ = _split(data, {"P00", "P01", "P02"}, {"P03"}, set())
+    result = fit_fold(_config(epochs=3, sim_warmup=2, beta=0.5, select_on="ce"), train, val, tmp_path,
+                      class_names=classes, progress=False)
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    beta = {int(r["epoch"]): float(r["train/beta"]) for r in rows if r.get("train/beta")}
+    assert 0.0 <= beta[0] < 0.25 <= beta[1] < 0.5 and beta[2] == pytest.approx(0.5), beta
+    val = [r for r in rows if r.get("val/loss")]
+    for r in val:  # validation loss = alpha * CE + the full beta * SIM in every epoch
+        assert float(r["val/loss"]) == pytest.approx(0.5 * float(r["val/ce"]) + 0.5 * float(r["val/sim"]), rel=1e-4)
+    assert result.best_score == pytest.approx(min(float(r["val/ce"]) for r in val))  # selected on CE
+
+
 def test_mscn_on_same_fov_tuples_warns(data: Path, tmp_path: Path) -> None:
     from histomag.train.cv import cross_validate
 
@@ -233,12 +267,15 @@ def test_cli_train_evaluate_predict_end_to_end(data: Path, tmp_path: Path, capsy
     run_dir = tmp_path / "run"
     code, out, err = _cli(["dmsl", "train", str(data), "--out", str(run_dir), "--backbone", "tiny",
                            "--mags", "40,20", "--folds", "2", "--epochs", "1", "--batch-size", "16",
-                           "--train-fraction", "0.5", "--workers", "0", "--quiet"], capsys)
+                           "--train-fraction", "0.5", "--workers", "0", "--sim-form", "dist", "--sim-warmup", "3",
+                           "--quiet"], capsys)
     assert code == 0, err
     assert "| DMSL (tiny) | 40x+20x | sim | patch |" in out
     for name in ("config.json", "metrics.json", "metrics.csv", "table.md", "table.csv"):
         assert (run_dir / name).is_file(), name
-    assert json.loads((run_dir / "config.json").read_text())["model_type"] == "dmsl"
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert stored["model_type"] == "dmsl"
+    assert (stored["config"]["sim_form"], stored["config"]["sim_warmup"]) == ("dist", 3)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["folds"]) == 2 and 0.0 <= metrics["summary"]["patch"]["accuracy"]["mean"] <= 1.0
     tested: list[str] = []
@@ -356,3 +393,14 @@ def test_run_folder_errors_are_one_line_and_name_the_fix(tmp_path: Path, capsys)
     (run_dir / "config.json").write_text(json.dumps({"model_type": "magnifier"}))
     code, _, err = _cli(["dmsl", "evaluate", str(run_dir)], capsys)
     assert code == 2 and "holds a magnifier run, not a DMSL one" in err
+
+
+def test_cli_defaults_match_the_library_defaults() -> None:
+    import inspect
+
+    from histomag.cli.dmsl import train
+
+    params = inspect.signature(train).parameters
+    config = DMSLConfig()
+    for name in ("sim_form", "sim_warmup", "select_on", "beta", "alpha"):
+        assert params[name].default.default == getattr(config, name), name

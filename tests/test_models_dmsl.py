@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from histomag.errors import ConfigError
 from histomag.models import DMSLLoss, MultiMagNet, SimilarityLoss, channel_max_maps
+from histomag.models.similarity import DEFAULT_SIM_FORM, NORMALISED_FORMS, SIM_FORMS
 
 N_CLASSES = 3
 
@@ -49,6 +50,7 @@ def test_every_parameter_gets_a_gradient_from_the_full_loss(mode, mags, sizes, s
     torch.manual_seed(0)
     net = MultiMagNet("tiny", N_CLASSES, mags, mode=mode, shared_backbone=shared, fusion=fusion, dropout=0.1)
     loss_fn = DMSLLoss.for_mode(mode)
+    assert loss_fn.sim.form == DEFAULT_SIM_FORM
     total, ce, sim = loss_fn(net(_inputs(sizes)), _targets())
     total.backward()
     _assert_every_parameter_has_gradient(net)
@@ -194,16 +196,16 @@ def test_wrong_number_of_inputs_and_unknown_backbone() -> None:
 # --- SIM ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", ["l1", "paper"])
+@pytest.mark.parametrize("form", SIM_FORMS)
 def test_sim_is_zero_for_identical_branch_inputs(form: str) -> None:
     torch.manual_seed(0)
     net = MultiMagNet("tiny", N_CLASSES, (40, 20), mode="sim", shared_backbone=True)
     x = torch.randn(2, 3, 64, 64)
     out = net([x, x.clone()])
-    assert SimilarityLoss(form)(out["feature_maps"]).item() == pytest.approx(0.0, abs=1e-7)
+    assert SimilarityLoss(form)(out["feature_maps"]).item() == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("form", ["l1", "paper"])
+@pytest.mark.parametrize("form", SIM_FORMS)
 def test_sim_is_symmetric_and_positive_for_different_maps(form: str) -> None:
     g = torch.Generator().manual_seed(1)
     a = torch.randn(3, 8, 4, 4, generator=g)
@@ -243,9 +245,9 @@ def test_sim_scale_does_not_depend_on_map_size() -> None:
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(2, 4, 3, 3, generator=g), torch.rand(2, 4, 3, 3, generator=g)
     up = lambda t: F.interpolate(t, scale_factor=4, mode="nearest")  # noqa: E731
-    for form in ("l1", "paper"):
+    for form in SIM_FORMS:
         assert torch.allclose(SimilarityLoss(form)([a, b]), SimilarityLoss(form)([up(a), up(b)]), atol=1e-6)
-    assert torch.allclose(SimilarityLoss(pool_size=1)([a, b]), SimilarityLoss(pool_size=(1, 1))([up(a), b]))
+    assert torch.allclose(SimilarityLoss("l1", pool_size=1)([a, b]), SimilarityLoss("l1", pool_size=(1, 1))([up(a), b]))
 
 
 def test_sim_rejects_bad_arguments() -> None:
@@ -255,3 +257,87 @@ def test_sim_rejects_bad_arguments() -> None:
         SimilarityLoss("l2")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="batch sizes"):
         SimilarityLoss()([torch.rand(1, 2, 2, 2), torch.rand(2, 2, 2, 2)])
+
+
+# --- normalised SIM forms (corr, dist) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", SIM_FORMS)
+def test_every_parameter_gets_a_gradient_with_each_sim_form(form: str) -> None:
+    torch.manual_seed(0)
+    net = MultiMagNet("tiny", N_CLASSES, (40, 20, 10), mode="sim", fusion="learned", dropout=0.1)
+    total, _, sim = DMSLLoss(sim_form=form)(net(_inputs((64, 32, 32))), _targets())
+    total.backward()
+    _assert_every_parameter_has_gradient(net)
+    assert torch.isfinite(total) and sim > 0
+
+
+@pytest.mark.parametrize("form", NORMALISED_FORMS)
+def test_sim_alone_reaches_every_branch_with_normalised_forms(form: str) -> None:
+    torch.manual_seed(0)
+    net = MultiMagNet("tiny", N_CLASSES, (40, 20), mode="sim")
+    _, _, sim = DMSLLoss(alpha=0.0, beta=1.0, sim_form=form)(net(_inputs((64, 32))), _targets())
+    sim.backward()
+    _assert_every_parameter_has_gradient(net, only="branches")
+
+
+@pytest.mark.parametrize("form", NORMALISED_FORMS)
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 7.0, 1e3])
+def test_normalised_forms_ignore_scaling_either_map(form: str, scale: float) -> None:
+    """Shrinking (or inflating) a branch's activations cannot lower the normalised forms."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(3, 8, 4, 4, generator=g)
+    b = torch.rand(3, 16, 4, 4, generator=g)
+    sim = SimilarityLoss(form, reduction="none")
+    base = sim([a, b])
+    assert torch.allclose(sim([scale * a, b]), base, atol=1e-5)
+    assert torch.allclose(sim([a, scale * b]), base, atol=1e-5)
+    assert torch.allclose(sim([scale * a, scale * b]), base, atol=1e-5)
+    assert torch.allclose(sim([a + 3.0, b - 1.0]), base, atol=1e-5)  # nor can shifting them
+    # the raw forms, by contrast, are lowered by shrinking both maps
+    assert SimilarityLoss("l1")([1e-3 * a, 1e-3 * b]) < 1e-2 * SimilarityLoss("l1")([a, b])
+
+
+@pytest.mark.parametrize("form", NORMALISED_FORMS)
+def test_normalised_forms_are_zero_for_identical_layouts_and_positive_otherwise(form: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(2, 1, 3, 3, generator=g)  # one channel: the channel-max map is the map itself
+    sim = SimilarityLoss(form, reduction="none")
+    assert torch.allclose(sim([a, a.clone()]), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(sim([a, 2.5 * a + 1.0]), torch.zeros(2), atol=1e-5)  # same layout, other scale
+    moved = torch.roll(a, shifts=1, dims=3)
+    assert (sim([a, moved]) > 1e-3).all()
+    assert (sim([a, -a]) > sim([a, moved])).all()  # the opposite layout is the worst
+
+
+def test_corr_form_is_one_minus_pearson_correlation() -> None:
+    g = torch.Generator().manual_seed(6)
+    a, b = torch.rand(3, 5, 4, 4, generator=g), torch.rand(3, 2, 2, 2, generator=g)
+    ma, mb = channel_max_maps([a, b])
+    expected = torch.stack([1 - torch.corrcoef(torch.stack([x, y]))[0, 1] for x, y in zip(ma, mb)])
+    assert torch.allclose(SimilarityLoss("corr", reduction="none")([a, b]), expected, atol=1e-5)
+    anti = torch.zeros(1, 1, 1, 2)
+    anti[0, 0, 0, 0] = 1.0
+    assert SimilarityLoss("corr")([anti, anti.flip(-1)]).item() == pytest.approx(2.0)
+    assert SimilarityLoss("dist")([anti, anti.flip(-1)]).item() < 1.0
+
+
+def test_normalised_forms_are_finite_for_flat_maps_and_refuse_a_single_location() -> None:
+    flat = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    other = torch.rand(2, 3, 4, 4)
+    for form in NORMALISED_FORMS:
+        loss = SimilarityLoss(form)([flat, other])
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(flat.grad).all()
+        with pytest.raises(ConfigError, match="single location"):
+            SimilarityLoss(form, pool_size=1)([other, other])
+
+
+def test_loss_takes_a_per_batch_beta() -> None:
+    net = MultiMagNet("tiny", N_CLASSES, (40, 20), mode="sim")
+    out = net(_inputs((64, 32)))
+    loss_fn = DMSLLoss(alpha=0.5, beta=0.5)
+    total, ce, sim = loss_fn(out, _targets(), beta=0.1)
+    assert torch.allclose(total, 0.5 * ce + 0.1 * sim)
+    total0, ce0, _ = loss_fn(out, _targets(), beta=0.0)
+    assert torch.allclose(total0, 0.5 * ce0)

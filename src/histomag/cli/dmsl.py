@@ -32,8 +32,14 @@ def train(
     batch_size: int = typer.Option(32, "--batch-size", help="Tuples per batch (paper: 32)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 1e-3)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the cross-entropy term."),
-    beta: float = typer.Option(0.5, "--beta", help="Weight of the SIM term."),
-    sim_form: str = typer.Option("l1", "--sim-form", help="SIM formula: l1 (per location) or paper (Eq. 2 as printed)."),
+    beta: float = typer.Option(0.1, "--beta", help="Weight of the SIM term (paper: 0.5, with --sim-form paper)."),
+    sim_form: str = typer.Option("dist", "--sim-form", help="SIM formula: dist (JS divergence of the maps' spatial "
+                                 "distributions), corr (1 - correlation of the maps), l1 (per location) or paper "
+                                 "(Eq. 2 as printed)."),
+    sim_warmup: int = typer.Option(2, "--sim-warmup", help="Epochs over which the SIM weight rises from 0 to --beta "
+                                   "(0: full weight from the start)."),
+    select_on: str = typer.Option("loss", "--select-on", help="What early stopping and the best checkpoint minimise "
+                                  "on the validation patients: loss (alpha*CE + beta*SIM) or ce."),
     weights: str = typer.Option("none", "--weights", help="none (random init), imagenet (local cache) or a file."),
     train_fraction: float = typer.Option(1.0, "--train-fraction", help="Share of training tuples used (0.05..1)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of training patients for validation."),
@@ -59,8 +65,9 @@ def train(
 
     config = DMSLConfig(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
-        batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, epochs=epochs,
-        patience=patience, folds=folds, val_fraction=val_fraction, train_fraction=train_fraction, seed=seed,
+        batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, sim_warmup=sim_warmup,
+        select_on=select_on, epochs=epochs, patience=patience, folds=folds, val_fraction=val_fraction,
+        train_fraction=train_fraction, seed=seed,
         num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
         precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,
         max_time=max_time, max_tuples=max_tuples)

@@ -4,6 +4,12 @@ SIM (Diao et al., IEEE JBHI 2023, Eq. (2)) pulls the feature maps of the magnifi
 towards the same spatial evidence: each branch's map is reduced to its channel-wise maximum at
 every location, and the per-location maxima of every pair of branches are compared.
 
+The forms ``paper`` and ``l1`` compare the raw maxima, so a randomly initialised network can
+lower them by shrinking (or flattening) its activations instead of aligning them. The forms
+``corr`` and ``dist`` compare each map after per-sample standardisation (subtract its spatial
+mean, divide by its spatial standard deviation): scaling or shifting a map changes nothing, so
+the only way to lower them is to put the evidence in the same places.
+
 Losses live outside models (see DESIGN.md): a task combines :class:`~histomag.models.dmsl.MultiMagNet`
 with :class:`DMSLLoss`.
 """
@@ -20,9 +26,19 @@ from torch import Tensor, nn
 
 from histomag.errors import ConfigError
 
-SimForm = Literal["paper", "l1"]
-SIM_FORMS: tuple[str, ...] = ("paper", "l1")
+SimForm = Literal["paper", "l1", "corr", "dist"]
+SIM_FORMS: tuple[str, ...] = ("paper", "l1", "corr", "dist")
+#: forms that compare the spatial layout of standardised maps (need >= 2 locations)
+NORMALISED_FORMS: tuple[str, ...] = ("corr", "dist")
+#: chosen by measurement on ``histomag demo --quick`` (docs/dmsl.md)
+DEFAULT_SIM_FORM: SimForm = "dist"
+#: default SIM weight beta (the paper's 0.5 was for its raw form; measured in docs/dmsl.md)
+DEFAULT_BETA = 0.1
 SIM_MODES: tuple[str, ...] = ("sim",)
+#: floor of a map's spatial standard deviation in the normalised forms, relative to its mean
+#: absolute value (keeps flat maps finite without breaking scale invariance)
+STD_EPS = 1e-6
+TINY = 1e-30  # keeps an all-zero map's std (and its gradient) finite
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -57,6 +73,37 @@ def channel_max_maps(features: Sequence[Tensor], pool_size: int | tuple[int, int
     return out
 
 
+def standardise(maxima: Tensor, eps: float = STD_EPS) -> Tensor:
+    """Per-sample z-scores of flattened maps ``(B, k)``: zero spatial mean, unit spatial std.
+
+    Computed in float32 (also under autocast). The std is floored at ``eps`` times the map's mean
+    absolute value (a floor that scales with the map, so multiplying a map by any positive
+    constant leaves its z-scores exactly as they were): a flat map becomes all zeros, with a
+    finite gradient.
+    """
+    m = maxima.float()
+    centred = m - m.mean(dim=1, keepdim=True)
+    floor = eps * m.abs().mean(dim=1, keepdim=True)
+    return centred / (centred.pow(2).mean(dim=1, keepdim=True) + floor.pow(2) + TINY).sqrt()
+
+
+def _pair_loss(form: str, a: Tensor, b: Tensor, za: Tensor | None, zb: Tensor | None) -> Tensor:
+    """Per-sample ``(B,)`` SIM of two flattened channel-max maps (z-scores given for normalised forms)."""
+    if form == "paper":
+        return (a - b).mean(dim=1).abs()
+    if form == "l1":
+        return (a - b).abs().mean(dim=1)
+    assert za is not None and zb is not None
+    if form == "corr":
+        return 1.0 - (za * zb).mean(dim=1)
+    # dist: Jensen-Shannon divergence (in bits, so in [0, 1]) of the softmax distributions
+    log_p, log_q = F.log_softmax(za, dim=1), F.log_softmax(zb, dim=1)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(dim=1)
+    return (0.5 * (kl_pm + kl_qm) / math.log(2.0)).clamp_min(0.0)
+
+
 class SimilarityLoss(nn.Module):
     """Similarity loss between the feature maps of M >= 2 magnification branches.
 
@@ -65,25 +112,33 @@ class SimilarityLoss(nn.Module):
     ``k = h * w`` locations. For every pair of branches ``i < j``:
 
     - ``form="paper"`` — Eq. (2) as printed: ``|sum_k (m_ik - m_jk)| / k``.
-    - ``form="l1"`` (default) — per-location L1: ``sum_k |m_ik - m_jk| / k``.
+    - ``form="l1"`` — per-location L1: ``sum_k |m_ik - m_jk| / k``.
+    - ``form="corr"`` — ``1 - r``, with ``r`` the Pearson correlation of the two maps over the
+      ``k`` locations (``mean_k z_ik z_jk`` of the per-sample z-scores); in ``[0, 2]``.
+    - ``form="dist"`` (default) — each map's z-scores are turned into a spatial distribution by
+      a softmax over the locations; the Jensen-Shannon divergence of the two, in bits (``[0, 1]``).
 
-    Both are divided by ``k`` (a mean over locations) so the loss scale does not depend on the
-    map size, then averaged over the ``M (M - 1) / 2`` pairs and reduced over the batch.
+    All are means over locations, so the loss scale does not depend on the map size; they are
+    averaged over the ``M (M - 1) / 2`` pairs and reduced over the batch. All are zero for
+    identical maps and symmetric.
 
-    The default is ``"l1"`` because Eq. (2) as printed only compares the *sums* of the two
-    maps: two maps with the same total but a different spatial layout score zero, so it does
-    not enforce that the branches attend to the same places. ``"paper"`` is kept for
-    reproducing the published formula. Both are zero for identical maps and symmetric.
+    ``"paper"`` only compares the *sums* of the two maps: two maps with the same total but a
+    different spatial layout score zero. ``"l1"`` compares layouts, but both raw forms can be
+    lowered by shrinking the activations of every branch, which is what a randomly initialised
+    network does (``histomag demo --quick`` stayed at chance with ``"l1"``). ``"corr"`` and
+    ``"dist"`` are invariant to scaling and shifting either map, so only agreeing on *where*
+    the evidence is lowers them; they need at least two locations. The default ``"dist"`` was
+    chosen by measurement (docs/dmsl.md).
 
     Args:
-        form: ``"l1"`` or ``"paper"``.
+        form: ``"dist"``, ``"corr"``, ``"l1"`` or ``"paper"``.
         pool_size: common spatial size (int or ``(h, w)``); default the smallest among inputs.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(B,)``) over the batch.
     """
 
     def __init__(
         self,
-        form: SimForm = "l1",
+        form: SimForm = DEFAULT_SIM_FORM,
         pool_size: int | tuple[int, int] | None = None,
         reduction: Literal["mean", "sum", "none"] = "mean",
     ) -> None:
@@ -108,21 +163,24 @@ class SimilarityLoss(nn.Module):
             A scalar (``mean``/``sum``) or a ``(B,)`` tensor (``none``).
 
         Raises:
-            ConfigError: fewer than two maps, or batch sizes differ.
+            ConfigError: fewer than two maps, batch sizes differ, or a normalised form on
+                maps of a single location.
         """
         if len(features) < 2:
             raise ConfigError(f"SIM compares at least two magnifications, got {len(features)} feature map(s)")
         if len({f.shape[0] for f in features}) != 1:
             raise ConfigError(f"SIM feature maps have different batch sizes: {[f.shape[0] for f in features]}")
         maxima = channel_max_maps(features, self.pool_size)
+        z: list[Tensor | None] = [None] * len(maxima)
+        if self.form in NORMALISED_FORMS:
+            if maxima[0].shape[1] < 2:
+                raise ConfigError(f"SIM form {self.form!r} compares spatial layouts but the maps pool to a single "
+                                  "location; use larger inputs, a pool_size of at least 2, or form 'l1'")
+            z = [standardise(m) for m in maxima]
         per_pair = []
         for i in range(len(maxima)):
             for j in range(i + 1, len(maxima)):
-                diff = maxima[i] - maxima[j]
-                if self.form == "paper":
-                    per_pair.append(diff.mean(dim=1).abs())
-                else:
-                    per_pair.append(diff.abs().mean(dim=1))
+                per_pair.append(_pair_loss(self.form, maxima[i], maxima[j], z[i], z[j]))
         per_sample = torch.stack(per_pair).mean(dim=0)
         if self.reduction == "mean":
             return per_sample.mean()
@@ -139,12 +197,13 @@ class DMSLLoss(nn.Module):
     ``log(eps)`` so a confidently wrong sample cannot give an infinite loss. Without SIM
     (``use_sim=False``: the ``mm``, ``single`` and ``mscn`` baselines) the total is
     ``alpha * CE`` — the same CE scale as DMSL, so an ablation changes only the SIM term —
-    and ``sim`` is returned as a zero tensor.
+    and ``sim`` is returned as a zero tensor. A training task may pass another ``beta`` per
+    batch (a warm-up of the SIM weight).
 
     Args:
         alpha: weight of the cross-entropy term.
-        beta: weight of the SIM term.
-        sim_form: ``"l1"`` or ``"paper"`` (see :class:`SimilarityLoss`).
+        beta: weight of the SIM term (the paper: 0.5 with its raw form; default 0.1).
+        sim_form: ``"dist"``, ``"corr"``, ``"l1"`` or ``"paper"`` (see :class:`SimilarityLoss`).
         use_sim: add SIM; use :meth:`for_mode` to set it from a model's mode.
         pool_size: passed to :class:`SimilarityLoss`.
         eps: probability floor for the NLL.
@@ -153,8 +212,8 @@ class DMSLLoss(nn.Module):
     def __init__(
         self,
         alpha: float = 0.5,
-        beta: float = 0.5,
-        sim_form: SimForm = "l1",
+        beta: float = DEFAULT_BETA,
+        sim_form: SimForm = DEFAULT_SIM_FORM,
         *,
         use_sim: bool = True,
         pool_size: int | tuple[int, int] | None = None,
@@ -176,13 +235,15 @@ class DMSLLoss(nn.Module):
         """The loss for a :class:`~histomag.models.dmsl.MultiMagNet` mode (SIM only for ``"sim"``)."""
         return cls(use_sim=mode in SIM_MODES, **kwargs)  # type: ignore[arg-type]
 
-    def forward(self, outputs: Mapping[str, object], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, outputs: Mapping[str, object], target: Tensor, *,
+                beta: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Loss of one batch.
 
         Args:
             outputs: the model's output dict; needs ``"log_probs"`` ``(B, n_classes)`` and, when
                 SIM is used, ``"feature_maps"`` (list of ``(B, C, h, w)``).
             target: class indices ``(B,)``.
+            beta: SIM weight for this batch instead of ``self.beta`` (e.g. during a warm-up).
 
         Returns:
             ``(total, ce, sim)`` scalars; ``sim`` is a zero tensor without SIM.
@@ -197,4 +258,5 @@ class DMSLLoss(nn.Module):
         if not isinstance(feature_maps, Sequence):
             raise ConfigError("DMSLLoss with SIM needs the model output dict with 'feature_maps'")
         sim = self.sim(feature_maps)
-        return self.alpha * ce + self.beta * sim, ce, sim
+        weight = self.beta if beta is None else float(beta)
+        return self.alpha * ce + weight * sim, ce, sim

@@ -1,8 +1,10 @@
 """DMSL training with PyTorch Lightning: config, task, data loading, one fold's fit, checkpoints.
 
 Diao et al., IEEE JBHI 2023: one CNN branch per magnification, loss ``alpha * CE + beta * SIM``
-(alpha = beta = 0.5), Adam with lr 1e-3, batch 32. ``mode`` picks DMSL (``sim``) or a baseline
-(``mm`` without SIM, ``single`` magnification, ``mscn`` on context tuples).
+(paper: alpha = beta = 0.5 with its raw SIM; here by default alpha = 0.5, beta = 0.1 with the
+normalised ``dist`` SIM and a 2-epoch warm-up of beta, see docs/dmsl.md), Adam with lr 1e-3,
+batch 32. ``mode`` picks DMSL (``sim``) or a baseline (``mm`` without SIM, ``single``
+magnification, ``mscn`` on context tuples).
 
 A fold folder holds::
 
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histomag.errors import CheckpointError, ConfigError
 from histomag.models.dmsl import FUSIONS, MODES, MultiMagNet
-from histomag.models.similarity import SIM_FORMS, DMSLLoss
+from histomag.models.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
 from histomag.train.common import lightning_quiet, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 MODEL_TYPE = "dmsl"
 TRAIN_HINT = "histomag dmsl train DATA --out RUN"
 #: config fields that may change when a run is resumed (they do not change what is learned)
+#: what early stopping and the best checkpoint may follow (see DMSLConfig.select_on)
+SELECT_ON = ("loss", "ce")
+#: default SIM warm-up in epochs (chosen by measurement, docs/dmsl.md)
+DEFAULT_SIM_WARMUP = 2
 RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
                   "precision", "max_time")
 
@@ -54,8 +60,15 @@ class DMSLConfig:
         weights: ``"none"`` (random init), ``"imagenet"`` (local torchvision cache) or a file.
         magnifications: one per branch, in input order (exactly one for ``single``).
         batch_size, lr: Adam's batch size and learning rate (paper: 32, 1e-3).
-        alpha, beta: weights of CE and SIM (paper: 0.5, 0.5).
-        sim_form: ``"l1"`` or ``"paper"`` (see :class:`~histomag.models.similarity.SimilarityLoss`).
+        alpha, beta: weights of CE and SIM (paper: 0.5, 0.5 with its raw SIM; default 0.5, 0.1).
+        sim_form: ``"dist"`` (default), ``"corr"``, ``"l1"`` or ``"paper"`` (see
+            :class:`~histomag.models.similarity.SimilarityLoss`).
+        sim_warmup: epochs over which the SIM weight rises linearly from 0 to ``beta`` (per
+            batch); 0: full ``beta`` from the start (the paper). Validation always uses ``beta``,
+            so the monitored validation loss means the same thing in every epoch.
+        select_on: what early stopping and the best checkpoint minimise: ``"loss"`` (the
+            training objective, ``alpha * CE + beta * SIM``) or ``"ce"`` (the cross-entropy
+            alone); on the validation patients, or on the training tuples without them.
         epochs: maximum epochs per fold; patience: early-stopping patience in epochs.
         folds: number of patient-grouped cross-validation folds.
         val_fraction: share of a fold's training patients held out for early stopping.
@@ -77,8 +90,10 @@ class DMSLConfig:
     batch_size: int = 32
     lr: float = 1e-3
     alpha: float = 0.5
-    beta: float = 0.5
-    sim_form: str = "l1"
+    beta: float = DEFAULT_BETA
+    sim_form: str = DEFAULT_SIM_FORM
+    sim_warmup: int = DEFAULT_SIM_WARMUP
+    select_on: str = "loss"
     epochs: int = 30
     patience: int = 5
     folds: int = 5
@@ -104,6 +119,8 @@ class DMSLConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.sim_form not in SIM_FORMS:
             raise ConfigError(f"unknown SIM form {self.sim_form!r}; valid: {', '.join(SIM_FORMS)}")
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"unknown select_on {self.select_on!r}; valid: {', '.join(SELECT_ON)}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
         n = len(self.magnifications)
@@ -115,6 +132,7 @@ class DMSLConfig:
         checks = [(self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
                   (self.lr > 0, f"--lr {self.lr} must be > 0"),
                   (self.alpha >= 0 and self.beta >= 0, f"alpha {self.alpha} and beta {self.beta} must be >= 0"),
+                  (self.sim_warmup >= 0, f"--sim-warmup {self.sim_warmup} must be >= 0 epochs"),
                   (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
                   (self.patience >= 1, f"--patience {self.patience} must be >= 1"),
                   (self.folds >= 2, f"--folds {self.folds} must be >= 2"),
@@ -139,9 +157,36 @@ class DMSLConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DMSLConfig:
-        """Build from :meth:`to_dict` output, ignoring unknown keys."""
+        """Build from :meth:`to_dict` output, ignoring unknown keys.
+
+        A stored config without ``sim_warmup`` or ``select_on`` (written before they existed)
+        trained without a warm-up and selected on the loss, so it reads so, not as today's defaults.
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs.setdefault("sim_warmup", 0)
+        kwargs.setdefault("select_on", "loss")
+        return cls(**kwargs)
+
+
+def monitor_key(config: DMSLConfig, has_val: bool) -> str:
+    """The logged metric that early stopping and the best checkpoint minimise."""
+    if config.select_on == "ce":
+        return "val/ce" if has_val else "train/ce"
+    return "val/loss" if has_val else "train/loss_epoch"
+
+
+def sim_weight(beta: float, warmup: float, progress: float) -> float:
+    """SIM weight after ``progress`` epochs: linear from 0 to ``beta`` over ``warmup`` epochs.
+
+    Args:
+        beta: the full SIM weight.
+        warmup: warm-up length in epochs (<= 0: ``beta`` from the start).
+        progress: epochs done, fractional within an epoch (``epoch + batch / batches``).
+    """
+    if warmup <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, max(0.0, progress) / warmup)
 
 
 def _mags(mags: Sequence[float]) -> str:
@@ -199,10 +244,20 @@ class DMSLTask(L.LightningModule):
     def forward(self, xs: Sequence[Tensor]) -> dict[str, Any]:
         return self.model(xs)
 
-    def _step(self, batch: Any, stage: str) -> Tensor:
+    def _train_beta(self, batch_idx: int) -> float:
+        """The SIM weight of a training batch (warm-up over ``config.sim_warmup`` epochs)."""
+        trainer = self._trainer
+        if trainer is None or self.config.sim_warmup <= 0:
+            return self.loss.beta
+        batches = trainer.num_training_batches
+        frac = batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
+        return sim_weight(self.loss.beta, self.config.sim_warmup, self.current_epoch + frac)
+
+    def _step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor:
         xs, y, _ = batch
         out = self.model(xs)
-        total, ce, sim = self.loss(out, y)
+        beta = self._train_beta(batch_idx) if stage == "train" else self.loss.beta
+        total, ce, sim = self.loss(out, y, beta=beta)
         bs = int(y.shape[0])
         preds = out["probs"].argmax(dim=1)
         on_step = stage == "train"
@@ -211,6 +266,8 @@ class DMSLTask(L.LightningModule):
         self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         if self.loss.use_sim:
             self.log(f"{stage}/sim", sim, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
+            if stage == "train":
+                self.log("train/beta", beta, on_step=False, on_epoch=True, batch_size=bs)
         if stage == "train":
             self.train_acc(preds, y)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
@@ -222,7 +279,7 @@ class DMSLTask(L.LightningModule):
         return total
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
@@ -332,12 +389,13 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    monitor = "val/loss" if val_set is not None and len(val_set) > 0 else "train/loss_epoch"  # type: ignore[arg-type]
+    has_val = val_set is not None and len(val_set) > 0  # type: ignore[arg-type]
+    monitor = monitor_key(config, has_val)
     seed = config.seed if seed is None else seed
     with lightning_quiet(progress and log.isEnabledFor(logging.INFO)):  # Lightning's banners only with -v
         L.seed_everything(seed, workers=True, verbose=False)
         task = DMSLTask(config, class_names)
-        data = TupleDataModule(train_set, val_set if monitor == "val/loss" else None, batch_size=config.batch_size,
+        data = TupleDataModule(train_set, val_set if has_val else None, batch_size=config.batch_size,
                                num_workers=config.num_workers, seed=seed)
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
                                      save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
