@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -73,3 +73,24 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def remove_unreferenced(root: Path, keep: set[Path], owned: Callable[[Path, str], bool],
+                        tmp_dirs: Sequence[Path] = ()) -> int:
+    """Delete files under ``root/images/<sub>/`` that ``keep`` does not list, and ``.*.tmp`` leftovers.
+
+    Only files ``owned(path, sub)`` says this writer made are touched; emptied sub-folders are
+    removed. Returns how many files were deleted.
+    """
+    stray = [f for d in (root, *tmp_dirs) if d.is_dir() for f in d.glob(".*.tmp")]
+    images = root / "images"
+    for d in sorted(images.iterdir()) if images.is_dir() else []:
+        if d.is_dir():
+            stray.extend(f for f in d.iterdir() if f not in keep and owned(f, d.name))
+    for f in stray:
+        f.unlink(missing_ok=True)
+    for d in sorted(images.iterdir()) if images.is_dir() else []:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return len(stray)
+

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_json
+from histomag.data.atomic import atomic_write_csv, atomic_write_json, remove_unreferenced
 from histomag.data.runlock import FolderLock, owned_by
 from histomag.errors import DatasetError
 from histomag.resolution import format_magnification
@@ -201,17 +201,7 @@ class DatasetFolder:
     def remove_orphans(self, rows: Iterable[dict]) -> int:
         """Delete image files no row references and temporary files of interrupted writes; returns how many."""
         keep = {self.root / v for row in rows for k, v in row.items() if k.startswith("image_") and v}
-        stray = [f for d in (self.root, self.root / "parts") if d.is_dir() for f in d.glob(".*.tmp")]
-        images = self.root / "images"
-        for d in sorted(images.iterdir()) if images.is_dir() else []:
-            if d.is_dir():
-                stray.extend(f for f in d.iterdir() if f not in keep and _written_here(f, d.name))
-        for f in stray:
-            f.unlink(missing_ok=True)
-        for d in sorted(images.iterdir()) if images.is_dir() else []:
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        return len(stray)
+        return remove_unreferenced(self.root, keep, _written_here, (self.root / "parts",))
 
     def read_manifest(self) -> list[dict]:
         """Rows of ``manifest.csv``; raises :class:`DatasetError` listing missing images."""

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_png
+from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_png, remove_unreferenced
 from histomag.data.runlock import FolderLock
 from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
 from histomag.progress import progress_bar
@@ -285,18 +285,7 @@ def build_magnification_set(sources: Sequence[Source], out_dir: Path, settings: 
 
 def remove_orphans(out_dir: Path, rows: Sequence[dict]) -> int:
     """Delete crops no manifest row lists (from a killed or an earlier build) and temporary files; returns how many."""
-    keep = {out_dir / row["image"] for row in rows}
-    stray = list(out_dir.glob(".*.tmp"))
-    images = out_dir / "images"
-    for d in sorted(images.iterdir()) if images.is_dir() else []:
-        if d.is_dir():
-            stray.extend(f for f in d.iterdir() if f not in keep and _crop_file(f, d.name))
-    for f in stray:
-        f.unlink(missing_ok=True)
-    for d in sorted(images.iterdir()) if images.is_dir() else []:
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-    return len(stray)
+    return remove_unreferenced(out_dir, {out_dir / row["image"] for row in rows}, _crop_file)
 
 
 def _crop_file(path: Path, source_id: str) -> bool:
