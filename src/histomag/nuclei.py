@@ -178,7 +178,7 @@ def _as_rgb(rgb: np.ndarray) -> np.ndarray:
 
 def _measure(rgb: np.ndarray, return_centres: bool = False):
     h, w = rgb.shape[:2]
-    sigma, response, ys, xs = _blobs(_fill_holes(haematoxylin(rgb)))
+    sigma, response, ys, xs = _blobs(_fill_holes(haematoxylin(rgb, _CHROMA_SIGMA)))
     if sigma.size == 0:
         raise NoTissueError(f"no nuclei in a {w}x{h} image (no haematoxylin blobs); give an H&E field with "
                             f"at least {MIN_NUCLEI} nuclei")
@@ -204,8 +204,10 @@ def _measure(rgb: np.ndarray, return_centres: bool = False):
 
 def _fill_holes(hd: np.ndarray) -> np.ndarray:
     """Raise every enclosed dip of ``hd`` to the level that encloses it, at a few grey levels."""
-    levels = np.percentile(hd[::2, ::2], _FILL_PERCENTILES)
     out = hd.copy()
+    if not _FILL_PERCENTILES:
+        return out
+    levels = np.percentile(hd[::2, ::2], _FILL_PERCENTILES)
     for level in np.unique(levels):
         background = hd <= level
         labels, n = ndi.label(background)
