@@ -76,15 +76,17 @@ def bach(per_class: int) -> Iterator[Item]:
             yield "BACH", Path(r["image"]).stem, rgb, mpp
 
 
-def slide_crops(path: Path, group: str, size: int, min_tissue: float, min_shift: float) -> Iterator[Item]:
-    """Crops of ``size`` px, most tissue first, offset from each other by >= ``min_shift * size``."""
+def slide_crops(path: Path, group: str, size: int, min_tissue: float, min_shift: float,
+                step: int | None = None) -> Iterator[Item]:
+    """Crops of ``size`` px on a grid of ``step`` (default size / 4), most tissue first, offset from
+    each other by >= ``min_shift * size``."""
     from histomag.slide import open_slide
     from histomag.tissue import tissue_mask_from_rgb
 
     slide = open_slide(path)
     w, h = slide.dimensions
     whole = slide.read_native(0, 0, w, h)
-    step = max(size // 4, 1)
+    step = step or max(size // 4, 1)
     cands = []
     for y in range(0, h - size + 1, step):
         for x in range(0, w - size + 1, step):
@@ -105,7 +107,7 @@ def cmu1() -> Iterator[Item]:
 
 def os1() -> Iterator[Item]:
     # a 1101 px crop: its four non-overlapping 550 px quadrants
-    return slide_crops(DATA / "slides" / "os-1-detail.ome.tif", "OS-1", 550, 0.0, 1.0)
+    return slide_crops(DATA / "slides" / "os-1-detail.ome.tif", "OS-1", 550, 0.0, 1.0, step=551)
 
 
 def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
@@ -208,6 +210,16 @@ def print_table(summary: dict) -> None:
           f"within 20% {np.mean([r['within20'] for r in nat]):.0%}")
 
 
+def bach_by_class(res: dict) -> None:
+    classes = {"n": "normal", "b": "benign", "is": "in situ", "iv": "invasive"}
+    by = defaultdict(list)
+    for (g, n, f), (size, mpp, _, _) in res.items():
+        if g == "BACH":
+            by[classes[n[:2]] if n[:2] in classes else classes[n[0]]].append(size * mpp)
+    print("BACH implied µm by class (median): " + ", ".join(
+        f"{c} {np.nanmedian(v):.2f}" for c, v in sorted(by.items(), key=lambda kv: np.nanmedian(kv[1]))))
+
+
 def gt_check(res: dict) -> None:
     names = sorted(n for (g, n, f) in res if g == "MoNuSeg" and f == NATIVE)
     ours = np.array([res[("MoNuSeg", n, NATIVE)][0] for n in names])
@@ -268,7 +280,8 @@ def ablation(bach_per_class: int) -> None:
                 "no chroma smoothing (plain rgb2hed H)": ({"_CHROMA_SIGMA": 0.0}, ours),
                 "Otsu + watershed, area-weighted median": ({}, otsu_watershed_size)}
     print("\nablation: variant | MoNuSeg vs ground truth (median ratio, log-sd) | between-group log-sd | "
-          "MoNuSeg /4, /8 vs native | mean over native groups of LOGO median error")
+          "MoNuSeg /4, /8 vs native | CMU-1 (JPEG) /1, /2: median µm (spread) | "
+          "mean over native groups of LOGO median error")
     for name, (patch, fn) in variants.items():
         saved = {k: getattr(nuc, k) for k in patch}
         for k, v in patch.items():
@@ -286,6 +299,8 @@ def ablation(bach_per_class: int) -> None:
         nat = [r for r in s["rows"] if r["factor"] == NATIVE]
         print(f"  {name:40s} | {np.exp(np.nanmedian(lr)):.2f}, {np.nanstd(lr):.2f} | {between:.2f} | "
               f"{by[('MoNuSeg', 4)]['vs_native']:.2f}, {by[('MoNuSeg', 8)]['vs_native']:.2f} | "
+              f"{by[('CMU-1', 1)]['um']:.2f} ({by[('CMU-1', 1)]['spread']:.2f}), "
+              f"{by[('CMU-1', 2)]['um']:.2f} ({by[('CMU-1', 2)]['spread']:.2f}) | "
               f"{np.mean([r['med_err'] for r in nat]):.1%}")
 
 
@@ -303,6 +318,7 @@ def main() -> None:
     res = collect(lambda img: measure_nuclei(img).size_px, args.bach_per_class)
     summary = summarise(res)
     print_table(summary)
+    bach_by_class(res)
     gt_check(res)
     timing(res)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")

@@ -44,7 +44,7 @@ from histomag.errors import ConfigError, NoTissueError
 #: Prior nuclear diameter in µm, in the units of :attr:`NucleiMeasurement.size_px` (LoG disc
 #: diameters, not segmented areas). Calibrated as the median over six real sources of each
 #: source's median implied diameter (``benchmarks/nuclei_eval.py``; docs/nuclei-baseline.md).
-NUCLEUS_SIZE_UM: float = 6.6
+NUCLEUS_SIZE_UM: float = 6.87
 
 #: fewer nuclei than this and no size is given.
 MIN_NUCLEI = 20
