@@ -101,3 +101,25 @@ def test_audit_reports_every_file_and_goes_on(cv_and_model, sources, tmp_path, c
     html = (tmp_path / "aud" / "audit.html").read_text()
     assert "a_snapshot.png" in html and "data:image/png;base64" in html and "1 missing" in html
     assert captured.err.count("error:") == 2
+
+
+def test_nuclei_ruler_and_combination_through_the_estimator():
+    from histomag.errors import NoTissueError
+    from histomag.estimate import IntervalCalibration
+    from histomag.train.magconfig import build_magnifier, preset
+    from histomag.train.maginfer import Estimator
+
+    config = preset("tiny")
+    model = build_magnifier(config, weights=None).eval()
+    cal = IntervalCalibration(q=0.2, scaled=False)
+    rgb = nuclei_image(800, 800, 0.5, np.random.default_rng(3))  # 7 µm nuclei at 20x
+    ruler = Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(rgb)
+    assert ruler.magnification == pytest.approx(20.0, rel=0.1)
+    lo, hi = ruler.interval
+    assert hi / lo == pytest.approx(np.exp(0.4), rel=1e-6)
+    cnn = Estimator(model, config, None, "test").estimate_rgb(rgb)
+    both = Estimator(model, config, cal, "test", method="combined", fallback=None).estimate_rgb(rgb)
+    assert both.magnification == pytest.approx(np.sqrt(cnn.magnification * ruler.magnification), rel=1e-6)
+    glass = np.full((400, 400, 3), (235, 170, 200), np.uint8)  # pink, no nuclei
+    with pytest.raises(NoTissueError):
+        Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(glass)

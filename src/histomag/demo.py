@@ -168,15 +168,15 @@ def _snapshot_stage(out: Path, plan: DemoPlan, slide_path: Path, run: Path) -> l
     import numpy as np
     from PIL import Image
 
-    from histomag.cli.magnification import predict_one
     from histomag.slide import open_slide
     from histomag.tiling import make_tuple_spec, plan_fields
     from histomag.tissue import tissue_mask
-    from histomag.train.maginfer import load_magnifier
+    from histomag.train.maginfer import Estimator, load_magnifier
 
     folder = out / "snapshots"
     folder.mkdir(exist_ok=True)
     model, config = load_magnifier(run)
+    estimator = Estimator(model, config, None, "demo model")
     rows = []
     with open_slide(slide_path) as slide:
         mask = tissue_mask(slide)
@@ -188,7 +188,7 @@ def _snapshot_stage(out: Path, plan: DemoPlan, slide_path: Path, run: Path) -> l
             for i, f in enumerate(fields):
                 path = folder / f"{slide.slide_id}_{mag:g}x_{i}.png"
                 Image.fromarray(slide.read((f.x, f.y), plan.snapshot_px, magnification=mag)).save(path)
-                rec = predict_one(path, model, config.crop, n_crops=6)
+                rec = estimator.estimate_file(path, n_crops=6)
                 rows.append({"image": path.name, "true": mag, "predicted": rec["magnification"],
                              "error": rec.get("error", "")})
     return rows

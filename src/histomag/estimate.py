@@ -268,6 +268,36 @@ def estimate_magnification(slide: Slide, predict: Predictor, crop: int, n_crops:
     return est
 
 
+#: side of the tissue crops the nuclei-size ruler measures (large enough for 20+ nuclei at 5x)
+NUCLEI_CROP = 768
+
+
+def nuclei_predictions(crops: Sequence[np.ndarray]) -> list[float]:
+    """Magnification implied by nuclear size in each crop (crops with too few nuclei are skipped)."""
+    from histomag.nuclei import measure_nuclei, mpp_from_nuclei
+
+    out = []
+    for c in crops:
+        try:
+            out.append(DEFAULT_POWER_MPP / mpp_from_nuclei(measure_nuclei(np.ascontiguousarray(c))))
+        except NoTissueError:
+            continue
+    return out
+
+
+def combine_estimates(a: MagnificationEstimate, b: MagnificationEstimate,
+                      calibration: IntervalCalibration | None = None) -> MagnificationEstimate:
+    """The geometric mean of two estimates (CNN and nuclei ruler); spread: the larger of the two."""
+    centre = 0.5 * (math.log(a.magnification) + math.log(b.magnification))
+    mad = max(a.log_mad, b.log_mad)
+    interval, level = None, 0.9
+    if calibration is not None:
+        lo, hi = calibration.bounds(centre, mad)
+        interval, level = (float(math.exp(lo)), float(math.exp(hi))), calibration.level
+    return MagnificationEstimate(float(math.exp(centre)), a.n_crops + b.n_crops, max(a.spread, b.spread), mad,
+                                 interval, level)
+
+
 def verdict(metadata_mpp: float | None, est: MagnificationEstimate) -> str:
     """``missing`` (no metadata), ``likely wrong`` or ``ok``.
 

@@ -209,9 +209,11 @@ def export(
         calibration = IntervalCalibration.from_dict(summary["interval"])
         card = {"cv": summary["metrics"], "folds": summary["folds"], "method": summary["method"]}
         tta = summary.get("tta", [1.0])
+        method = summary["method"]
+        intervals = {k: IntervalCalibration.from_dict(v) for k, v in summary.get("intervals", {}).items()}
     else:
-        card, tta = None, [1.0]
-    path = export_model(run, out, calibration=calibration, tta=tta, card=card)
+        card, tta, method, intervals = None, [1.0], "cnn", None
+    path = export_model(run, out, calibration=calibration, tta=tta, method=method, intervals=intervals, card=card)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if calibration else "; no interval (no --cv)"))
 
 
@@ -256,27 +258,9 @@ def predict(
     items = expand_image_paths(paths)
     failures = 0
     for path in items:
-        record = predict_one(path, estimator, n_crops)
+        record = estimator.estimate_file(path, n_crops)
         failures += "error" in record
         print(json.dumps(record), flush=True)
     if failures:
         return 2 if failures == len(items) else 1
     return 0
-
-
-def predict_one(path: Path, estimator, n_crops: int) -> dict:
-    """Estimate one file's magnification; bad input becomes an ``error`` field, never an exception."""
-    from histomag.errors import HistomagError
-    from histomag.slide import open_slide
-
-    record: dict = {"path": str(path), "magnification": None, "mpp": None, "n_crops": 0}
-    try:
-        with open_slide(path) as slide:
-            note = getattr(slide, "conversion", None)
-            if note:
-                record["note"] = note
-            est = estimator.estimate_slide(slide, n_crops)
-        record.update(est.to_dict())
-    except HistomagError as exc:
-        record["error"] = str(exc)
-    return record

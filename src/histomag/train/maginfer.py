@@ -157,6 +157,9 @@ class Estimator:
         calibration: the interval calibration from leave-groups-out CV (None: no interval).
         source: where it was loaded from.
         tta: test-time scales (see :func:`histomag.estimate.estimate_from_rgb`), as calibrated.
+        method: ``cnn`` (the network), ``nuclei`` (the nuclei-size ruler, :mod:`histomag.nuclei`) or
+            ``combined`` (the geometric mean of both), as chosen by cross-validation.
+        fallback: the CNN's own calibration, used when the ruler finds too few nuclei.
     """
 
     model: nn.Module
@@ -164,20 +167,69 @@ class Estimator:
     calibration: IntervalCalibration | None
     source: str
     tta: tuple[float, ...] = (1.0,)
+    method: str = "cnn"
+    fallback: IntervalCalibration | None = None
 
     def predictor(self):
         """One magnification per crop (batch-independent)."""
         return crop_predictor(self.model, self.config.crop)
 
+    def _with_ruler(self, cnn: Any, ruler_crops: Any) -> MagnificationEstimate:
+        """The chosen method's estimate from a CNN estimate (uncalibrated) and the ruler's crops."""
+        from histomag.errors import NoTissueError
+        from histomag.estimate import combine, combine_estimates, nuclei_predictions
+
+        if self.method == "cnn":
+            return combine_estimates(cnn, cnn, self.calibration)
+        try:
+            nuc = combine(nuclei_predictions(ruler_crops()))
+        except NoTissueError:
+            if self.method == "nuclei":
+                raise
+            return combine_estimates(cnn, cnn, self.fallback)  # too few nuclei: the CNN alone
+        return combine_estimates(cnn, nuc, self.calibration)
+
     def estimate_slide(self, slide: Any, n_crops: int = 32) -> MagnificationEstimate:
         """Estimate of a slide or image file opened with :func:`histomag.slide.open_slide`."""
-        return estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, self.calibration,
-                                      tta=self.tta)
+        from histomag.estimate import NUCLEI_CROP, tissue_crops
+
+        if self.method == "nuclei":
+            from histomag.estimate import combine, nuclei_predictions
+
+            return combine(nuclei_predictions(tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4)),
+                           self.calibration, slide.path.name)
+        cnn = estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, None, tta=self.tta)
+        return self._with_ruler(cnn, lambda: tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4))
+
+    def estimate_file(self, path: str | Path, n_crops: int = 32) -> dict[str, Any]:
+        """One file's estimate as a JSON-ready record; bad input becomes an ``error`` field, never an exception."""
+        from histomag.errors import HistomagError
+        from histomag.slide import open_slide
+
+        record: dict[str, Any] = {"path": str(path), "magnification": None, "mpp": None, "n_crops": 0}
+        try:
+            with open_slide(path) as slide:
+                note = getattr(slide, "conversion", None)
+                if note:
+                    record["note"] = note
+                est = self.estimate_slide(slide, n_crops)
+            record.update(est.to_dict())
+        except HistomagError as exc:
+            record["error"] = str(exc)
+        return record
 
     def estimate_rgb(self, rgb: np.ndarray, n_crops: int = 32, name: str = "image") -> MagnificationEstimate:
         """Estimate of a square-pixel image in memory."""
-        return estimate_from_rgb(as_rgb_uint8(rgb), self.predictor(), self.config.crop, n_crops, self.calibration,
-                                 name, tta=self.tta)
+        from histomag.estimate import NUCLEI_CROP, rgb_tissue_crops
+
+        rgb = as_rgb_uint8(rgb)
+        crops = lambda: rgb_tissue_crops(rgb, NUCLEI_CROP, 4, min_tissue=0.4, name=name)  # noqa: E731
+        if self.method == "nuclei":
+            from histomag.estimate import combine, nuclei_predictions
+
+            return combine(nuclei_predictions(crops()), self.calibration, name)
+        cnn = estimate_from_rgb(rgb, self.predictor(), self.config.crop, n_crops, None, name, tta=self.tta)
+        return self._with_ruler(cnn, crops)
 
 
 def load_estimator(checkpoint: str | Path | None = None, map_location: str | torch.device = "cpu") -> Estimator:
@@ -196,11 +248,17 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
     interval = (meta or {}).get("interval")
     calibration = IntervalCalibration.from_dict(interval) if isinstance(interval, dict) else None
     tta = tuple(float(f) for f in (meta or {}).get("tta", (1.0,)))
-    return Estimator(model, config, calibration, "default model" if checkpoint is None else str(path), tta)
+    method = str((meta or {}).get("method", "cnn"))
+    others = (meta or {}).get("intervals") or {}
+    fallback_key = "cnn_tta" if tta != (1.0,) else "cnn"
+    fallback = IntervalCalibration.from_dict(others[fallback_key]) if fallback_key in others else calibration
+    return Estimator(model, config, calibration, "default model" if checkpoint is None else str(path), tta,
+                     "cnn" if method.startswith("cnn") else method, fallback)
 
 
 def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: IntervalCalibration | None = None,
-                 tta: Sequence[float] = (1.0,), card: dict[str, Any] | None = None) -> Path:
+                 tta: Sequence[float] = (1.0,), method: str = "cnn",
+                 intervals: dict[str, IntervalCalibration] | None = None, card: dict[str, Any] | None = None) -> Path:
     """Write a slim, weights-only model file (no optimiser state) with its interval calibration.
 
     The file loads with :func:`load_estimator` / :func:`load_magnifier` like a checkpoint.
@@ -215,6 +273,9 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: Inter
     if calibration is not None:
         meta["interval"] = calibration.to_dict()
     meta["tta"] = [float(f) for f in tta]
+    meta["method"] = method
+    if intervals:
+        meta["intervals"] = {k: v.to_dict() for k, v in intervals.items()}
     if card:
         meta["card"] = card
     state = {k: v.detach().clone().contiguous() for k, v in ckpt["state_dict"].items()}

@@ -37,11 +37,13 @@ from histomag.estimate import IntervalCalibration, estimate_from_rgb
 from histomag.train.magconfig import MagnifierConfig
 
 #: inference variants compared in CV: name -> (magnification column, log-spread column)
-METHODS = {"cnn": ("predicted_magnification", "log_mad"), "cnn_tta": ("predicted_tta", "log_mad_tta")}
+METHODS = {"cnn": ("predicted_magnification", "log_mad"), "cnn_tta": ("predicted_tta", "log_mad_tta"),
+           "nuclei": ("predicted_nuclei", "log_mad_nuclei"), "combined": ("predicted_combined", "log_mad_combined")}
 #: test-time scales of the ``cnn_tta`` variant
 TTA_SCALES = (1.0, 2.0)
 PREDICTION_COLUMNS = ["fold", "group", "source_id", "organ", "true_magnification", "predicted_magnification",
-                      "log_mad", "n_crops", "predicted_tta", "log_mad_tta", "width", "height"]
+                      "log_mad", "n_crops", "predicted_tta", "log_mad_tta", "predicted_nuclei", "log_mad_nuclei",
+                      "predicted_combined", "log_mad_combined", "width", "height"]
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,27 @@ def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequ
                 row.update(predicted_magnification=round(est.magnification, 4), log_mad=round(est.log_mad, 5),
                            n_crops=est.n_crops, predicted_tta=round(tta.magnification, 4),
                            log_mad_tta=round(tta.log_mad, 5))
+                row.update(nuclei_columns(v.rgb, tta))
                 if extra is not None:
                     row.update(extra(v.rgb))
             except HistomagError as exc:  # an image without tissue is reported, not fatal
                 row.update(predicted_magnification="", n_crops=0, error=str(exc))
             rows.append(row)
     return rows
+
+
+def nuclei_columns(rgb: np.ndarray, cnn: Any) -> dict[str, Any]:
+    """The nuclei-size ruler's estimate of a view, and its geometric mean with the CNN's (empty when it fails)."""
+    from histomag.estimate import NUCLEI_CROP, combine, combine_estimates, nuclei_predictions, rgb_tissue_crops
+
+    try:
+        crops = rgb_tissue_crops(rgb, NUCLEI_CROP, n_crops=4, min_tissue=0.4)
+        nuc = combine(nuclei_predictions(crops))
+    except HistomagError:
+        return {}
+    both = combine_estimates(cnn, nuc)
+    return {"predicted_nuclei": round(nuc.magnification, 4), "log_mad_nuclei": round(nuc.log_mad, 5),
+            "predicted_combined": round(both.magnification, 4), "log_mad_combined": round(both.log_mad, 5)}
 
 
 def magnification_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -255,7 +272,7 @@ def cross_validate_sources(sources: Sequence[RealSource], out_dir: str | Path, c
     pooled = {r["method"]: r["median_rel_error"] for r in per_group if r["group"] == "all"}
     best = min(pooled, key=pooled.get)  # type: ignore[arg-type]
     summary = {"folds": fold_sets, "config": config.to_dict(), "training": training.to_dict(),
-               "method": best, "tta": list(TTA_SCALES) if best == "cnn_tta" else [1.0],
+               "method": best, "tta": [1.0] if best == "cnn" else list(TTA_SCALES),
                "interval": calibrations[best].to_dict(),
                "intervals": {m: c.to_dict() for m, c in calibrations.items()}, "metrics": per_group}
     atomic_write_json(out_dir / "summary.json", summary)
