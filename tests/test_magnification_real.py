@@ -55,12 +55,18 @@ def test_cv_leaves_whole_groups_out(cv_and_model):
         held = cfg["held_out"]
         assert all(r["group"] in held for r in rows if r["fold"] == str(k)) and not set(held) & set(cfg["sources"])
     with open(cv_and_model / "cv" / "metrics_per_group.csv", newline="") as fh:
-        metrics = {r["group"]: r for r in csv.DictReader(fh)}
+        metrics_rows = list(csv.DictReader(fh))
+    metrics = {r["group"]: r for r in metrics_rows if r["method"] == "cnn"}
     assert set(metrics) == {"scanA", "scanB", "all"}
     for key in ("median_rel_error", "within_10", "acc_1", "bias", "coverage"):
         assert key in metrics["all"]
     summary = json.loads((cv_and_model / "cv" / "summary.json").read_text())
-    assert summary["interval"]["q"] > 0 and summary["interval"]["n"] == len(rows)
+    from histomag.train.magreal import METHODS
+
+    chosen = METHODS[summary["method"]][0]
+    assert summary["interval"]["q"] > 0 and summary["interval"]["n"] == sum(bool(r[chosen]) for r in rows)
+    pooled = {r["method"]: float(r["median_rel_error"]) for r in metrics_rows if r["group"] == "all"}
+    assert summary["method"] == min(pooled, key=pooled.get)  # the default inference is chosen by held-out error
 
 
 def test_exported_model_is_small_and_gives_intervals(cv_and_model, sources, tmp_path, capsys):
@@ -80,6 +86,11 @@ def test_exported_model_is_small_and_gives_intervals(cv_and_model, sources, tmp_
     lo, hi = good["mpp_interval"]
     assert lo < good["mpp"] < hi and good["interval_level"] == 0.9
     assert "error" in broken and broken["magnification"] is None
+    # an image with too few nuclei for the ruler still gets the CNN's answer, with the CNN's interval
+    ruler = load_estimator(model)
+    ruler.method, ruler.fallback = "nuclei", ruler.calibration
+    few = ruler.estimate_file(sources / "scanA_0.png", n_crops=4)
+    assert few["magnification"] > 0 and "mpp_interval" in few
 
 
 def test_audit_reports_every_file_and_goes_on(cv_and_model, sources, tmp_path, capsys):
@@ -120,6 +131,8 @@ def test_nuclei_ruler_and_combination_through_the_estimator():
     cnn = Estimator(model, config, None, "test").estimate_rgb(rgb)
     both = Estimator(model, config, cal, "test", method="combined", fallback=None).estimate_rgb(rgb)
     assert both.magnification == pytest.approx(np.sqrt(cnn.magnification * ruler.magnification), rel=1e-6)
-    glass = np.full((400, 400, 3), (235, 170, 200), np.uint8)  # pink, no nuclei
-    with pytest.raises(NoTissueError):
-        Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(glass)
+    stroma = np.full((400, 400, 3), (235, 170, 200), np.uint8)  # pink, no nuclei: the CNN answers alone
+    alone = Estimator(model, config, cal, "test", method="nuclei", fallback=None).estimate_rgb(stroma)
+    assert alone.magnification > 0 and alone.interval is None
+    with pytest.raises(NoTissueError):  # empty glass: no answer at all
+        Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(np.full((400, 400, 3), 250, np.uint8))

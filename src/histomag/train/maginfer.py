@@ -159,7 +159,8 @@ class Estimator:
         tta: test-time scales (see :func:`histomag.estimate.estimate_from_rgb`), as calibrated.
         method: ``cnn`` (the network), ``nuclei`` (the nuclei-size ruler, :mod:`histomag.nuclei`) or
             ``combined`` (the geometric mean of both), as chosen by cross-validation.
-        fallback: the CNN's own calibration, used when the ruler finds too few nuclei.
+        fallback: the CNN's own calibration, used when the ruler finds too few nuclei (fewer than
+            20): then the CNN alone answers, with this interval.
     """
 
     model: nn.Module
@@ -194,10 +195,15 @@ class Estimator:
         from histomag.estimate import NUCLEI_CROP, tissue_crops
 
         if self.method == "nuclei":
+            from histomag.errors import NoTissueError
             from histomag.estimate import combine, nuclei_predictions
 
-            return combine(nuclei_predictions(tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4)),
-                           self.calibration, slide.path.name)
+            try:
+                return combine(nuclei_predictions(tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4)),
+                               self.calibration, slide.path.name)
+            except NoTissueError:  # too few nuclei: the CNN alone, with its own interval
+                return estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, self.fallback,
+                                              tta=self.tta)
         cnn = estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, None, tta=self.tta)
         return self._with_ruler(cnn, lambda: tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4))
 
@@ -225,9 +231,14 @@ class Estimator:
         rgb = as_rgb_uint8(rgb)
         crops = lambda: rgb_tissue_crops(rgb, NUCLEI_CROP, 4, min_tissue=0.4, name=name)  # noqa: E731
         if self.method == "nuclei":
+            from histomag.errors import NoTissueError
             from histomag.estimate import combine, nuclei_predictions
 
-            return combine(nuclei_predictions(crops()), self.calibration, name)
+            try:
+                return combine(nuclei_predictions(crops()), self.calibration, name)
+            except NoTissueError:  # too few nuclei: the CNN alone, with its own interval
+                return estimate_from_rgb(rgb, self.predictor(), self.config.crop, n_crops, self.fallback, name,
+                                         tta=self.tta)
         cnn = estimate_from_rgb(rgb, self.predictor(), self.config.crop, n_crops, None, name, tta=self.tta)
         return self._with_ruler(cnn, crops)
 
