@@ -10,6 +10,7 @@ contain the true mpp about 90% of the time on sources the model never saw.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -185,8 +186,20 @@ def _shrink(crop_rgb: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop_rgb)).resize(size, Image.Resampling.BOX))
 
 
+def slide_tissue_mask(slide: Slide) -> TissueMask:
+    """The slide's tissue mask from its overview (needs no resolution)."""
+    overview, ds = slide.read_overview()
+    return tissue_mask_from_rgb(overview, downsample=ds)
+
+
+def rgb_tissue_mask(rgb: np.ndarray) -> TissueMask:
+    """The tissue mask of an image in memory (computed on at most ~1024 px)."""
+    step = max(1, int(max(rgb.shape[:2]) // 1024))
+    return tissue_mask_from_rgb(rgb[::step, ::step], downsample=(float(step), float(step)))
+
+
 def tissue_crops(slide: Slide, crop: int, n_crops: int = 32, min_tissue: float = 0.6,
-                 seed: int = 0, scale: float = 1.0) -> list[np.ndarray]:
+                 scale: float = 1.0, mask: TissueMask | None = None) -> list[np.ndarray]:
     """Up to ``n_crops`` crops of ``crop`` px spread over the tissue (smaller images: the whole image).
 
     With ``scale`` > 1 each crop covers ``crop * scale`` level-0 px and is box-downsampled to
@@ -196,22 +209,28 @@ def tissue_crops(slide: Slide, crop: int, n_crops: int = 32, min_tissue: float =
         NoTissueError: no place with enough tissue.
     """
     W, H = slide.dimensions
-    overview, ds = slide.read_overview()
-    mask = tissue_mask_from_rgb(overview, downsample=ds)
+    mask = mask if mask is not None else slide_tissue_mask(slide)
     side = int(round(crop * scale))
     boxes = spread_crops(mask, W, H, side, n_crops, min_tissue, slide.path.name)
     return [_shrink(slide.read_native(x, y, w, h), scale) for x, y, w, h in boxes]
 
 
 def rgb_tissue_crops(rgb: np.ndarray, crop: int, n_crops: int = 32, min_tissue: float = 0.6,
-                     name: str = "image", scale: float = 1.0) -> list[np.ndarray]:
+                     name: str = "image", scale: float = 1.0, mask: TissueMask | None = None) -> list[np.ndarray]:
     """Like :func:`tissue_crops`, for an image already in memory (square pixels)."""
     H, W = rgb.shape[:2]
-    step = max(1, int(max(H, W) // 1024))
-    mask = tissue_mask_from_rgb(rgb[::step, ::step], downsample=(float(step), float(step)))
+    mask = mask if mask is not None else rgb_tissue_mask(rgb)
     side = int(round(crop * scale))
     boxes = spread_crops(mask, W, H, side, n_crops, min_tissue, name)
     return [_shrink(rgb[y : y + h, x : x + w], scale) for x, y, w, h in boxes]
+
+
+def with_interval(est: MagnificationEstimate, calibration: IntervalCalibration | None) -> MagnificationEstimate:
+    """``est`` with the interval ``calibration`` gives it (None: no interval)."""
+    if calibration is None:
+        return dataclasses.replace(est, interval=None, level=0.9)
+    lo, hi = calibration.bounds(math.log(est.magnification), est.log_mad)
+    return dataclasses.replace(est, interval=(float(math.exp(lo)), float(math.exp(hi))), level=calibration.level)
 
 
 def combine(predictions: Sequence[float], calibration: IntervalCalibration | None = None,
@@ -225,23 +244,27 @@ def combine(predictions: Sequence[float], calibration: IntervalCalibration | Non
     centre = float(np.median(logs))
     mad = float(np.median(np.abs(logs - centre)))
     q1, q3 = np.percentile(preds, [25, 75])
-    interval = None
-    level = 0.9
-    if calibration is not None:
-        lo, hi = calibration.bounds(centre, mad)
-        interval, level = (float(math.exp(lo)), float(math.exp(hi))), calibration.level
-    return MagnificationEstimate(float(math.exp(centre)), int(preds.size), float(q3 - q1), mad, interval, level)
+    return with_interval(MagnificationEstimate(float(math.exp(centre)), int(preds.size), float(q3 - q1), mad),
+                         calibration)
 
 
 def _scaled_predictions(get_crops: Callable[[float], list[np.ndarray]], predict: Predictor, short_side: int,
-                        crop: int, tta: Sequence[float]) -> list[float]:
-    """Predictions at each test-time scale, folded back to the image's own magnification."""
-    preds: list[float] = []
+                        crop: int, tta: Sequence[float]) -> dict[float, list[float]]:
+    """Predictions at each test-time scale, folded back to the image's own magnification (scale -> list)."""
+    out: dict[float, list[float]] = {}
     for f in tta:
         if f != 1.0 and short_side < crop * f:
             continue  # too small to show at that scale
-        preds.extend(float(p) * f for p in predict(get_crops(f)))
-    return preds
+        out[f] = [float(p) * f for p in predict(get_crops(f))]
+    return out
+
+
+def rgb_predictions(rgb: np.ndarray, predict: Predictor, crop: int, n_crops: int = 32, name: str = "image",
+                    tta: Sequence[float] = (1.0,)) -> dict[float, list[float]]:
+    """Per test-time scale, the crop predictions of a square-pixel image (its tissue mask computed once)."""
+    mask = rgb_tissue_mask(rgb)
+    return _scaled_predictions(lambda f: rgb_tissue_crops(rgb, crop, n_crops, name=name, scale=f, mask=mask),
+                               predict, min(rgb.shape[:2]), crop, tta)
 
 
 def estimate_from_rgb(rgb: np.ndarray, predict: Predictor, crop: int, n_crops: int = 32,
@@ -252,24 +275,27 @@ def estimate_from_rgb(rgb: np.ndarray, predict: Predictor, crop: int, n_crops: i
     ``tta`` lists test-time scales: at ``f`` > 1 the image is also shown box-downsampled by ``f``
     and the predictions are multiplied back by ``f`` (scale consistency).
     """
-    preds = _scaled_predictions(lambda f: rgb_tissue_crops(rgb, crop, n_crops, name=name, scale=f), predict,
-                                min(rgb.shape[:2]), crop, tta)
-    return combine(preds, calibration, name)
+    by_scale = rgb_predictions(rgb, predict, crop, n_crops, name, tta)
+    return combine([p for preds in by_scale.values() for p in preds], calibration, name)
 
 
 def estimate_magnification(slide: Slide, predict: Predictor, crop: int, n_crops: int = 32,
                            calibration: IntervalCalibration | None = None,
-                           tta: Sequence[float] = (1.0,)) -> MagnificationEstimate:
+                           tta: Sequence[float] = (1.0,), mask: TissueMask | None = None) -> MagnificationEstimate:
     """Estimate from crops of ``slide`` at its own pixel scale, spread over its tissue (``tta``: see above)."""
-    preds = _scaled_predictions(lambda f: tissue_crops(slide, crop, n_crops, scale=f), predict,
-                                min(slide.dimensions), crop, tta)
-    est = combine(preds, calibration, slide.path.name)
+    mask = mask if mask is not None else slide_tissue_mask(slide)
+    by_scale = _scaled_predictions(lambda f: tissue_crops(slide, crop, n_crops, scale=f, mask=mask), predict,
+                                   min(slide.dimensions), crop, tta)
+    est = combine([p for preds in by_scale.values() for p in preds], calibration, slide.path.name)
     log.info("%s: %s", slide.path.name, est.describe())
     return est
 
 
 #: side of the tissue crops the nuclei-size ruler measures (large enough for 20+ nuclei at 5x)
 NUCLEI_CROP = 768
+#: how many such crops it measures, and how much tissue each must hold
+NUCLEI_N_CROPS = 4
+NUCLEI_MIN_TISSUE = 0.4
 
 
 def nuclei_predictions(crops: Sequence[np.ndarray]) -> list[float]:
@@ -285,17 +311,33 @@ def nuclei_predictions(crops: Sequence[np.ndarray]) -> list[float]:
     return out
 
 
+def nuclei_estimate(crops: Sequence[np.ndarray], calibration: IntervalCalibration | None = None,
+                    name: str = "image") -> MagnificationEstimate:
+    """The nuclei-size ruler's estimate from tissue crops (see :data:`NUCLEI_CROP`).
+
+    Raises:
+        NoTissueError: no crop holds enough nuclei.
+    """
+    return combine(nuclei_predictions(crops), calibration, name)
+
+
+def slide_nuclei_crops(slide: Slide, mask: TissueMask | None = None) -> list[np.ndarray]:
+    """The crops the nuclei-size ruler measures on a slide."""
+    return tissue_crops(slide, NUCLEI_CROP, NUCLEI_N_CROPS, min_tissue=NUCLEI_MIN_TISSUE, mask=mask)
+
+
+def rgb_nuclei_crops(rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None) -> list[np.ndarray]:
+    """The crops the nuclei-size ruler measures on an image in memory."""
+    return rgb_tissue_crops(rgb, NUCLEI_CROP, NUCLEI_N_CROPS, min_tissue=NUCLEI_MIN_TISSUE, name=name, mask=mask)
+
+
 def combine_estimates(a: MagnificationEstimate, b: MagnificationEstimate,
                       calibration: IntervalCalibration | None = None) -> MagnificationEstimate:
     """The geometric mean of two estimates (CNN and nuclei ruler); spread: the larger of the two."""
     centre = 0.5 * (math.log(a.magnification) + math.log(b.magnification))
-    mad = max(a.log_mad, b.log_mad)
-    interval, level = None, 0.9
-    if calibration is not None:
-        lo, hi = calibration.bounds(centre, mad)
-        interval, level = (float(math.exp(lo)), float(math.exp(hi))), calibration.level
-    return MagnificationEstimate(float(math.exp(centre)), a.n_crops + b.n_crops, max(a.spread, b.spread), mad,
-                                 interval, level)
+    both = MagnificationEstimate(float(math.exp(centre)), a.n_crops + b.n_crops, max(a.spread, b.spread),
+                                 max(a.log_mad, b.log_mad))
+    return with_interval(both, calibration)
 
 
 def verdict(metadata_mpp: float | None, est: MagnificationEstimate) -> str:

@@ -175,37 +175,36 @@ class Estimator:
         """One magnification per crop (batch-independent)."""
         return crop_predictor(self.model, self.config.crop)
 
-    def _with_ruler(self, cnn: Any, ruler_crops: Any) -> MagnificationEstimate:
-        """The chosen method's estimate from a CNN estimate (uncalibrated) and the ruler's crops."""
+    def _estimate(self, cnn: Any, ruler_crops: Any, name: str) -> MagnificationEstimate:
+        """The chosen method's estimate.
+
+        Args:
+            cnn: ``calibration -> estimate`` by the network alone.
+            ruler_crops: ``() -> crops`` for the nuclei-size ruler.
+            name: the file, for messages.
+        """
         from histomag.errors import NoTissueError
-        from histomag.estimate import combine, combine_estimates, nuclei_predictions
+        from histomag.estimate import combine_estimates, nuclei_estimate, with_interval
 
         if self.method == "cnn":
-            return combine_estimates(cnn, cnn, self.calibration)
+            return cnn(self.calibration)
         try:
-            nuc = combine(nuclei_predictions(ruler_crops()))
-        except NoTissueError:
-            if self.method == "nuclei":
-                raise
-            return combine_estimates(cnn, cnn, self.fallback)  # too few nuclei: the CNN alone
-        return combine_estimates(cnn, nuc, self.calibration)
+            nuc = nuclei_estimate(ruler_crops(), name=name)
+        except NoTissueError:  # too few nuclei: the CNN alone, with its own interval
+            return cnn(self.fallback)
+        if self.method == "nuclei":
+            return with_interval(nuc, self.calibration)
+        return combine_estimates(cnn(None), nuc, self.calibration)
 
     def estimate_slide(self, slide: Any, n_crops: int = 32) -> MagnificationEstimate:
         """Estimate of a slide or image file opened with :func:`histomag.slide.open_slide`."""
-        from histomag.estimate import NUCLEI_CROP, tissue_crops
+        from histomag.estimate import slide_nuclei_crops, slide_tissue_mask
 
-        if self.method == "nuclei":
-            from histomag.errors import NoTissueError
-            from histomag.estimate import combine, nuclei_predictions
-
-            try:
-                return combine(nuclei_predictions(tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4)),
-                               self.calibration, slide.path.name)
-            except NoTissueError:  # too few nuclei: the CNN alone, with its own interval
-                return estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, self.fallback,
-                                              tta=self.tta)
-        cnn = estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, None, tta=self.tta)
-        return self._with_ruler(cnn, lambda: tissue_crops(slide, NUCLEI_CROP, 4, min_tissue=0.4))
+        mask = slide_tissue_mask(slide)  # read once, shared by the network's and the ruler's crops
+        return self._estimate(
+            lambda cal: estimate_magnification(slide, self.predictor(), self.config.crop, n_crops, cal,
+                                               tta=self.tta, mask=mask),
+            lambda: slide_nuclei_crops(slide, mask), slide.path.name)
 
     def estimate_file(self, path: str | Path, n_crops: int = 32) -> dict[str, Any]:
         """One file's estimate as a JSON-ready record; bad input becomes an ``error`` field, never an exception."""
@@ -226,21 +225,12 @@ class Estimator:
 
     def estimate_rgb(self, rgb: np.ndarray, n_crops: int = 32, name: str = "image") -> MagnificationEstimate:
         """Estimate of a square-pixel image in memory."""
-        from histomag.estimate import NUCLEI_CROP, rgb_tissue_crops
+        from histomag.estimate import rgb_nuclei_crops
 
         rgb = as_rgb_uint8(rgb)
-        crops = lambda: rgb_tissue_crops(rgb, NUCLEI_CROP, 4, min_tissue=0.4, name=name)  # noqa: E731
-        if self.method == "nuclei":
-            from histomag.errors import NoTissueError
-            from histomag.estimate import combine, nuclei_predictions
-
-            try:
-                return combine(nuclei_predictions(crops()), self.calibration, name)
-            except NoTissueError:  # too few nuclei: the CNN alone, with its own interval
-                return estimate_from_rgb(rgb, self.predictor(), self.config.crop, n_crops, self.fallback, name,
-                                         tta=self.tta)
-        cnn = estimate_from_rgb(rgb, self.predictor(), self.config.crop, n_crops, None, name, tta=self.tta)
-        return self._with_ruler(cnn, crops)
+        return self._estimate(
+            lambda cal: estimate_from_rgb(rgb, self.predictor(), self.config.crop, n_crops, cal, name, tta=self.tta),
+            lambda: rgb_nuclei_crops(rgb, name), name)
 
 
 def load_estimator(checkpoint: str | Path | None = None, map_location: str | torch.device = "cpu") -> Estimator:

@@ -33,7 +33,14 @@ from histomag.data.acquisition import AcquisitionSettings
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.data.magsources import RealSource, ScaleSampleDataset, eval_views
 from histomag.errors import ConfigError, HistomagError
-from histomag.estimate import IntervalCalibration, estimate_from_rgb
+from histomag.estimate import (
+    IntervalCalibration,
+    combine,
+    combine_estimates,
+    nuclei_estimate,
+    rgb_nuclei_crops,
+    rgb_predictions,
+)
 from histomag.train.magconfig import MagnifierConfig
 
 #: inference variants compared in CV: name -> (magnification column, log-spread column)
@@ -132,12 +139,11 @@ def fold_groups(groups: Sequence[str], folds: Sequence[Sequence[str]] | None) ->
 
 
 def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequence[RealSource], fold: int,
-                  *, n_crops: int = 16, max_views_per_group: int = 120,
-                  extra: Callable[[np.ndarray], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                  *, n_crops: int = 16, max_views_per_group: int = 120) -> list[dict[str, Any]]:
     """Whole-image estimates of every held-out source at its own scale and box-downsampled.
 
-    Each view gets the plain estimate and the test-time-scale one (:data:`TTA_SCALES`); ``extra``
-    may add columns (e.g. another estimator's answer) from the view's pixels.
+    Each view gets the plain estimate, the test-time-scale one (:data:`TTA_SCALES`; the ×1 crops
+    are predicted once for both), the nuclei-size ruler's and the geometric mean of the last two.
     """
     from histomag.train.maginfer import crop_predictor
 
@@ -156,14 +162,13 @@ def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequ
                                    "true_magnification": round(v.magnification, 4), "width": v.rgb.shape[1],
                                    "height": v.rgb.shape[0]}
             try:
-                est = estimate_from_rgb(v.rgb, predict, config.crop, n_crops=n_crops)
-                tta = estimate_from_rgb(v.rgb, predict, config.crop, n_crops=n_crops, tta=TTA_SCALES)
+                by_scale = rgb_predictions(v.rgb, predict, config.crop, n_crops, tta=TTA_SCALES)
+                est = combine(by_scale[1.0])
+                tta = combine([p for preds in by_scale.values() for p in preds])
                 row.update(predicted_magnification=round(est.magnification, 4), log_mad=round(est.log_mad, 5),
                            n_crops=est.n_crops, predicted_tta=round(tta.magnification, 4),
                            log_mad_tta=round(tta.log_mad, 5))
                 row.update(nuclei_columns(v.rgb, tta))
-                if extra is not None:
-                    row.update(extra(v.rgb))
             except HistomagError as exc:  # an image without tissue is reported, not fatal
                 row.update(predicted_magnification="", n_crops=0, error=str(exc))
             rows.append(row)
@@ -172,11 +177,8 @@ def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequ
 
 def nuclei_columns(rgb: np.ndarray, cnn: Any) -> dict[str, Any]:
     """The nuclei-size ruler's estimate of a view, and its geometric mean with the CNN's (empty when it fails)."""
-    from histomag.estimate import NUCLEI_CROP, combine, combine_estimates, nuclei_predictions, rgb_tissue_crops
-
     try:
-        crops = rgb_tissue_crops(rgb, NUCLEI_CROP, n_crops=4, min_tissue=0.4)
-        nuc = combine(nuclei_predictions(crops))
+        nuc = nuclei_estimate(rgb_nuclei_crops(rgb))
     except HistomagError:
         return {}
     both = combine_estimates(cnn, nuc)
