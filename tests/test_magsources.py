@@ -46,7 +46,7 @@ def test_index_errors_name_row_and_column(tmp_path):
     with pytest.raises(DatasetError, match="not a number"):
         read_index(idx)
     idx = _write_index(tmp_path, ["a.png"], "image,organ")
-    with pytest.raises(DatasetError, match="needs an image column and mpp"):
+    with pytest.raises(DatasetError, match="needs a resolution column"):
         read_index(idx)
 
 

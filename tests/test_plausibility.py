@@ -146,7 +146,7 @@ def test_index_csv_with_implausible_mpp_is_refused(tmp_path):
     index.write_text("image,organ,mpp\na.png,breast,0.25\nb.png,breast,352.8\n")
     with pytest.raises(DatasetError) as e:
         read_index_csv(index)
-    assert "line 3" in str(e.value) and "352.8" in str(e.value)
+    assert "row 3" in str(e.value) and "352.8" in str(e.value)
 
 
 # ----- tile -------------------------------------------------------------------------------------

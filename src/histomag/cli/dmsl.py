@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from histomag.cli.main import app
+from histomag.cli.main import app, error
+from histomag.errors import ConfigError
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
                             "evaluate, predict, cam (Grad-CAM), similarity (Eq. 4 statistics).", no_args_is_help=True)
@@ -27,7 +28,8 @@ def train(
                                                    "mscn (context tuples)."),
     backbone: str = typer.Option("inception_v3", "--backbone", help="Backbone name (tiny for CPU tests)."),
     mags: str = typer.Option("40,20", "--mags", help="Magnifications, one branch each, e.g. 40,20 (single: 40)."),
-    folds: int = typer.Option(5, "--folds", help="Patient-grouped cross-validation folds."),
+    folds: int = typer.Option(5, "--folds", help="Patient-grouped cross-validation folds; 1 trains one final "
+                       "model on all the data (validation patients carved out for early stopping)."),
     epochs: int = typer.Option(30, "--epochs", help="Maximum epochs per fold."),
     batch_size: int = typer.Option(32, "--batch-size", help="Tuples per batch (paper: 32)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 1e-3)."),
@@ -94,29 +96,77 @@ def evaluate(
 @dmsl_app.command("predict")
 def predict(
     run: Path = typer.Argument(..., help="Run folder made by `histomag dmsl train`."),
-    target: Path = typer.Argument(..., help="A dataset folder (histomag tile) or one slide."),
+    targets: list[Path] = typer.Argument(..., metavar="TARGET...", help="A dataset folder (histomag tile); one "
+                                         "slide or image (tuples + heatmap); or several images, folders of them, or "
+                                         "index CSVs (images.csv + tuples.csv)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/predict)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Use this fold's model (default: mean of all folds)."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="Resolution override for a slide, µm/px."),
+    mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px (mpp-x,mpp-y for pixels that "
+                                      "are not square), or 'estimate' to recover each image's from its pixels."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
+                                              "(default: the model shipped with histomag)."),
+    max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse an image whose "
+                                          "estimate's interval is wider than ± this share."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
-    """Class probabilities per tuple; for a slide also a heatmap (PNG + .npy, one channel per class)."""
+    """Class probabilities per tuple; a heatmap for one slide; per image (images.csv) for image collections."""
     from histomag.errors import InputPathError
     from histomag.train.cv import predict_folder, predict_slide
 
     out_dir = out or run / "predict"
-    if not target.exists():
-        raise InputPathError(f"{target}: no such dataset folder or slide; check the path")
-    if target.is_dir() and ((target / "manifest.csv").exists() or (target / "dataset.json").exists()):
-        path = predict_folder(run, target, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
+    for target in targets:
+        if not target.exists():
+            raise InputPathError(f"{target}: no such dataset folder, slide, image or index CSV; check the path")
+    first = targets[0]
+    if len(targets) == 1 and first.is_dir() and ((first / "manifest.csv").exists() or (first / "dataset.json").exists()):
+        if mpp is not None:
+            raise ConfigError("--mpp applies to slides and images; a dataset folder was tiled at its resolution")
+        path = predict_folder(run, first, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
                               progress=not quiet)
-        print(f"predicted {target} -> {path}")
+        print(f"predicted {first} -> {path}")
         return 0
-    paths = predict_slide(run, target, out_dir, fold=fold, mpp=mpp, batch_size=batch_size, num_workers=workers,
-                          progress=not quiet)
-    print(f"predicted {target.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}")
+    if len(targets) == 1 and first.is_file() and first.suffix.lower() != ".csv":
+        from histomag.cli.tile import resolve_mpp
+
+        mpps, failed = resolve_mpp([first], mpp, checkpoint, max_uncertainty)
+        if failed:
+            raise ConfigError(failed[str(first)])
+        paths = predict_slide(run, first, out_dir, fold=fold, mpp=mpps.get(str(first)), batch_size=batch_size,
+                              num_workers=workers, progress=not quiet)
+        print(f"predicted {first.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}")
+        return 0
+    return _predict_images(run, targets, out_dir, fold=fold, mpp=mpp, checkpoint=checkpoint,
+                           max_uncertainty=max_uncertainty, batch_size=batch_size, workers=workers, quiet=quiet)
+
+
+def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Optional[int], mpp: Optional[str],
+                    checkpoint: Optional[Path], max_uncertainty: float, batch_size: Optional[int], workers: int,
+                    quiet: bool) -> int:
+    from dataclasses import replace
+
+    from histomag.cli.tile import expand_slides, index_jobs, resolve_mpp  # the same sources and --mpp as tile
+    from histomag.data.tiler import SlideJob
+    from histomag.train.imagepredict import predict_images
+
+    jobs = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
+    jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
+    mpps, failed = resolve_mpp([Path(j.path) for j in jobs], mpp, checkpoint, max_uncertainty)
+    jobs = [replace(j, mpp=mpps.get(j.path, j.mpp)) for j in jobs]
+    result = predict_images(run, jobs, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
+                            progress=not quiet, failed=failed)
+    problems = [r.error for r in result.failed]
+    for message in problems:
+        error(message)
+    n_all = len(result.images)
+    n_ok = n_all - len(problems)
+    acc = result.accuracy()
+    scored = f"; accuracy {acc[0]:.3f} on {acc[1]} labelled images" if acc else ""
+    where = f" -> {result.images_csv}, {result.tuples_csv}"
+    print(f"predicted {n_ok} of {n_all} images ({len(problems)} failed){scored}{where}")
+    if problems:
+        return 2 if n_ok == 0 else 1
     return 0
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from histomag.cli.main import app, error
 from histomag.errors import ConfigError, InputPathError
+
+if TYPE_CHECKING:
+    from histomag.data.tiler import SlideJob
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
                   ".png", ".jpg", ".jpeg"}
@@ -19,7 +23,8 @@ LABEL_SIDECARS = (".labels.png", ".geojson", ".labels.geojson")
 
 @app.command()
 def tile(
-    slides: list[Path] = typer.Argument(..., help="Slides or images (folders are expanded)."),
+    slides: list[Path] = typer.Argument(..., help="Slides or images (folders are expanded), or index CSVs of images "
+                                        "(image, optional label, group/patient, mpp or mpp_x,mpp_y or magnification)."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder (created; re-running resumes)."),
     mags: str = typer.Option("40,20", "--mags", help="Magnifications of each tuple, e.g. 40,20."),
     size: int = typer.Option(600, "--size", help="Pixel size at the highest magnification."),
@@ -35,6 +40,9 @@ def tile(
     label_fraction: float = typer.Option(0.8, "--label-fraction", help="Share a class must cover to label a field."),
     negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
+    group_block: int = typer.Option(10, "--group-block", help="Index CSVs without a group/patient column: group "
+                                    "images in blocks of this many consecutive image numbers per label (0: one "
+                                    "group per image)."),
     mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide (mpp-x,mpp-y "
                                       "for pixels that are not square), or 'estimate' to recover it from the pixels."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
@@ -54,7 +62,8 @@ def tile(
 
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
     make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
-    paths = expand_slides(slides)
+    indexed = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
+    paths = expand_slides([p for p in slides if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
     if labels is not None and len(paths) > 1:
         raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
     if labels is not None and not labels.exists():
@@ -63,10 +72,15 @@ def tile(
     if not patients:
         for folder in sorted({p.parent for p in paths}):
             patient_map.update(read_patients_beside(folder))
-    mpps, failed_early = resolve_mpp(paths, mpp, checkpoint, max_uncertainty)
+    from_index = {j.path: j for j in indexed}
+    mpps, failed_early = resolve_mpp(paths, mpp, checkpoint, max_uncertainty)  # --mpp overrides index values
     jobs = []
     for p in paths:
         if str(p) in failed_early:
+            continue
+        row = from_index.get(str(p))
+        if row is not None:  # an index row: its resolution, class and group, unless --mpp overrides
+            jobs.append(replace(row, mpp=mpps.get(row.path, row.mpp)))
             continue
         lab = labels or find_labels(p, labels_dir)
         jobs.append(SlideJob(str(p), mpp=mpps.get(str(p)), labels=str(lab) if lab else None,
@@ -84,11 +98,33 @@ def tile(
     written = sum(r.tuples_written for r in ok)
     resumed = sum(r.tuples_resumed for r in ok)
     dropped = sum(r.fields_dropped for r in ok)
+    empty = [r.slide_id for r in ok if r.tuples_written + r.tuples_resumed == 0]
+    if empty:
+        shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        print(f"note: {len(empty)} slide(s)/image(s) gave no tuple (smaller than one field, or too little tissue "
+              f"per field): {shown}", file=sys.stderr)
     print(f"tiled {len(ok)} of {n_all} slides ({len(failed)} failed): {written} tuples written, "
           f"{resumed} already present, {dropped} fields dropped by the label rule -> {out / 'manifest.csv'}")
     if failed:
         return 2 if not ok else 1
     return 0
+
+
+def index_jobs(indexes: list[Path], group_block: int) -> list[SlideJob]:
+    """One job per row of each index CSV: its image, resolution (if given), class and group."""
+    from histomag.data.index import block_groups, read_index
+    from histomag.data.tiler import SlideJob
+
+    jobs = []
+    for index in indexes:
+        rows, blocked = block_groups(read_index(index, require_resolution=False), group_block)
+        if blocked:
+            print(f"note: {index} has no group or patient column: images are grouped in blocks of {group_block} "
+                  "consecutive image numbers per label for patient-grouped cross-validation (give a group column "
+                  "when patients are known)", file=sys.stderr)
+        jobs.extend(SlideJob(r.path, mpp=r.mpp, patient_id=r.group or r.image_id, label=r.label or None)
+                    for r in rows)
+    return jobs
 
 
 def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float = 0.25

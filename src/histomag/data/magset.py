@@ -66,7 +66,7 @@ class Source:
     path: str
     source_id: str
     organ: str = ""
-    mpp: float | None = None
+    mpp: float | tuple[float, float] | None = None  # (mpp_x, mpp_y) for pixels that are not square
     origin: str = "file"  # "index-csv" when the resolution comes from an index, not the file
 
 
@@ -87,32 +87,10 @@ class MagSetSettings:
 
 
 def read_index_csv(path: Path) -> list[Source]:
-    """Sources from an index CSV (``image, organ, magnification, mpp[, mpp_source]``; paths relative to it)."""
-    path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if "image" not in cols or not ({"magnification", "mpp"} & cols):
-            raise DatasetError(f"{path}: an index CSV needs an image column and a magnification or mpp column "
-                               f"(has {sorted(cols)})")
-        out = []
-        for i, row in enumerate(reader, start=2):
-            mpp = _float(row.get("mpp"))
-            mag = _float(row.get("magnification"))
-            if mpp is None and mag is None:
-                raise DatasetError(f"{path} line {i}: neither mpp nor magnification for {row['image']}; fill one in")
-            if mpp is not None and not is_plausible_mpp(mpp):
-                raise DatasetError(f"{path} line {i}: mpp {mpp:g} for {row['image']} is outside what microscopes "
-                                   f"produce ({PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} µm/px); give µm per pixel, e.g. 0.25")
-            if mpp is None and not is_plausible_objective_power(mag):  # type: ignore[arg-type]
-                lo, hi = PLAUSIBLE_OBJECTIVE_POWER
-                raise DatasetError(f"{path} line {i}: magnification {mag:g} for {row['image']} is outside the "
-                                   f"objectives that exist ({lo:g}-{hi:g}x); give e.g. 40")
-            img = (path.parent / row["image"]).resolve()
-            out.append(Source(str(img), slide_id_from_path(img), (row.get("organ") or "").strip(),
-                              mpp if mpp is not None else DEFAULT_POWER_MPP / mag,  # type: ignore[operator]
-                              origin="index-csv"))
-    return out
+    """Sources from an index CSV (see :mod:`histomag.data.index`; every row needs a resolution)."""
+    from histomag.data.index import read_index
+
+    return [Source(r.path, r.image_id, r.organ, r.mpp, origin="index-csv") for r in read_index(path)]
 
 
 def collect_sources(paths: Sequence[Path], mpp: float | None = None) -> list[Source]:
@@ -121,8 +99,6 @@ def collect_sources(paths: Sequence[Path], mpp: float | None = None) -> list[Sou
     for p in paths:
         p = Path(p)
         if p.suffix.lower() == ".csv":
-            if not p.is_file():
-                raise InputPathError(f"{p}: no such index CSV; check the path")
             out.extend(read_index_csv(p))
         else:
             out.append(Source(str(p), slide_id_from_path(p), "", mpp))

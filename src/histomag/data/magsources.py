@@ -16,7 +16,6 @@ crop is ever resized after it is made.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,68 +103,29 @@ def nominal_magnification(magnification: float) -> float:
     return min(NOMINAL_MAGNIFICATIONS, key=lambda m: abs(math.log(magnification / m)))
 
 
-def _positive(row: dict, key: str, where: str) -> float | None:
-    text = (row.get(key) or "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise DatasetError(f"{where}: column {key!r} is {text!r}, not a number; give µm per pixel such as 0.25") from None
-    if not (math.isfinite(value) and value > 0):
-        raise DatasetError(f"{where}: column {key!r} is {text!r}; give a positive number such as 0.25")
-    return value
-
-
 def read_index(path: str | Path) -> list[SourceEntry]:
-    """Entries of an index CSV (``image`` + ``mpp`` | ``mpp_x``/``mpp_y`` | ``magnification``).
+    """Entries of an index CSV (see :mod:`histomag.data.index`; every row needs a resolution).
 
-    The group is the ``group`` column when present, else the CSV's folder name, with the
-    magnification appended (``cpm15-20x``) when the CSV holds several scan resolutions.
+    The group is the ``group`` (or ``patient``) column when present, else the CSV's folder name,
+    with the magnification appended (``cpm15-20x``) when the CSV holds several scan resolutions.
 
     Raises:
         DatasetError: missing columns, an ``mpp_x`` without ``mpp_y`` (or the reverse), a value
-            that is not a positive number, or a row with no resolution (each names the row).
+            that is not a plausible positive number, or a row with no resolution (each names the row).
     """
+    from histomag.data.index import read_index as read_rows
+
     path = Path(path)
-    if not path.is_file():
-        raise InputPathError(f"{path}: no such index CSV; check the path")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if "image" not in cols or not ({"mpp", "mpp_x", "mpp_y", "magnification"} & cols):
-            raise DatasetError(f"{path}: an index CSV needs an image column and mpp, mpp_x/mpp_y or magnification "
-                               f"(has {', '.join(sorted(cols)) or 'no columns'})")
-        rows = list(reader)
-    entries: list[tuple[SourceEntry, float]] = []
-    for line, row in enumerate(rows, start=2):
-        where = f"{path} row {line}"
-        mx, my = _positive(row, "mpp_x", where), _positive(row, "mpp_y", where)
-        if (mx is None) != (my is None):
-            missing = "mpp_y" if my is None else "mpp_x"
-            raise DatasetError(f"{where}: has {'mpp_x' if my is None else 'mpp_y'} but no {missing}; give both "
-                               "(µm per pixel across and down) or a single mpp")
-        if mx is None:
-            mpp = _positive(row, "mpp", where)
-            if mpp is None:
-                mag = _positive(row, "magnification", where)
-                if mag is None:
-                    raise DatasetError(f"{where}: no mpp, mpp_x/mpp_y or magnification for {row.get('image')!r}; "
-                                       "fill one in")
-                mpp = DEFAULT_POWER_MPP / mag
-            mx = my = mpp
-        img = (path.parent / row["image"]).resolve()
-        group = (row.get("group") or "").strip()
-        entries.append((SourceEntry(str(img), Path(row["image"]).stem, group, (row.get("organ") or "").strip(),
-                                    mx, my), max(mx, my)))
-    mags = {nominal_magnification(DEFAULT_POWER_MPP / m) for _, m in entries}
+    rows = read_rows(path)
+    mags = {nominal_magnification(DEFAULT_POWER_MPP / max(r.mpp_x, r.mpp_y)) for r in rows}  # type: ignore[type-var]
     out = []
-    for entry, mpp in entries:
-        if not entry.group:
+    for r in rows:
+        group = r.group
+        if not group:
             name = path.parent.name or "index"
-            group = f"{name}-{nominal_magnification(DEFAULT_POWER_MPP / mpp):g}x" if len(mags) > 1 else name
-            entry = SourceEntry(entry.path, entry.source_id, group, entry.organ, entry.mpp_x, entry.mpp_y)
-        out.append(entry)
+            mag = nominal_magnification(DEFAULT_POWER_MPP / max(r.mpp_x, r.mpp_y))  # type: ignore[type-var]
+            group = f"{name}-{mag:g}x" if len(mags) > 1 else name
+        out.append(SourceEntry(r.path, r.image_id, group, r.organ, r.mpp_x, r.mpp_y))
     return out
 
 

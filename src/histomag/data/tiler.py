@@ -53,6 +53,7 @@ class SlideJob:
     labels: str | None = None
     patient_id: str | None = None
     backend: str = "auto"
+    label: str | None = None  # the class of the whole image (from an index CSV): every field takes it
 
 
 @dataclass
@@ -156,12 +157,15 @@ def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unla
                                       power_mpp=slide.power_mpp)
     slide.resolution  # raises MissingResolutionError before any work
     check_spec_resolution(slide, spec, allow_upsample=settings.allow_upsample)  # and UpsampleError
-    check_plan_size(slide, field_width_level0(slide, spec.reference), placement=settings.placement,  # type: ignore[arg-type]
+    width = field_width_level0(slide, spec.reference)
+    check_plan_size(slide, width, placement=settings.placement,  # type: ignore[arg-type]
                     overlap=settings.overlap, n_random=settings.n_random)
+    if width > min(slide.dimensions):  # not one field fits: no tuple (the caller names the image)
+        return SlidePlan(spec, [], 0, bool(job.labels or job.label), 0.0)
     tissue = require_tissue(tissue_mask(slide, mpp=settings.tissue_mpp, threshold=settings.tissue_threshold),
                             slide.path.name)
     labels = load_labels(job.labels, slide, settings.tissue_mpp) if job.labels else None
-    if require_labels and labels is None:
+    if require_labels and labels is None and not job.label:
         raise DatasetError(f"{slide.path.name}: no label file, so no labelled tuples; give labels "
                            "(<slide>.labels.png or GeoJSON) or predict without labels")
     fields = plan_fields(slide, spec, tissue, placement=settings.placement,  # type: ignore[arg-type]
@@ -172,7 +176,9 @@ def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unla
     for f in fields:
         fractions: dict[str, float] = {}
         label = ""
-        if labels is not None:
+        if job.label:
+            fractions, label = {job.label: 1.0}, job.label
+        elif labels is not None:
             fractions = labels.fractions(f.left, f.top, f.width, f.width)
             chosen = assign_label(fractions, min_fraction=settings.label_fraction,
                                   negative_class=settings.negative_class)
@@ -183,7 +189,7 @@ def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unla
         planned.append(PlannedField(f, label, fractions, tissue.fraction(f.left, f.top, f.width, f.width)))
     if settings.max_tuples is not None:
         planned = planned[: settings.max_tuples]
-    return SlidePlan(spec, planned, dropped, labels is not None, fields[0].width if fields else 0.0)
+    return SlidePlan(spec, planned, dropped, labels is not None or bool(job.label), fields[0].width if fields else 0.0)
 
 
 def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,

@@ -177,15 +177,19 @@ def rgb_to_tensor(rgb: np.ndarray) -> Tensor:
 
 def read_png(path: Path) -> Tensor:
     """Decode an image file to a ``(3, H, W)`` float tensor in [0, 1]."""
+    return rgb_to_tensor(read_rgb(path))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB (DatasetError naming the file when it cannot)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            rgb = np.array(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({str(exc).splitlines()[0]}); "
                            "re-run the same `histomag tile` command to restore it") from None
-    return rgb_to_tensor(rgb)
 
 
 def class_names_of(labels: Sequence[str]) -> list[str]:
@@ -207,6 +211,9 @@ class TupleDataset(Dataset[Item]):
         labelled_only: drop rows without a label; otherwise they get label index ``-1``
             (as do labels not in ``classes``).
         subset: accept ``magnifications`` that are a subset of the folder's (``single`` mode).
+        cache_mb: keep up to this many MB of decoded images in memory (per process; a
+            DataLoader's persistent workers each keep their own), so that later epochs skip the
+            PNG decoding. 0: no cache.
 
     Raises:
         DatasetError: folder without ``dataset.json``/``manifest.csv``, missing images, or
@@ -216,8 +223,11 @@ class TupleDataset(Dataset[Item]):
     def __init__(self, root: str | Path, magnifications: Sequence[float] | None = None,
                  rows: Sequence[dict] | None = None, transform: TupleTransform | None = None,
                  classes: Sequence[str] | None = None, *, labelled_only: bool = True,
-                 subset: bool = False) -> None:
+                 subset: bool = False, cache_mb: float = 0) -> None:
         self.root = Path(root)
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[str, np.ndarray] = {}
+        self._cached_bytes = 0
         folder = DatasetFolder(self.root)
         self.settings = folder.read_settings()
         self.folder_magnifications = [float(m) for m in self.settings.get("magnifications", [])]
@@ -250,7 +260,18 @@ class TupleDataset(Dataset[Item]):
     def load(self, index: int) -> list[Tensor]:
         """The untransformed members of tuple ``index`` (float, [0, 1])."""
         row = self.rows[index]
-        return [read_png(self.root / row[c]) for c in self.columns]
+        if not self.cache_bytes:
+            return [read_png(self.root / row[c]) for c in self.columns]
+        return [rgb_to_tensor(self._cached_rgb(row[c])) for c in self.columns]
+
+    def _cached_rgb(self, name: str) -> np.ndarray:
+        rgb = self._cache.get(name)
+        if rgb is None:
+            rgb = read_rgb(self.root / name)
+            if self._cached_bytes + rgb.nbytes <= self.cache_bytes:
+                self._cache[name] = rgb
+                self._cached_bytes += rgb.nbytes
+        return rgb
 
     def __getitem__(self, index: int) -> Item:
         images = self.load(index)
@@ -322,6 +343,7 @@ class SlideTupleDataset(Dataset[Item]):
         self.magnifications = mags
         self.transform = transform
         self.grid_shapes: list[tuple[int, int]] = []
+        self.slide_mpps: list[float] = []  # the (square-pixel) µm/px each slide was read at
         self.records: list[PlannedTuple] = []
         for i, job in enumerate(self.jobs):
             self.records.extend(self._plan(i, job, labelled_only))
@@ -350,6 +372,7 @@ class SlideTupleDataset(Dataset[Item]):
             n_cols = int(math.floor((W - width) / stride + 1e-9)) + 1 if width else 0
             n_rows = int(math.floor((H - width) / stride + 1e-9)) + 1 if width else 0
             self.grid_shapes.append((n_rows, n_cols))
+            self.slide_mpps.append(float(slide.mpp))
             patient = job.patient_id or patient_id_for(slide.slide_id)
             out = [PlannedTuple(slide_index, f"{slide.slide_id}_{p.field.key}", slide.slide_id, patient,
                                 p.field.x, p.field.y, p.field.width, p.label, int(round(p.field.left / stride)),

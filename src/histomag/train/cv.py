@@ -52,6 +52,8 @@ from histomag.train.dmsl import (
 log = logging.getLogger(__name__)
 
 RUN_VERSION = 1
+#: decoded training images kept in memory per process (a DataLoader worker keeps its own)
+TRAIN_CACHE_MB = 1024
 
 
 # ----- splits -----------------------------------------------------------------------------------
@@ -74,6 +76,35 @@ def patient_folds(labels: Sequence[Any], patients: Sequence[str], n_folds: int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" notes; we warn per fold
         return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def warn_thin_classes(labels: Sequence[Any], patients: Sequence[str]) -> list[str]:
+    """Warn about (and return) classes found in fewer than two patients/groups: no fold can both train and test them."""
+    seen: dict[str, set[str]] = {}
+    for lab, pat in zip(labels, patients):
+        seen.setdefault(str(lab), set()).add(str(pat))
+    thin = sorted(c for c, pats in seen.items() if len(pats) < 2)
+    if thin:
+        warnings.warn(f"class(es) {', '.join(thin)} appear in fewer than 2 patients/groups: the folds that test them "
+                      "cannot train on them (each fold names what it lacks); tile more patients of those classes",
+                      UserWarning, stacklevel=3)
+    return thin
+
+
+def run_splits(labels: Sequence[Any], patients: Sequence[str], n_folds: int, seed: int = 0
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds of a run: :func:`patient_folds`, or for ``n_folds == 1`` everything in training (no test).
+
+    Raises:
+        ConfigError: fewer patients than folds; for one fold, fewer than two patients (some must
+            be held out for validation).
+    """
+    if n_folds > 1:
+        return patient_folds(labels, patients, n_folds, seed)
+    if len(set(map(str, patients))) < 2:
+        raise ConfigError("one final model needs at least two patients/groups, to hold some out for validation and "
+                          "early stopping; tile more patients or give a group column")
+    return [(np.arange(len(labels)), np.zeros(0, dtype=int))]
 
 
 def carve_validation(labels: Sequence[Any], patients: Sequence[str], fraction: float, seed: int = 0
@@ -199,6 +230,9 @@ def write_summary(run: RunInfo, per_fold: Sequence[dict[str, dict[str, Any]]]) -
     atomic_write_csv(run.run_dir / "metrics.csv", ["fold", "level", "n", *METRICS], metrics_csv_rows(per_fold, summary))
     rows = table_rows(summary, mode=c.mode, magnifications=c.magnifications, backbone=c.backbone)
     table = markdown_table(rows)
+    if c.folds == 1:
+        table += ("\nOne final model on all the data: these figures are on its validation patients, which also "
+                  "chose its checkpoint, so they are optimistic; cross-validate (--folds 5) for honest ones.\n")
     atomic_write_text(run.run_dir / "table.md", table)
     atomic_write_csv(run.run_dir / "table.csv", list(rows[0]), rows)
     return table
@@ -219,7 +253,7 @@ def _datasets(data_dir: Path, config: DMSLConfig, rows: Sequence[dict], classes:
               *, train: bool) -> TupleDataset:
     return TupleDataset(data_dir, config.magnifications, rows=rows, classes=classes,
                         transform=tuple_transform(mean, std, train=train and config.augment),
-                        subset=config.mode == "single")
+                        subset=config.mode == "single", cache_mb=TRAIN_CACHE_MB if train else 0)
 
 
 def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig, *, resume: bool = False,
@@ -248,7 +282,8 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
     classes = class_names_of(r["label"] for r in rows)
     if len(classes) < 2:
         raise DatasetError(f"{data_dir} has labelled tuples of {len(classes)} class(es) ({', '.join(classes) or 'none'}); "
-                           "a classifier needs at least two: tile with label masks of two or more classes")
+                           "a classifier needs at least two: tile with label masks of two or more classes, or from an index CSV "
+                           "with a label column")
     if (run_dir / "config.json").is_file():
         if not resume:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -261,12 +296,13 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
     run = read_run(run_dir)
     labels = [r["label"] for r in rows]
     patients = [r.get("patient_id") or r.get("slide_id", "") for r in rows]
+    warn_thin_classes(labels, patients)
     from histomag.models.backbones import create_backbone
 
     bb = create_backbone(config.backbone)
     mean, std = bb.input_mean, bb.input_std
     per_fold: list[dict[str, dict[str, Any]]] = []
-    for k, (train_idx, test_idx) in enumerate(patient_folds(labels, patients, config.folds, config.seed), start=1):
+    for k, (train_idx, test_idx) in enumerate(run_splits(labels, patients, config.folds, config.seed), start=1):
         per_fold.append(_run_fold(run, k, rows, train_idx, test_idx, classes, mean, std, resume=resume,
                                   progress=progress))
     if not all(per_fold):  # a non-zero rank of a distributed run: rank 0 writes the results
@@ -288,7 +324,8 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
     tr = tr[subsample([labels[i] for i in tr], config.train_fraction, config.seed + k)]
     train_rows = [rows[train_idx[i]] for i in tr]
     val_rows = [rows[train_idx[i]] for i in va]
-    test_rows = [rows[i] for i in test_idx]
+    final = len(test_idx) == 0  # one final model: its figures are on the validation patients (optimistic)
+    test_rows = val_rows if final else [rows[i] for i in test_idx]
     missing = sorted(set(classes) - {r["label"] for r in train_rows})
     if missing:
         warnings.warn(f"fold {k}: no {', '.join(missing)} tuples among the training patients", UserWarning,
@@ -301,7 +338,8 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
     atomic_write_json(fold_dir / "split.json", {
         "fold": k, "train_patients": sorted({pid(r) for r in train_rows}),
         "val_patients": sorted({pid(r) for r in val_rows}), "test_patients": sorted({pid(r) for r in test_rows}),
-        "n_train": len(train_rows), "n_val": len(val_rows), "n_test": len(test_rows),
+        "n_train": len(train_rows), "n_val": len(val_rows), "n_test": 0 if final else len(test_rows),
+        "final_model": final,
         "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]})
     data_dir = run.data_dir
     result = fit_fold(config, _datasets(data_dir, config, train_rows, classes, mean, std, train=True),
@@ -401,6 +439,24 @@ def predict_folder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Pat
     return out
 
 
+def grid_tile_settings(run: RunInfo) -> Any:
+    """The run's tile settings (magnifications, field size, mode, tissue rule) with a full grid of fields.
+
+    Raises:
+        CheckpointError: a run folder that does not record its tile settings.
+    """
+    from dataclasses import fields as dc_fields
+
+    from histomag.data.folder import TileSettings
+
+    names = {f.name for f in dc_fields(TileSettings)}
+    ts = {k: v for k, v in run.tile_settings.items() if k in names}
+    if "magnifications" not in ts or "size" not in ts:
+        raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {TRAIN_HINT}")
+    ts.update(magnifications=tuple(ts["magnifications"]), placement="grid", max_tuples=None, extra={})
+    return TileSettings(**ts)
+
+
 def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *, fold: int | None = None,
                   mpp: float | None = None, batch_size: int | None = None, num_workers: int = 0,
                   progress: bool = False) -> dict[str, Path]:
@@ -413,21 +469,13 @@ def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *
     Returns:
         ``{"predictions": ..., "npy": ..., "png": ...}``.
     """
-    from dataclasses import fields as dc_fields
-
-    from histomag.data.folder import TileSettings
     from histomag.data.tiler import SlideJob
     from histomag.data.tuples import SlideTupleDataset
     from histomag.slide.base import slide_id_from_path
 
     run = read_run(run_dir)
     models = load_fold_models(run, fold)
-    names = {f.name for f in dc_fields(TileSettings)}
-    ts = {k: v for k, v in run.tile_settings.items() if k in names}
-    if "magnifications" not in ts or "size" not in ts:
-        raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {TRAIN_HINT}")
-    ts.update(magnifications=tuple(ts["magnifications"]), placement="grid", max_tuples=None, extra={})
-    settings = TileSettings(**ts)
+    settings = grid_tile_settings(run)
     data = SlideTupleDataset([SlideJob(str(slide), mpp=mpp)], settings, magnifications=run.config.magnifications,
                              classes=run.class_names, labelled_only=False,
                              transform=tuple_transform(models[0].input_mean, models[0].input_std, train=False))

@@ -135,7 +135,7 @@ class DMSLConfig:
                   (self.sim_warmup >= 0, f"--sim-warmup {self.sim_warmup} must be >= 0 epochs"),
                   (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
                   (self.patience >= 1, f"--patience {self.patience} must be >= 1"),
-                  (self.folds >= 2, f"--folds {self.folds} must be >= 2"),
+                  (self.folds >= 1, f"--folds {self.folds} must be >= 1 (1: one final model on all the data)"),
                   (0 < self.val_fraction < 1, f"--val-fraction {self.val_fraction} must be in (0, 1)"),
                   (0 < self.train_fraction <= 1, f"--train-fraction {self.train_fraction} must be in (0, 1]"),
                   (self.num_workers >= 0, f"--workers {self.num_workers} must be >= 0"),

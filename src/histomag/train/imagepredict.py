@@ -1,0 +1,134 @@
+"""Image-level DMSL prediction: every image is tiled on the fly and its tuples' probabilities averaged.
+
+For plain images (snapshots, tiles, an index CSV of them) rather than whole slides: one row per
+image in ``images.csv`` (``image``, ``predicted``, one ``prob_<class>`` column per class, the mean
+over the image's tuples, ``n_tuples``, and ``label``/``mpp``/``error`` columns) and one row per
+tuple in ``tuples.csv``. An image that cannot be read, has no usable resolution or gives no tuple
+is reported in its row; the others go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from histomag.data.atomic import atomic_write_csv
+from histomag.errors import HistomagError, UpsampleError
+from histomag.progress import progress_bar
+
+
+@dataclass
+class ImageResult:
+    """What one image gave."""
+
+    image: str
+    label: str = ""
+    mpp: float | None = None
+    probs: np.ndarray | None = None  # mean over tuples
+    n_tuples: int = 0
+    error: str = ""
+
+
+@dataclass
+class ImagePredictions:
+    """Outcome of :func:`predict_images`."""
+
+    class_names: list[str]
+    images: list[ImageResult] = field(default_factory=list)
+    images_csv: Path | None = None
+    tuples_csv: Path | None = None
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return [r for r in self.images if r.error]
+
+    def accuracy(self) -> tuple[float, int] | None:
+        """Share of predicted images whose ``label`` (when given) is the predicted class, and how many counted."""
+        scored = [r for r in self.images if r.probs is not None and r.label in self.class_names]
+        if not scored:
+            return None
+        hits = sum(self.class_names[int(np.argmax(r.probs))] == r.label for r in scored)  # type: ignore[arg-type]
+        return hits / len(scored), len(scored)
+
+
+def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, fold: int | None = None,
+                   batch_size: int | None = None, num_workers: int = 0, progress: bool = False,
+                   failed: dict[str, str] | None = None) -> ImagePredictions:
+    """Predict the class of every image with a DMSL run (the mean of its folds' models, or one fold).
+
+    Args:
+        run_dir: a run folder made by ``histomag dmsl train`` (any number of folds).
+        jobs: :class:`~histomag.data.tiler.SlideJob` per image (path, optional mpp override and label).
+        out_dir: where ``images.csv`` and ``tuples.csv`` are written (atomically).
+        fold: use only this fold's model.
+        batch_size, num_workers: DataLoader settings (default: the run's batch size).
+        progress: one progress bar over the images.
+        failed: image path -> the one-line error that already stopped it (e.g. an estimate too
+            uncertain to use); such images are reported in their row and not read.
+
+    Raises:
+        CheckpointError: not a DMSL run folder, or a fold without a checkpoint.
+        UpsampleError: no image is scanned finely enough for the model's magnifications (one line,
+            naming both), so nothing could be predicted.
+    """
+    from histomag.data.tuples import SlideTupleDataset, tuple_transform
+    from histomag.train.cv import grid_tile_settings, load_fold_models, read_run
+    from histomag.train.dmsl import predict_probs
+
+    run = read_run(run_dir)
+    models = load_fold_models(run, fold)
+    settings = grid_tile_settings(run)
+    transform = tuple_transform(models[0].input_mean, models[0].input_std, train=False)
+    names = run.class_names
+    result = ImagePredictions(list(names))
+    tuple_rows: list[list] = []
+    upsample: list[UpsampleError] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("predicting images", total=len(jobs)) if bar else None
+        for job in jobs:
+            res = ImageResult(str(job.path), label=job.label or "")
+            result.images.append(res)
+            if failed and str(job.path) in failed:
+                res.error = failed[str(job.path)]
+                if bar:
+                    bar.advance(task, 1)  # type: ignore[arg-type]
+                continue
+            data = None
+            try:
+                data = SlideTupleDataset([job], settings, magnifications=run.config.magnifications, classes=names,
+                                         labelled_only=False, transform=transform)
+                res.mpp = data.slide_mpps[0]
+                if len(data) == 0:
+                    res.error = (f"{Path(job.path).name}: no tuple (smaller than one field of the model's tile "
+                                 "settings, or too little tissue per field)")
+                else:
+                    probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size,
+                                          num_workers=num_workers)
+                    res.probs, res.n_tuples = probs.mean(axis=0), len(probs)
+                    tuple_rows.extend([str(job.path), r.tuple_id, round(r.x), round(r.y), names[int(np.argmax(p))],
+                                       *(f"{v:.6g}" for v in p)] for r, p in zip(data.records, probs))
+            except UpsampleError as exc:
+                res.error = str(exc)
+                upsample.append(exc)
+            except HistomagError as exc:
+                res.error = str(exc)
+            finally:
+                if data is not None:
+                    data.close()
+            if bar:
+                bar.advance(task, 1)  # type: ignore[arg-type]
+    if upsample and len(upsample) == len(jobs):
+        raise upsample[0]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prob_cols = [f"prob_{c}" for c in names]
+    result.images_csv, result.tuples_csv = out / "images.csv", out / "tuples.csv"
+    atomic_write_csv(result.tuples_csv, ["image", "tuple_id", "x", "y", "predicted", *prob_cols], tuple_rows)
+    atomic_write_csv(result.images_csv, ["image", "predicted", *prob_cols, "n_tuples", "label", "mpp", "error"], [
+        [r.image, names[int(np.argmax(r.probs))] if r.probs is not None else "",
+         *((f"{v:.6g}" for v in r.probs) if r.probs is not None else [""] * len(names)),
+         r.n_tuples, r.label, f"{r.mpp:.5g}" if r.mpp else "", r.error] for r in result.images])
+    return result
