@@ -87,7 +87,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
                             classes=plan.classes, progress=(lambda n: bar.update(task, completed=n)) if bar else None)
 
     with _timed(result, "tile 40x+20x"):
-        from histomag.cli.tile import expand_slides, find_labels, read_patients_beside
+        from histomag.data.sources import expand_slides, find_labels, read_patients_beside
         from histomag.data.folder import TileSettings
         from histomag.data.tiler import SlideJob, tile_slides
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from histomag.cli.main import app, error
+from histomag.cli.app import app, error
 from histomag.errors import ConfigError
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
@@ -128,7 +128,7 @@ def predict(
         print(f"predicted {first} -> {path}")
         return 0
     if len(targets) == 1 and first.is_file() and first.suffix.lower() != ".csv":
-        from histomag.cli.tile import resolve_mpp
+        from histomag.cli.options import resolve_mpp
 
         mpps, failed = resolve_mpp([first], mpp, checkpoint, max_uncertainty)
         if failed:
@@ -146,11 +146,12 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
                     quiet: bool) -> int:
     from dataclasses import replace
 
-    from histomag.cli.tile import expand_slides, index_jobs, resolve_mpp  # the same sources and --mpp as tile
+    from histomag.cli.options import resolve_mpp
+    from histomag.data.sources import expand_slides, index_jobs
     from histomag.data.tiler import SlideJob
     from histomag.train.imagepredict import predict_images
 
-    jobs = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
+    jobs, _ = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
     jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
     mpps, failed = resolve_mpp([Path(j.path) for j in jobs], mpp, checkpoint, max_uncertainty)
     jobs = [replace(j, mpp=mpps.get(j.path, j.mpp)) for j in jobs]

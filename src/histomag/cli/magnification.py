@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from histomag.cli.main import app, error
+from histomag.cli.app import app, error
 
 mag_app = typer.Typer(help="Magnification recovery (Hagnifinder): build, train, evaluate, predict.",
                       no_args_is_help=True)
@@ -97,7 +97,7 @@ def _is_magset(paths: list[Path]) -> bool:
 
 
 def _load_real_sources(paths: list[Path], quiet: bool):
-    from histomag.cli.main import error as say_error
+    from histomag.cli.app import error as say_error
     from histomag.data.magsources import collect_entries, load_sources
     from histomag.errors import DatasetError
 

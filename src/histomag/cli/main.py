@@ -1,8 +1,7 @@
-"""The ``histomag`` command: a typer app whose errors become one line and exit code 2."""
+"""The ``histomag`` command: every command registered on the app; errors become one line and exit code 2."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import typer
@@ -12,39 +11,16 @@ try:  # recent typer vendors click; older releases use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
 
-_Abort = typer.Abort
-
+from histomag.cli.app import app, error
 from histomag.errors import HistomagError
 
-NOISY_LOGGERS = ("tifffile", "tiffslide", "PIL", "py.warnings", "lightning", "pytorch_lightning")
+_Abort = typer.Abort
 
-app = typer.Typer(
-    name="histomag",
-    help="Magnification-aware histopathology: true-resolution reads, multi-magnification tiling, "
-    "DMSL and magnification recovery.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-@app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is done (levels, resampling).")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    # third-party readers chatter about the files we already report on in one line
-    logging.captureWarnings(True)
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
+__all__ = ["app", "error", "main", "run"]
 
 
 def _register() -> None:
     from histomag.cli import audit, demo, dmsl, info, magnification, report, synth, tile  # noqa: F401  (commands register themselves)
-
-
-def error(message: str) -> None:
-    """Print a one-line error on stderr."""
-    print(f"error: {message}", file=sys.stderr)
 
 
 def run(argv: list[str] | None = None) -> int:

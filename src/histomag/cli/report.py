@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from histomag.cli.main import app
+from histomag.cli.app import app
 
 
 @app.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from histomag.cli.main import app
+from histomag.cli.app import app
 from histomag.errors import ConfigError
 
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
-from histomag.cli.main import app, error
+from histomag.cli.app import app, error
+from histomag.cli.options import resolve_mpp
 from histomag.errors import ConfigError, InputPathError
 
-if TYPE_CHECKING:
-    from histomag.data.tiler import SlideJob
 
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-                  ".png", ".jpg", ".jpeg"}
-LABEL_SIDECARS = (".labels.png", ".geojson", ".labels.geojson")
 
 
 @app.command()
@@ -56,13 +51,17 @@ def tile(
 ) -> int:
     """Tile slides into a dataset folder: one PNG per magnification per tuple plus manifest.csv."""
     from histomag.data.folder import TileSettings
+    from histomag.data.sources import expand_slides, find_labels, index_jobs, read_patients, read_patients_beside
     from histomag.data.tiler import SlideJob, tile_slides
+    from histomag.slide.base import slide_id_from_path
     from histomag.resolution import parse_magnifications
     from histomag.tiling import make_tuple_spec
 
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
     make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
-    indexed = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
+    indexed, notes = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
+    for message in notes:
+        print(f"note: {message}", file=sys.stderr)
     paths = expand_slides([p for p in slides if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
     if labels is not None and len(paths) > 1:
         raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
@@ -84,7 +83,7 @@ def tile(
             continue
         lab = labels or find_labels(p, labels_dir)
         jobs.append(SlideJob(str(p), mpp=mpps.get(str(p)), labels=str(lab) if lab else None,
-                             patient_id=patient_map.get(_stem(p))))
+                             patient_id=patient_map.get(slide_id_from_path(p))))
     settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                             n_random=n_random, seed=seed, min_tissue=min_tissue,
                             tissue_threshold=tissue_threshold, label_fraction=label_fraction,
@@ -108,124 +107,3 @@ def tile(
     if failed:
         return 2 if not ok else 1
     return 0
-
-
-def index_jobs(indexes: list[Path], group_block: int) -> list[SlideJob]:
-    """One job per row of each index CSV: its image, resolution (if given), class and group."""
-    from histomag.data.index import block_groups, read_index
-    from histomag.data.tiler import SlideJob
-
-    jobs = []
-    for index in indexes:
-        rows, blocked = block_groups(read_index(index, require_resolution=False), group_block)
-        if blocked:
-            print(f"note: {index} has no group or patient column: images are grouped in blocks of {group_block} "
-                  "consecutive image numbers per label for patient-grouped cross-validation (give a group column "
-                  "when patients are known)", file=sys.stderr)
-        jobs.extend(SlideJob(r.path, mpp=r.mpp, patient_id=r.group or r.image_id, label=r.label or None)
-                    for r in rows)
-    return jobs
-
-
-def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float = 0.25
-                ) -> tuple[dict[str, float | tuple[float, float] | None], dict[str, str]]:
-    """Per-slide mpp from ``--mpp`` (a number, ``mpp_x,mpp_y``, or ``estimate`` with a magnification model).
-
-    Returns the mpp per path and, for ``estimate``, the one-line errors of slides it failed on.
-    """
-    if mpp is None:
-        return {}, {}
-    if mpp.strip().lower() != "estimate":
-        from histomag.resolution import parse_mpp
-
-        try:
-            value = parse_mpp(mpp)
-        except ConfigError:
-            raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25), mpp-x,mpp-y for pixels that "
-                              "are not square (e.g. --mpp 0.56,0.42) or --mpp estimate") from None
-        return {str(p): value for p in paths}, {}
-    from histomag.errors import HistomagError
-    from histomag.slide import open_slide
-    from histomag.train.maginfer import load_estimator
-
-    estimator = load_estimator(checkpoint)
-    values: dict[str, float | tuple[float, float] | None] = {}
-    failed: dict[str, str] = {}
-    for p in paths:
-        try:
-            with open_slide(p) as slide:
-                est = estimator.estimate_slide(slide)
-                meta = f"metadata: {slide.magnification:.3g}x" if slide.mpp else "no resolution in metadata"
-        except HistomagError as exc:
-            failed[str(p)] = str(exc)
-            continue
-        unc = est.relative_uncertainty
-        if unc is not None and unc > max_uncertainty:
-            failed[str(p)] = (f"{p.name}: the estimated resolution {est.describe()} is uncertain by ±{unc:.0%}, more "
-                              f"than the allowed ±{max_uncertainty:.0%}; give the true resolution with --mpp, or "
-                              "raise --max-uncertainty")
-            continue
-        values[str(p)] = est.mpp
-        note = "" if unc is not None else "; this model has no calibrated interval, its uncertainty is unknown"
-        print(f"warning: {p.name}: using the ESTIMATED resolution {est.describe()} ({meta}){note}", file=sys.stderr)
-    return values, failed
-
-
-def _stem(p: Path) -> str:
-    from histomag.slide.base import slide_id_from_path
-
-    return slide_id_from_path(p)
-
-
-def expand_slides(paths: list[Path]) -> list[Path]:
-    """Files as given (missing ones are kept so they are reported per slide); folders expanded."""
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir() and p.suffix.lower() != ".mrxs":
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SLIDE_SUFFIXES
-                           and not _is_sidecar(q.name))
-            if not found:
-                raise InputPathError(f"{p}: folder holds no slide files ({', '.join(sorted(SLIDE_SUFFIXES))})")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def _is_sidecar(name: str) -> bool:
-    """Label masks and overview pictures that sit beside slides are not slides."""
-    low = name.lower()
-    return low.endswith(".labels.png") or ".overview" in low
-
-
-def find_labels(slide: Path, labels_dir: Path | None) -> Path | None:
-    """``<slide>.labels.png`` / ``<slide>.geojson`` in ``labels_dir`` or beside the slide."""
-    stem = _stem(slide)
-    for folder in ([labels_dir] if labels_dir else []) + [slide.parent]:
-        for suffix in LABEL_SIDECARS:
-            cand = folder / f"{stem}{suffix}"
-            if cand.is_file():
-                return cand
-    return None
-
-
-def read_patients(path: Path) -> dict[str, str]:
-    """slide_id -> patient_id from a CSV with those two columns."""
-    if not path.is_file():
-        raise InputPathError(f"{path}: no such patients CSV; check the --patients path")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"slide_id", "patient_id"} <= set(reader.fieldnames):
-            raise ConfigError(f"{path}: needs columns slide_id and patient_id (has {reader.fieldnames})")
-        return {row["slide_id"]: row["patient_id"] for row in reader}
-
-
-def read_patients_beside(folder: Path) -> dict[str, str]:
-    """Patient ids from a ``cohort.csv`` (as ``histomag synth`` writes) in a slide folder, if any."""
-    cohort = folder / "cohort.csv"
-    if not cohort.is_file():
-        return {}
-    try:
-        return read_patients(cohort)
-    except ConfigError:
-        return {}

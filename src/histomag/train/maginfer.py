@@ -257,6 +257,49 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
                      "cnn" if method.startswith("cnn") else method, fallback)
 
 
+def estimate_resolutions(paths: Sequence[str | Path], checkpoint: str | Path | None = None,
+                         max_uncertainty: float = 0.25) -> tuple[dict[str, float], dict[str, str], list[str]]:
+    """Recover the resolution of each slide or image from its pixels, refusing estimates too uncertain to use.
+
+    Args:
+        paths: slides or images (each is opened with :func:`histomag.slide.open_slide`).
+        checkpoint: magnification model (default: the shipped one).
+        max_uncertainty: an estimate whose interval is wider than ± this share is refused.
+
+    Returns:
+        ``(mpp per path, one-line error per refused or unreadable path, one warning per estimate
+        used)``; the warnings say loudly that the resolution is an estimate, with its interval.
+
+    Raises:
+        CheckpointError: the model cannot be loaded.
+    """
+    from histomag.errors import HistomagError
+    from histomag.slide import open_slide
+
+    estimator = load_estimator(checkpoint)
+    values: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    warnings: list[str] = []
+    for p in map(Path, paths):
+        try:
+            with open_slide(p) as slide:
+                est = estimator.estimate_slide(slide)
+                meta = f"metadata: {slide.magnification:.3g}x" if slide.mpp else "no resolution in metadata"
+        except HistomagError as exc:
+            failed[str(p)] = str(exc)
+            continue
+        unc = est.relative_uncertainty
+        if unc is not None and unc > max_uncertainty:
+            failed[str(p)] = (f"{p.name}: the estimated resolution {est.describe()} is uncertain by ±{unc:.0%}, more "
+                              f"than the allowed ±{max_uncertainty:.0%}; give the true resolution (--mpp), or allow "
+                              "more uncertainty (--max-uncertainty)")
+            continue
+        values[str(p)] = est.mpp  # type: ignore[assignment]
+        note = "" if unc is not None else "; this model has no calibrated interval, its uncertainty is unknown"
+        warnings.append(f"{p.name}: using the ESTIMATED resolution {est.describe()} ({meta}){note}")
+    return values, failed, warnings
+
+
 def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: IntervalCalibration | None = None,
                  tta: Sequence[float] = (1.0,), method: str = "cnn",
                  intervals: dict[str, IntervalCalibration] | None = None, card: dict[str, Any] | None = None) -> Path:
