@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_tuples import make_tuple_folder
+from helpers import make_tuple_folder
 
 from histomag.data.atomic import atomic_write_json
 from histomag.data.tuples import TupleDataset, tuple_transform
@@ -328,7 +328,7 @@ def test_cli_train_evaluate_predict_end_to_end(data: Path, tmp_path: Path, capsy
 
 def _half_tissue_slide(path: Path) -> Path:
     from PIL import Image
-    from test_tuples import render
+    from helpers import render
 
     rng = np.random.default_rng(5)
     img = np.full((512, 1024, 3), 255, np.uint8)  # 128 x 256 µm at 40x; tissue on the left half

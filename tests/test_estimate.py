@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import MemorySlide, textured
+from helpers import MemorySlide, textured
 from histomag.errors import NoTissueError
 from histomag.estimate import MagnificationEstimate, disagreement, estimate_magnification, tissue_crops
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_tuples import make_tuple_folder
+from helpers import make_tuple_folder
 
 from histomag.errors import CheckpointError, ConfigError
 from histomag.explain import fold_test_data

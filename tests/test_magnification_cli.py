@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from histomag.cli.main import run
-from test_magnification_train import make_magset, synth_tissue
+from helpers import make_magset, synth_tissue
 
 
 @pytest.fixture(scope="module")

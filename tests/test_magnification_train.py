@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import make_magset, write_set
+
 from histomag.errors import CheckpointError, ConfigError, DatasetError
 from histomag.train.magdata import (
     PAD_FILL,
@@ -29,49 +31,6 @@ from histomag.train.magmetrics import (
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-
-
-def synth_tissue(size: int, magnification: float, rng: np.random.Generator, px_per_mag: float = 0.75) -> np.ndarray:
-    """Pink background with dark "nuclei" of one physical size: diameter = px_per_mag * magnification px."""
-    img = np.empty((size, size, 3), np.float32)
-    img[:] = (232, 196, 214)
-    img += rng.normal(0, 6, (size, size, 1))
-    d = px_per_mag * magnification
-    n = max(1, int(round(0.3 * size * size / (np.pi * (d / 2) ** 2))))
-    yy, xx = np.mgrid[0:size, 0:size]
-    for _ in range(n):
-        cy, cx = rng.uniform(-d / 2, size + d / 2, 2)
-        r = d / 2 * rng.uniform(0.8, 1.2)
-        y0, y1 = max(0, int(cy - r - 1)), min(size, int(cy + r + 2))
-        x0, x1 = max(0, int(cx - r - 1)), min(size, int(cx + r + 2))
-        if y0 < y1 and x0 < x1:
-            disk = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
-            img[y0:y1, x0:x1][disk] = np.array((88, 48, 128), np.float32) + rng.normal(0, 8, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def write_set(root: Path, items: list[tuple[np.ndarray, float, str]], organs: tuple[str, ...] = ("lung", "")) -> Path:
-    """A magnification set folder from (image, magnification, split) triples."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (image, mag, split) in enumerate(items):
-        name = f"images/{split}_{mag:g}x_{i}.png"
-        Image.fromarray(image).save(root / name)
-        rows.append({"image": name, "source_id": f"{split}{i % 3}", "organ": organs[i % len(organs)],
-                     "magnification": f"{mag:g}", "mpp": f"{10 / mag:g}", "split": split})
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def make_magset(root: Path, mags: tuple[float, ...] = (10, 40), counts: dict[str, int] | None = None,
-                size: int = 96, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    counts = counts or {"train": 24, "val": 8, "test": 8}
-    return write_set(root, [(synth_tissue(size, m, rng), m, split)
-                            for split, n in counts.items() for m in mags for _ in range(n)])
 
 
 @pytest.fixture(scope="module")

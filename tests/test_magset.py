@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import textured
+from helpers import textured
 from histomag.cli.main import run
 from histomag.data.magset import MagSetSettings, Source, assign_splits, build_magnification_set, collect_sources
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MemorySlide, textured
+from helpers import MemorySlide, textured
 from histomag.cli.main import run
 from histomag.errors import ConfigError, DatasetError, MissingResolutionError, UpsampleError
 from histomag.resolution import implausible_mpp_cause, is_plausible_mpp, is_plausible_objective_power

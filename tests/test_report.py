@@ -410,8 +410,8 @@ def test_chromium_renders_the_report_to_a_nonblank_png(complete, tmp_path: Path)
 def test_a_report_of_really_trained_runs(tmp_path: Path) -> None:
     """The files of ``cross_validate``, ``run_cams``, ``write_similarity`` and ``evaluate_run`` as they are."""
     import torch
-    from test_magnification_train import make_magset
-    from test_tuples import make_tuple_folder
+    from helpers import make_magset
+    from helpers import make_tuple_folder
 
     from histomag.explain.gradcam import run_cams
     from histomag.explain.similarity_stats import write_similarity

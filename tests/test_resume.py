@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import histomag
-from conftest import textured
+from helpers import textured
 from histomag.cli.main import run
 from histomag.data.folder import DatasetFolder, image_column, manifest_columns
 from histomag.data.runlock import FolderLock

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import MemorySlide, textured
+from helpers import MemorySlide, textured
 from histomag.errors import ConfigError, MissingResolutionError, UpsampleError
 from histomag.tiling import downsample_area
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MemorySlide, area_halve, textured
+from helpers import area_halve, textured
 from histomag.cli.main import run
 from histomag.errors import ConfigError
 from histomag.resolution import square_pixels

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MemorySlide, textured
+from helpers import MemorySlide, textured
 from histomag.cli.main import run
 from histomag.data.folder import DatasetFolder, TileSettings, manifest_columns
 from histomag.data.tiler import SlideJob, patient_id_for, tile_slides

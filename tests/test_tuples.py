@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from histomag.data.atomic import atomic_write_csv
-from histomag.data.folder import image_column, manifest_columns
 from histomag.data.tuples import (
     SlideTupleDataset,
     TupleAugment,
@@ -23,71 +21,7 @@ from histomag.data.tuples import (
     tuple_transform,
 )
 from histomag.errors import DatasetError
-
-BACKGROUND = np.array([236, 200, 220], dtype=np.float64)  # pink eosin
-STAIN = np.array([80, 40, 120], dtype=np.float64)  # purple haematoxylin
-
-
-def render(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """An RGB field: ``dots`` (many small dense dots) or ``rings`` (a few large sparse rings).
-
-    Both use the same two colours and cover a similar share of the field, so only the
-    morphology tells them apart. Drawn at ``size`` px (the highest magnification).
-    """
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    ink = np.zeros((size, size))
-    s = size / 64.0
-    if kind == "dots":
-        for _ in range(24):
-            cx, cy = rng.uniform(0, size, 2)
-            r = rng.uniform(1.6, 2.4) * s
-            ink = np.maximum(ink, ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r).astype(float))
-    else:
-        for _ in range(3):
-            cx, cy = rng.uniform(0.2 * size, 0.8 * size, 2)
-            r = rng.uniform(8, 12) * s
-            d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
-            ink = np.maximum(ink, (np.abs(d - r) <= 1.2 * s).astype(float))
-    tint = rng.uniform(0.85, 1.1)
-    img = BACKGROUND[None, None] * (1 - ink[..., None]) + STAIN[None, None] * tint * ink[..., None]
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(rgb).reduce(factor))
-
-
-def make_tuple_folder(root: Path, *, patients: int = 8, per_class: int = 6, size: int = 64,
-                      mags: tuple[float, ...] = (40.0, 20.0), classes: tuple[str, ...] = ("dots", "rings"),
-                      mode: str = "same-fov", seed: int = 0, unlabelled: int = 0) -> Path:
-    """A dataset folder as ``histomag tile`` writes it: dataset.json, manifest.csv, PNGs per magnification."""
-    rng = np.random.default_rng(seed)
-    mags = tuple(sorted(mags, reverse=True))
-    rows = []
-    for p in range(patients):
-        slide = f"slide-{p:02d}"
-        kinds = [c for c in classes for _ in range(per_class)] + [""] * unlabelled
-        for t, label in enumerate(kinds):
-            big = render(label or "dots", size, rng)
-            tid = f"{slide}_t{t:03d}"
-            row = {"tuple_id": tid, "slide_id": slide, "patient_id": f"P{p:02d}", "x": t * size, "y": 0,
-                   "field_width": size, "mode": mode, "magnifications": ";".join(f"{m:g}" for m in mags),
-                   "mpps": "", "label": label, "class_fractions": "{}", "tissue_fraction": 1.0,
-                   "slide_mpp": 0.25, "mpp_source": "metadata-mpp"}
-            for m in mags:
-                img = big if m == mags[0] else downsample(big, int(round(mags[0] / m)))
-                rel = f"images/{slide}/{tid}_{m:g}x.png"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(root / rel, compress_level=1)
-                row[image_column(m)] = rel
-            rows.append(row)
-    (root / "dataset.json").write_text(json.dumps({"version": 1, "magnifications": list(mags), "size": size,
-                                                    "mode": mode, "placement": "grid", "overlap": 0.0,
-                                                    "min_tissue": 0.5, "tissue_mpp": 2.0}))
-    atomic_write_csv(root / "manifest.csv", manifest_columns(mags), rows)
-    return root
-
+from helpers import downsample, make_tuple_folder, render
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:

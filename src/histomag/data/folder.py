@@ -39,6 +39,11 @@ RESUME_KEYS = ("magnifications", "size", "mode", "placement", "overlap", "seed",
                "label_fraction", "negative_class")
 
 
+
+def patient_of(row: dict) -> str:
+    """A manifest row's patient: its ``patient_id``, else its slide id (one slide, one patient)."""
+    return row.get("patient_id") or row.get("slide_id", "")
+
 def image_column(magnification: float) -> str:
     """Manifest column of a magnification's image path, e.g. ``image_40x``."""
     return f"image_{format_magnification(magnification)}"

@@ -21,7 +21,6 @@ leaves no manifest (so nothing reads a half-made set) and a rerun rebuilds the s
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import zlib
@@ -33,15 +32,8 @@ import numpy as np
 
 from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_png, remove_unreferenced
 from histomag.data.runlock import FolderLock
-from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
+from histomag.errors import ConfigError, HistomagError
 from histomag.progress import progress_bar
-from histomag.resolution import (
-    DEFAULT_POWER_MPP,
-    PLAUSIBLE_MPP,
-    PLAUSIBLE_OBJECTIVE_POWER,
-    is_plausible_mpp,
-    is_plausible_objective_power,
-)
 from histomag.slide import open_slide
 from histomag.slide.base import Slide, slide_id_from_path
 from histomag.tissue import TissueMask, tissue_mask
@@ -270,11 +262,3 @@ def _crop_file(path: Path, source_id: str) -> bool:
     ours = (name.startswith(f"{source_id}_r") and name.endswith("x.png")) or \
         (name.startswith(f".{source_id}_r") and name.endswith(".tmp"))
     return ours and path.is_file()
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        out = float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-    return out if out is not None and math.isfinite(out) and out > 0 else None

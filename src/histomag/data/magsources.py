@@ -31,13 +31,11 @@ from histomag.data.acquisition import AcquisitionSettings, resample, simulate_ac
 from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
 from histomag.progress import progress_bar
 from histomag.resolution import DEFAULT_POWER_MPP, square_pixels
+from histomag.slide import PLAIN_IMAGE_SUFFIXES, SLIDE_AND_IMAGE_SUFFIXES
 from histomag.tissue import TissueMask, tissue_mask_from_rgb
 
 #: slides larger than this many level-0 pixels are read as a centred window of this area
 MAX_SLIDE_PIXELS = 6000 * 6000
-#: files taken from a folder by commands that accept "images, slides or folders of them"
-IMAGE_AND_SLIDE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".svs", ".ndpi", ".mrxs",
-                            ".scn", ".vms", ".vmu", ".bif")
 
 
 def expand_image_paths(paths: Sequence[Path]) -> list[Path]:
@@ -45,7 +43,7 @@ def expand_image_paths(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and p.suffix.lower() != ".mrxs":
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_AND_SLIDE_SUFFIXES))
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SLIDE_AND_IMAGE_SUFFIXES))
         else:
             out.append(p)
     return out
@@ -171,7 +169,7 @@ def load_source(entry: SourceEntry) -> RealSource:
     """
     if entry.mpp_x is not None and entry.mpp_y is not None:
         rgb, mpp = load_rgb_square(entry.path, entry.mpp_x, entry.mpp_y)
-    elif Path(entry.path).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+    elif Path(entry.path).suffix.lower() in PLAIN_IMAGE_SUFFIXES:
         raise DatasetError(f"{entry.path}: a plain image has no trustworthy resolution; list it in an index CSV "
                            "with its mpp")
     else:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from histomag.data.tiler import SlideJob
 from histomag.errors import ConfigError, InputPathError
+from histomag.slide import SLIDE_AND_IMAGE_SUFFIXES
 from histomag.slide.base import slide_id_from_path
 
 #: files a folder of slides is expanded to (plain images included: they are slides of one level)
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-                  ".png", ".jpg", ".jpeg"}
+SLIDE_SUFFIXES = SLIDE_AND_IMAGE_SUFFIXES
 LABEL_SIDECARS = (".labels.png", ".geojson", ".labels.geojson")
 
 

@@ -27,7 +27,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from histomag.data.folder import DatasetFolder, TileSettings, image_column
+from histomag.data.folder import DatasetFolder, TileSettings, image_column, patient_of
 from histomag.errors import ConfigError, DatasetError
 from histomag.resolution import format_magnification
 
@@ -255,7 +255,7 @@ class TupleDataset(Dataset[Item]):
     @property
     def patients(self) -> list[str]:
         """Patient id of every row (the slide id where the manifest has none)."""
-        return [r.get("patient_id") or r.get("slide_id", "") for r in self.rows]
+        return [patient_of(r) for r in self.rows]
 
     def load(self, index: int) -> list[Tensor]:
         """The untransformed members of tuple ``index`` (float, [0, 1])."""

@@ -92,7 +92,7 @@ def fold_test_data(run_dir: str | Path, data_dir: str | Path | None, fold: int) 
     ckpt = fold_checkpoint(run, fold)
     wanted = [str(t) for t in json.loads(split_path.read_text()).get("test_tuples", [])]
     data_dir = Path(data_dir) if data_dir is not None else run.data_dir
-    single = run.config.mode == "single"
+    single = run.config.spec.single
     by_id = {r["tuple_id"]: r for r in TupleDataset(data_dir, run.config.magnifications, subset=single).rows}
     lost = [t for t in wanted if t not in by_id]
     if lost:

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from histomag.errors import ConfigError
+from histomag.models.modes import mode_description
 
 BIN_EDGES: tuple[float, float, float] = (0.25, 0.5, 0.75)
 BIN_LABELS: tuple[str, str, str, str] = ("0-0.25", "0.26-0.5", "0.51-0.75", "0.76-1")
 GROUPS: tuple[str, str] = ("correct", "wrong")
 FEATURES: tuple[str, str] = ("pooled", "channel-max")
 TABLE_COLUMNS = ("run", "mode", "correctness", "bin", "count", "share", "share_in_group")
-MODE_TEXT = {"sim": "with SIM", "mm": "without SIM", "mscn": "MSCN", "single": "single"}
 
 
 def similarity(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -227,7 +227,7 @@ def pie_chart(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str
     greens, reds = plt.get_cmap("Greens")(np.linspace(0.3, 0.9, 4)), plt.get_cmap("Reds")(np.linspace(0.3, 0.9, 4))
     for ax, (name, c) in zip(axes[0], runs.items()):
         n = sum(c["correct"]) + sum(c["wrong"])
-        ax.set_title(f"{name} ({MODE_TEXT.get(c['mode'], c['mode'])})\n{n} tuples, "
+        ax.set_title(f"{name} ({mode_description(c['mode'])})\n{n} tuples, "
                      f"{100 * sum(c['correct']) / max(n, 1):.1f}% correct")
         if n == 0:
             ax.axis("off")

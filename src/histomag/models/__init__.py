@@ -1,4 +1,7 @@
-"""Models: backbones by name, the multi-magnification network (DMSL) and its losses.
+"""Models: backbones by name, DMSL modes by name, the multi-magnification network (DMSL) and its losses.
+
+Names are imported lazily, so ``histomag.models.modes`` and ``histomag.models.registry`` (no torch)
+can be used by torch-free code such as the HTML report.
 
 Example:
     >>> from histomag.models import DMSLLoss, MultiMagNet
@@ -6,31 +9,24 @@ Example:
     >>> loss = DMSLLoss.for_mode(net.mode)
 """
 
-from histomag.models.backbones import (
-    BACKBONES,
-    Backbone,
-    create_backbone,
-    imagenet_checkpoint_path,
-    list_backbones,
-    load_state_dict_file,
-    register_backbone,
-)
-from histomag.models.dmsl import MODES, MultiMagNet
-from histomag.models.registry import Registry
-from histomag.models.similarity import DMSLLoss, SimilarityLoss, channel_max_maps
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONES",
-    "MODES",
-    "Backbone",
-    "DMSLLoss",
-    "MultiMagNet",
-    "Registry",
-    "SimilarityLoss",
-    "channel_max_maps",
-    "create_backbone",
-    "imagenet_checkpoint_path",
-    "list_backbones",
-    "load_state_dict_file",
-    "register_backbone",
-]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "BACKBONES": "backbones", "Backbone": "backbones", "create_backbone": "backbones",
+    "imagenet_checkpoint_path": "backbones", "list_backbones": "backbones", "load_state_dict_file": "backbones",
+    "register_backbone": "backbones",
+    "MultiMagNet": "dmsl",
+    "ModeSpec": "modes", "get_mode": "modes", "mode_names": "modes", "register_mode": "modes",
+    "Registry": "registry",
+    "DMSLLoss": "similarity", "SimilarityLoss": "similarity", "channel_max_maps": "similarity",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"histomag.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'histomag.models' has no attribute {name!r}")

@@ -7,7 +7,8 @@ branches are fused by a weighted sum. The SIM loss (:mod:`histomag.models.simila
 the per-branch feature maps through ``forward_features``; Grad-CAM reaches layers by name
 through :meth:`MultiMagNet.layer_name`.
 
-Modes:
+Modes (registered as :class:`~histomag.models.modes.ModeSpec`; the network reads ``single``
+and ``head`` from the spec):
     ``sim``: DMSL — the training loss adds SIM between branches.
     ``mm``: the same network trained without SIM (multi-magnification baseline).
     ``single``: one magnification, one backbone, one head.
@@ -26,10 +27,9 @@ from torch import Tensor, nn
 
 from histomag.errors import ConfigError
 from histomag.models.backbones import Backbone, create_backbone
+from histomag.models.modes import get_mode, mode_names
 
-Mode = Literal["sim", "mm", "single", "mscn"]
 Fusion = Literal["equal", "learned"]
-MODES: tuple[str, ...] = ("sim", "mm", "single", "mscn")
 FUSIONS: tuple[str, ...] = ("equal", "learned")
 
 
@@ -47,9 +47,9 @@ class MultiMagNet(nn.Module):
         n_classes: number of classes (>= 2).
         magnifications: one objective power per branch, in input order (e.g. ``(40, 20)``);
             exactly one for ``single``, at least two otherwise.
-        mode: ``"sim"``, ``"mm"``, ``"single"`` or ``"mscn"`` (see the module docstring).
+        mode: a registered mode (``"sim"``, ``"mm"``, ``"single"``, ``"mscn"``, see the module docstring).
         shared_backbone: use one backbone (the same weights) for every magnification.
-        fusion: ``"equal"`` or ``"learned"`` branch weights (``"learned"``: sim/mm only).
+        fusion: ``"equal"`` or ``"learned"`` branch weights (``"learned"``: modes that fuse branches).
         weights: backbone weights, as for :func:`~histomag.models.backbones.create_backbone`.
         dropout: dropout on the pooled features before the head(s), in ``[0, 1)``.
 
@@ -65,7 +65,7 @@ class MultiMagNet(nn.Module):
         n_classes: int,
         magnifications: Sequence[float],
         *,
-        mode: Mode = "sim",
+        mode: str = "sim",
         shared_backbone: bool = False,
         fusion: Fusion = "equal",
         weights: str | None = None,
@@ -73,20 +73,17 @@ class MultiMagNet(nn.Module):
     ) -> None:
         super().__init__()
         mags = tuple(float(m) for m in magnifications)
-        if mode not in MODES:
-            raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        spec = get_mode(mode)  # ConfigError listing the valid modes
         if fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {fusion!r}; valid: {', '.join(FUSIONS)}")
         if n_classes < 2:
             raise ConfigError(f"n_classes must be >= 2, got {n_classes}")
         if any(m <= 0 for m in mags):
             raise ConfigError(f"magnifications must be > 0, got {list(mags)}")
-        if mode == "single" and len(mags) != 1:
-            raise ConfigError(f"mode 'single' takes exactly one magnification, got {list(mags)}")
-        if mode != "single" and len(mags) < 2:
-            raise ConfigError(f"mode {mode!r} needs at least two magnifications, got {list(mags)}")
-        if fusion == "learned" and mode not in ("sim", "mm"):
-            raise ConfigError(f"fusion 'learned' applies to modes sim and mm only, not {mode!r}")
+        spec.check_magnifications(len(mags), str(list(mags)))
+        if fusion == "learned" and not spec.fuses_branches:
+            fusing = " and ".join(m for m in mode_names() if get_mode(m).fuses_branches)
+            raise ConfigError(f"fusion 'learned' applies to modes {fusing} only (they fuse branches), not {mode!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
 
@@ -94,13 +91,14 @@ class MultiMagNet(nn.Module):
         self.n_classes = int(n_classes)
         self.magnifications = mags
         self.mode: str = mode
-        self.shared_backbone = bool(shared_backbone) or mode == "single"
+        self.spec = spec
+        self.shared_backbone = bool(shared_backbone) or spec.single
         self.fusion: str = fusion
         n_branches = 1 if self.shared_backbone else len(mags)
         self.branches = nn.ModuleList([create_backbone(backbone, weights=weights) for _ in range(n_branches)])
         n_features = self.branches[0].num_features
         self.dropout = nn.Dropout(dropout)
-        if mode == "mscn":
+        if spec.head == "concat":
             self.heads = nn.ModuleList([nn.Linear(n_features * len(mags), n_classes)])
         else:
             self.heads = nn.ModuleList([nn.Linear(n_features, n_classes) for _ in mags])
@@ -171,7 +169,7 @@ class MultiMagNet(nn.Module):
         if len(feats) != self.n_inputs:
             raise ConfigError(f"forward_head expects {self.n_inputs} feature map(s), got {len(feats)}")
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats]
-        if self.mode == "mscn":
+        if self.spec.head == "concat":
             logits = [self.heads[0](self.dropout(torch.cat(pooled, dim=1)))]
         else:
             logits = [head(self.dropout(p)) for head, p in zip(self.heads, pooled)]

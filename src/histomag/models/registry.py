@@ -79,6 +79,10 @@ class Registry(Generic[F]):
         extra = f" {self.hint}" if self.hint else ""
         return f"unknown {self.kind} {name!r}; valid names: {valid}{extra}"
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests that register a toy entry); unknown names are ignored."""
+        self._factories.pop(name, None)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._factories)

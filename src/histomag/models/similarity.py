@@ -34,7 +34,6 @@ NORMALISED_FORMS: tuple[str, ...] = ("corr", "dist")
 DEFAULT_SIM_FORM: SimForm = "dist"
 #: default SIM weight beta (the paper's 0.5 was for its raw form; measured in docs/dmsl.md)
 DEFAULT_BETA = 0.1
-SIM_MODES: tuple[str, ...] = ("sim",)
 #: floor of a map's spatial standard deviation in the normalised forms, relative to its mean
 #: absolute value (keeps flat maps finite without breaking scale invariance)
 STD_EPS = 1e-6
@@ -232,8 +231,10 @@ class DMSLLoss(nn.Module):
 
     @classmethod
     def for_mode(cls, mode: str, **kwargs: object) -> DMSLLoss:
-        """The loss for a :class:`~histomag.models.dmsl.MultiMagNet` mode (SIM only for ``"sim"``)."""
-        return cls(use_sim=mode in SIM_MODES, **kwargs)  # type: ignore[arg-type]
+        """The loss for a registered mode (SIM only where its :class:`~histomag.models.modes.ModeSpec` uses it)."""
+        from histomag.models.modes import get_mode
+
+        return cls(use_sim=get_mode(mode).uses_sim, **kwargs)  # type: ignore[arg-type]
 
     def forward(self, outputs: Mapping[str, object], target: Tensor, *,
                 beta: float | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from histomag.data.folder import patient_of
 from histomag.errors import CheckpointError
 
 DMSL_TYPE = "dmsl"
@@ -75,11 +76,11 @@ class DMSLRun:
     @property
     def label(self) -> str:
         """Method, backbone and magnification combination, e.g. ``DMSL (tiny) 40x+20x``."""
-        from histomag.train.clsmetrics import METHOD_NAMES
+        from histomag.models.modes import mode_method
 
         c = self.config
         mags = "+".join(f"{float(m):g}x" for m in c.get("magnifications", []))
-        return f"{METHOD_NAMES.get(c.get('mode'), c.get('mode'))} ({c.get('backbone')}) {mags}".strip()
+        return f"{mode_method(str(c.get('mode')))} ({c.get('backbone')}) {mags}".strip()
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def read_fold(run_dir: Path, k: int, classes: list[str]) -> FoldPredictions | No
             fraction = json.loads(split_path.read_text()).get("train_fraction")
         except (OSError, ValueError, AttributeError):
             fraction = None
-    patients = [r.get("patient_id") or r.get("slide_id", "") for r in rows]
+    patients = [patient_of(r) for r in rows]
     return FoldPredictions(k, patients, np.array([index[r["label"]] for r in rows], dtype=int), probs,
                            None if fraction is None else float(fraction))
 

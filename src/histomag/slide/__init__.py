@@ -13,7 +13,12 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "openslide", "tiffslide", "image"]
 BACKENDS = ("auto", "openslide", "tiffslide", "image")
-PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+#: files only the plain-image reader opens
+PLAIN_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+#: whole-slide formats (a .tif/.tiff may also be a plain image: the image reader takes it when no slide reader does)
+WSI_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"})
+#: what a folder of "slides or images" is expanded to, everywhere
+SLIDE_AND_IMAGE_SUFFIXES = WSI_SUFFIXES | PLAIN_IMAGE_SUFFIXES
 
 __all__ = ["Slide", "SlideMetadata", "MppSource", "MppOverride", "open_slide", "slide_id_from_path", "BACKENDS"]
 

@@ -14,7 +14,6 @@ from histomag.slide.base import MppOverride, Slide, SlideMetadata
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 Image.MAX_IMAGE_PIXELS = 1 << 31
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from histomag.models.modes import mode_method
+
 METRICS: tuple[str, ...] = ("precision", "recall", "accuracy", "f1", "auc")
 TABLE_KEYS: tuple[tuple[str, str], ...] = (("PRE", "precision"), ("REC", "recall"), ("ACC", "accuracy"),
                                            ("F1", "f1"), ("AUC", "auc"))
-METHOD_NAMES = {"sim": "DMSL", "mm": "MM", "single": "Single", "mscn": "MSCN"}
 TABLE_COLUMNS = ["method", "combination", "mode", "level", "PRE", "REC", "ACC", "F1", "AUC"]
 
 
@@ -151,7 +152,7 @@ def table_rows(summary: dict[str, dict[str, dict[str, float]]], *, mode: str, ma
                backbone: str) -> list[dict[str, str]]:
     """Rows laid out like the paper's Table III, one per level (patch, patient)."""
     combination = "+".join(f"{m:g}x" for m in magnifications)
-    method = f"{METHOD_NAMES.get(mode, mode)} ({backbone})"
+    method = f"{mode_method(mode)} ({backbone})"
     rows = []
     for level in ("patch", "patient"):
         row = {"method": method, "combination": combination, "mode": mode, "level": level}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
+from histomag.data.folder import patient_of
 from histomag.data.tuples import TupleDataset, class_names_of, tuple_transform
 from histomag.errors import CheckpointError, ConfigError, DatasetError
 from histomag.train.clsmetrics import (
@@ -52,6 +53,8 @@ from histomag.train.dmsl import (
 log = logging.getLogger(__name__)
 
 RUN_VERSION = 1
+TUPLE_LAYOUTS = {"context": "same centre and pixel size, growing field of view",
+                 "same-fov": "the same tissue at every magnification"}
 #: decoded training images kept in memory per process (a DataLoader worker keeps its own)
 TRAIN_CACHE_MB = 1024
 
@@ -201,7 +204,7 @@ def _write_predictions(path: Path, rows: Sequence[dict], probs: np.ndarray, clas
     header = ["tuple_id", "slide_id", "patient_id", "label", "predicted"] + [f"prob_{c}" for c in class_names]
     out = []
     for row, p in zip(rows, probs):
-        out.append([row.get("tuple_id", ""), row.get("slide_id", ""), row.get("patient_id") or row.get("slide_id", ""),
+        out.append([row.get("tuple_id", ""), row.get("slide_id", ""), patient_of(row),
                     row.get("label", ""), class_names[int(np.argmax(p))] if len(p) else ""]
                    + [f"{v:.6g}" for v in p])
     atomic_write_csv(path, header, out)
@@ -253,7 +256,7 @@ def _datasets(data_dir: Path, config: DMSLConfig, rows: Sequence[dict], classes:
               *, train: bool) -> TupleDataset:
     return TupleDataset(data_dir, config.magnifications, rows=rows, classes=classes,
                         transform=tuple_transform(mean, std, train=train and config.augment),
-                        subset=config.mode == "single", cache_mb=TRAIN_CACHE_MB if train else 0)
+                        subset=config.spec.single, cache_mb=TRAIN_CACHE_MB if train else 0)
 
 
 def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig, *, resume: bool = False,
@@ -274,10 +277,11 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
     """
     data_dir, run_dir = Path(data_dir), Path(out_dir)
     check_backbone(config.backbone)
-    probe = TupleDataset(data_dir, config.magnifications, subset=config.mode == "single")
-    if config.mode == "mscn" and probe.tuple_mode == "same-fov":
-        warnings.warn(f"mode mscn expects context tuples (same centre and pixel size, growing field of view) but "
-                      f"{data_dir} holds same-fov tuples; tile with --mode context", UserWarning, stacklevel=2)
+    probe = TupleDataset(data_dir, config.magnifications, subset=config.spec.single)
+    if not config.spec.single and config.spec.tuple_mode != probe.tuple_mode:
+        warnings.warn(f"mode {config.mode} expects {config.spec.tuple_mode} tuples ({TUPLE_LAYOUTS[config.spec.tuple_mode]}) "
+                      f"but {data_dir} holds {probe.tuple_mode} tuples; tile with --mode {config.spec.tuple_mode}",
+                      UserWarning, stacklevel=2)
     rows = cap_per_slide(probe.rows, config.max_tuples, config.seed)
     classes = class_names_of(r["label"] for r in rows)
     if len(classes) < 2:
@@ -295,7 +299,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
         "tile_settings": probe.settings})
     run = read_run(run_dir)
     labels = [r["label"] for r in rows]
-    patients = [r.get("patient_id") or r.get("slide_id", "") for r in rows]
+    patients = [patient_of(r) for r in rows]
     warn_thin_classes(labels, patients)
     from histomag.models.backbones import create_backbone
 
@@ -319,7 +323,7 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
         log.info("fold %d is finished; kept", k)
         return json.loads(metrics_path.read_text())
     labels = [rows[i]["label"] for i in train_idx]
-    pats = [rows[i].get("patient_id") or rows[i].get("slide_id", "") for i in train_idx]
+    pats = [patient_of(rows[i]) for i in train_idx]
     tr, va = carve_validation(labels, pats, config.val_fraction, config.seed + k)
     tr = tr[subsample([labels[i] for i in tr], config.train_fraction, config.seed + k)]
     train_rows = [rows[train_idx[i]] for i in tr]
@@ -332,12 +336,10 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
                       stacklevel=3)
     fold_dir.mkdir(parents=True, exist_ok=True)
 
-    def pid(r: dict) -> str:
-        return r.get("patient_id") or r.get("slide_id", "")
-
     atomic_write_json(fold_dir / "split.json", {
-        "fold": k, "train_patients": sorted({pid(r) for r in train_rows}),
-        "val_patients": sorted({pid(r) for r in val_rows}), "test_patients": sorted({pid(r) for r in test_rows}),
+        "fold": k, "train_patients": sorted({patient_of(r) for r in train_rows}),
+        "val_patients": sorted({patient_of(r) for r in val_rows}),
+        "test_patients": sorted({patient_of(r) for r in test_rows}),
         "n_train": len(train_rows), "n_val": len(val_rows), "n_test": 0 if final else len(test_rows),
         "final_model": final,
         "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]})
@@ -351,7 +353,7 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
     probs = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
                           num_workers=config.num_workers)
     _write_predictions(pred_path, test_rows, probs, classes)
-    metrics = evaluate_predictions([pid(r) for r in test_rows], test_set.targets, probs, classes, where=f"fold {k}")
+    metrics = evaluate_predictions([patient_of(r) for r in test_rows], test_set.targets, probs, classes, where=f"fold {k}")
     atomic_write_json(metrics_path, metrics)
     return metrics
 
@@ -401,7 +403,7 @@ def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
     ckpt = fold_checkpoint(run, k)
     wanted = json.loads(split_path.read_text())["test_tuples"]
     by_id = {r["tuple_id"]: r for r in TupleDataset(run.data_dir, run.config.magnifications,
-                                                      subset=run.config.mode == "single").rows}
+                                                      subset=run.config.spec.single).rows}
     lost = [t for t in wanted if t not in by_id]
     if lost:
         raise DatasetError(f"{run.data_dir} lacks {len(lost)} test tuples of fold {k} (e.g. {lost[0]}); "
@@ -410,7 +412,7 @@ def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
     task = load_task(ckpt)
     test_set = TupleDataset(run.data_dir, run.config.magnifications, rows=rows, classes=run.class_names,
                             transform=tuple_transform(task.input_mean, task.input_std, train=False),
-                            subset=run.config.mode == "single")
+                            subset=run.config.spec.single)
     probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
     _write_predictions(fold_dir / "predictions.csv", rows, probs, run.class_names)
 
@@ -431,7 +433,7 @@ def predict_folder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Pat
     models = load_fold_models(run, fold)
     data = TupleDataset(data_dir, run.config.magnifications, classes=run.class_names, labelled_only=False,
                         transform=tuple_transform(models[0].input_mean, models[0].input_std, train=False),
-                        subset=run.config.mode == "single")
+                        subset=run.config.spec.single)
     probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size, num_workers=num_workers,
                           progress=progress)
     out = Path(out_dir) / "predictions.csv"

@@ -33,7 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from histomag.errors import CheckpointError, ConfigError
-from histomag.models.dmsl import FUSIONS, MODES, MultiMagNet
+from histomag.models.dmsl import FUSIONS, MultiMagNet
+from histomag.models.modes import ModeSpec, get_mode
 from histomag.models.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
 from histomag.train.common import lightning_quiet, read_checkpoint
 
@@ -115,8 +116,7 @@ class DMSLConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "magnifications", tuple(float(m) for m in self.magnifications))
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        spec = get_mode(self.mode)  # ConfigError listing the valid modes
         if self.sim_form not in SIM_FORMS:
             raise ConfigError(f"unknown SIM form {self.sim_form!r}; valid: {', '.join(SIM_FORMS)}")
         if self.select_on not in SELECT_ON:
@@ -124,10 +124,10 @@ class DMSLConfig:
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
         n = len(self.magnifications)
-        if self.mode == "single" and n != 1:
-            raise ConfigError(f"--mode single takes one magnification, got --mags {_mags(self.magnifications)}; "
+        if spec.single and n != 1:
+            raise ConfigError(f"--mode {self.mode} takes one magnification, got --mags {_mags(self.magnifications)}; "
                               "e.g. --mags 40")
-        if self.mode != "single" and n < 2:
+        if not spec.single and n < 2:
             raise ConfigError(f"--mode {self.mode} needs at least two magnifications, e.g. --mags 40,20")
         checks = [(self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
                   (self.lr > 0, f"--lr {self.lr} must be > 0"),
@@ -145,6 +145,11 @@ class DMSLConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def spec(self) -> ModeSpec:
+        """The registered :class:`~histomag.models.modes.ModeSpec` of ``mode``."""
+        return get_mode(self.mode)
 
     def replace(self, **changes: Any) -> DMSLConfig:
         """A copy with some fields changed (validated again)."""
