@@ -95,3 +95,36 @@ def test_read_needs_one_of_mag_or_mpp(memory_slide):
         memory_slide.read((10.0, 10.0), 8)
     out = memory_slide.read((512.0, 512.0), 64, mpp=1.0)
     np.testing.assert_array_equal(out, memory_slide.read((512.0, 512.0), 64, magnification=10))
+
+
+def test_white_composite_blends_in_integers_and_skips_opaque_regions() -> None:
+    from histomag.slide.props import white_composite
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (64, 48, 4), dtype=np.uint8)
+    rgba[:8, :, 3] = 0  # outside the scan
+    rgba[8:16, :, 3] = 255
+    ref_rgb = rgba[..., :3].astype(np.float64)
+    ref_a = rgba[..., 3:4].astype(np.float64) / 255.0
+    reference = np.floor(ref_rgb * ref_a + 255.0 * (1.0 - ref_a) + 0.5).astype(np.uint8)
+    out = white_composite(rgba)
+    assert out.dtype == np.uint8 and out.shape == (64, 48, 3)
+    assert np.array_equal(out, reference)  # the exact rounded blend, for every alpha
+    assert (out[:8] == 255).all() and np.array_equal(out[8:16], rgba[8:16, :, :3])
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    assert np.array_equal(white_composite(opaque), opaque[..., :3])
+
+
+def test_white_composite_takes_pil_regions_too() -> None:
+    from PIL import Image
+
+    from histomag.slide.props import white_composite
+
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    assert np.array_equal(white_composite(Image.fromarray(rgba, "RGBA")), rgba[..., :3])
+    rgba[:5, :, 3] = 0
+    out = white_composite(Image.fromarray(rgba, "RGBA"))
+    assert (out[:5] == 255).all() and np.array_equal(out[5:], rgba[5:, :, :3])

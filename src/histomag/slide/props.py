@@ -90,12 +90,18 @@ def stated_mpp_xy(props: Mapping[str, Any], key_x: str, key_y: str,
 
 def white_composite(region: Any) -> np.ndarray:
     """RGB uint8 from a PIL image or array; transparent pixels (outside the scan) become white."""
+    if getattr(region, "mode", None) == "RGBA" and region.getchannel("A").getextrema()[0] == 255:
+        return np.asarray(region.convert("RGB"))  # opaque PIL region: PIL drops alpha in C, one copy
     arr = np.asarray(region)
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2).astype(np.uint8)
     if arr.shape[2] == 4:
-        rgb = arr[..., :3].astype(np.float32)
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        # OpenSlide returns premultiplied-free RGBA: blend with white by alpha
-        return np.clip(rgb * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+        alpha = arr[..., 3]
+        if alpha.min() == 255:  # inside the scan (nearly every read): no blend, no float copy
+            return np.ascontiguousarray(arr[..., :3])
+        # OpenSlide returns non-premultiplied RGBA: blend with white by alpha, in integers
+        # (round(rgb * a / 255 + 255 - a) exactly: the numerator + 127 never lands on a multiple of 255)
+        a = alpha[..., None].astype(np.uint16)
+        out = (arr[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+        return out.astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False)
