@@ -8,6 +8,7 @@ the images of its *test* groups (never seen in training) three times, reading ea
   the shipped default unless ``--checkpoint``), from the file as a user has it (no anisotropy
   known); an estimate whose interval is wider than ``--max-uncertainty`` is refused, as
   ``histomag dmsl predict --mpp estimate`` refuses it, and counts as not predicted;
+* ``estimated-anyway``: the same estimates, every one used however uncertain;
 * ``assumed-40x``: 0.25 µm/px for every image (a user who takes snapshots for 40x scans).
 
 Prints image-level accuracy and macro F1 per setting (over all test images; refused or failed
@@ -29,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 
+SETTINGS = ("true", "estimated", "estimated-anyway", "assumed-40x")
+
+
 def test_images(run_dir: Path, index: Path, fold: int, group_block: int) -> list:
     """The index rows (as tile jobs) of the groups fold ``fold`` tested."""
     from histomag.data.index import block_groups, read_index
@@ -38,6 +42,16 @@ def test_images(run_dir: Path, index: Path, fold: int, group_block: int) -> list
     rows, _ = block_groups(read_index(index, require_label=True), group_block)
     tested = set(split["test_patients"])
     return [SlideJob(r.path, mpp=r.mpp, label=r.label, patient_id=r.group) for r in rows if r.group in tested]
+
+
+def uncertainty(e: dict) -> float | None:
+    """Half the magnification interval's width relative to the estimate (as MagnificationEstimate has it)."""
+    if e.get("relative_uncertainty") is not None:
+        return float(e["relative_uncertainty"])
+    if e.get("magnification_interval") and e.get("magnification"):
+        lo, hi = e["magnification_interval"]
+        return (hi - lo) / (2 * e["magnification"])
+    return None
 
 
 def macro_f1(truth: list[str], pred: list[str], classes: list[str]) -> float:
@@ -77,17 +91,19 @@ def main() -> None:
                 estimator = estimator or load_estimator(args.checkpoint)
                 estimates[job.path] = estimator.estimate_file(job.path)
         cache.write_text(json.dumps(estimates))
-        for setting in ("true", "estimated", "assumed-40x"):
+        for setting in SETTINGS:
             failed: dict[str, str] = {}
             if setting == "true":
                 use = jobs
             elif setting == "assumed-40x":
                 use = [replace(j, mpp=0.25) for j in jobs]
+            elif setting == "estimated-anyway":
+                use = [replace(j, mpp=estimates[j.path].get("mpp")) for j in jobs]
             else:
                 use = []
                 for j in jobs:
                     e = estimates[j.path]
-                    unc = e.get("relative_uncertainty")
+                    unc = uncertainty(e)
                     if e.get("mpp") is None or (unc is not None and unc > args.max_uncertainty):
                         failed[j.path] = f"estimate refused ({e.get('error') or f'±{unc:.0%}'})"
                     use.append(replace(j, mpp=e.get("mpp")))
@@ -97,7 +113,7 @@ def main() -> None:
                 e = estimates[r.image]
                 rows.append({"fold": k, "setting": setting, "image": Path(r.image).name, "label": r.label,
                              "predicted": pred, "mpp_used": r.mpp or "", "n_tuples": r.n_tuples,
-                             "estimated_mpp": e.get("mpp") or "", "uncertainty": e.get("relative_uncertainty") or "",
+                             "estimated_mpp": e.get("mpp") or "", "uncertainty": uncertainty(e) or "",
                              "error": r.error})
         print(f"fold {k}: {len(jobs)} test images", flush=True)
     with open(args.out / "bridge.csv", "w", newline="") as fh:
@@ -106,12 +122,17 @@ def main() -> None:
         writer.writerows(rows)
     print("| reading at | images | predicted | image accuracy | macro F1 |")
     print("|---|---|---|---|---|")
-    for setting in ("true", "estimated", "assumed-40x"):
+    for setting in SETTINGS:
         sel = [r for r in rows if r["setting"] == setting]
         truth, pred = [r["label"] for r in sel], [r["predicted"] for r in sel]
         acc = np.mean([t == p for t, p in zip(truth, pred)])
         print(f"| {setting} | {len(sel)} | {sum(bool(p) for p in pred)} | {acc:.3f} | "
               f"{macro_f1(truth, pred, run.class_names):.3f} |")
+    for label in run.class_names:
+        e = [float(r["estimated_mpp"]) for r in rows if r["setting"] == "true" and r["estimated_mpp"]
+             and r["label"] == label]
+        if e:
+            print(f"estimates of {label} images: median {np.median(e):.3f} µm/px ({len(e)} images)")
     est = [float(r["estimated_mpp"]) for r in rows if r["setting"] == "true" and r["estimated_mpp"]]
     rel = np.abs(np.array(est) / 0.56 - 1)
     bias = np.median(np.log(np.array(est) / 0.56))

@@ -134,7 +134,8 @@ class MagnificationEstimate:
                                "n_crops": self.n_crops, "log_mad": round(self.log_mad, 4)}
         if self.interval is not None:
             lo, hi = self.mpp_interval  # type: ignore[misc]
-            out.update(interval_level=self.level, magnification_interval=[round(v, 3) for v in self.interval],
+            out.update(interval_level=self.level, relative_uncertainty=round(self.relative_uncertainty, 4),  # type: ignore[arg-type]
+                       magnification_interval=[round(v, 3) for v in self.interval],
                        mpp_interval=[round(lo, 5), round(hi, 5)])
         return out
 
