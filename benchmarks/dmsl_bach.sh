@@ -42,4 +42,8 @@ PYTHONPATH="$ROOT/src" "$ROOT/.venv/bin/python" "$ROOT/benchmarks/dmsl_bach_brid
 $H report sim-dist mm single-10 single-5 sim-paper mscn sim-dist-f05 sim-dist-f10 sim-dist-f50 \
   single-10-f05 single-10-f10 single-10-f50 --cams cams-sim --cams cams-mm --similarity similarity \
   --title "DMSL on BACH (10x+5x, 150 µm, tiny backbone, 5-fold grouped CV)" --out bach-report.html
-cat times.txt bridge.txt
+PYTHONPATH="$ROOT/src" "$ROOT/.venv/bin/python" "$ROOT/benchmarks/dmsl_bach_table.py" single-10 single-5 mm sim-dist \
+  sim-paper mscn --reference single-10 > table.md
+PYTHONPATH="$ROOT/src" "$ROOT/.venv/bin/python" "$ROOT/benchmarks/dmsl_bach_table.py" single-10-f05 single-10-f10 \
+  single-10-f50 single-10 sim-dist-f05 sim-dist-f10 sim-dist-f50 sim-dist > fractions.md
+cat times.txt table.md fractions.md bridge.txt
