@@ -177,7 +177,8 @@ def main() -> int:
 
     from histomag.data.tuples import TupleDataset, tuple_transform
     from histomag.resolution import parse_magnifications
-    from histomag.train.dmsl import DMSLConfig, DMSLTask, make_loader
+    from histomag.train.common import make_loader
+    from histomag.train.dmsl import DMSLConfig, DMSLTask
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # after the import, which sets them to INFO
         logging.getLogger(name).setLevel(logging.ERROR)

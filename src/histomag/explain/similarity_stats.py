@@ -124,7 +124,7 @@ def similarity_scores(model: Any, dataset: Any, *, feature: str = "pooled", batc
     """
     import torch
 
-    from histomag.train.dmsl import make_loader
+    from histomag.train.common import make_loader
 
     net = getattr(model, "model", model).eval()
     if net.n_inputs < 2:

@@ -1,4 +1,8 @@
-"""Pieces both training tasks share: a quiet Lightning and checkpoint reading with type checks."""
+"""The fit loop's shared pieces: loaders, trainer settings, best/last checkpoints, a quiet Lightning, checkpoint reading.
+
+Both tasks (DMSL in :mod:`histomag.train.dmsl`, magnification in :mod:`histomag.train.magnification`)
+build their Lightning runs from these; each keeps only what is its own (model, data, metrics).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,58 @@ def lightning_quiet(verbose: bool) -> Iterator[None]:
             rank_zero.removeFilter(_not_a_tip)
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
+
+
+def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, num_workers: int, seed: int | None = None,
+                drop_last: bool | None = None, persistent: bool = True) -> Any:
+    """A DataLoader with the settings every task shares.
+
+    Args:
+        dataset: a map-style dataset.
+        batch_size, shuffle, num_workers: as for ``DataLoader``.
+        seed: seeds the shuffling generator (reproducible order).
+        drop_last: None drops the last batch only when shuffling would leave it a single sample
+            (BatchNorm needs more than one); True/False as given.
+        persistent: keep worker processes between epochs.
+    """
+    from torch.utils.data import DataLoader
+
+    if drop_last is None:
+        n = len(dataset)
+        drop_last = shuffle and n > batch_size and n % batch_size == 1
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+                      persistent_workers=persistent and num_workers > 0, pin_memory=torch.cuda.is_available(),
+                      generator=generator)
+
+
+def default_precision(precision: str | None, accelerator: str = "auto") -> str:
+    """``precision`` as given, else 16-bit mixed on a GPU and 32-bit on a CPU."""
+    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    return precision or ("16-mixed" if cuda else "32-true")
+
+
+def checkpoint_callbacks(ckpt_dir: Path, monitor: str) -> tuple[Any, Any]:
+    """``best.ckpt`` (lowest ``monitor``) and ``last.ckpt`` (every epoch, for resume) callbacks.
+
+    Lightning's ``save_last`` only refreshes ``last.ckpt`` when a top-k file is written, so "last" is
+    a second, unmonitored callback; put it after "best" in the callback list.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    return best, last
+
+
+def ensure_best(ckpt_dir: Path) -> Path:
+    """``best.ckpt``, copied from ``last.ckpt`` when no validation finished (e.g. stopped by a time limit)."""
+    best, last = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
+    if last.is_file() and not best.is_file():
+        best.write_bytes(last.read_bytes())
+    return best
 
 
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict, dict | None]:

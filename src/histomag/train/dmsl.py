@@ -36,7 +36,14 @@ from histomag.errors import CheckpointError, ConfigError
 from histomag.models.dmsl import FUSIONS, MultiMagNet
 from histomag.models.modes import ModeSpec, get_mode
 from histomag.models.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
-from histomag.train.common import lightning_quiet, read_checkpoint
+from histomag.train.common import (
+    checkpoint_callbacks,
+    default_precision,
+    ensure_best,
+    lightning_quiet,
+    make_loader,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,17 +305,6 @@ class DMSLTask(L.LightningModule):
 
 
 # ----- data -------------------------------------------------------------------------------------
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int,
-                seed: int | None = None) -> DataLoader:
-    """A DataLoader with persistent workers and a last batch that is never a single tuple."""
-    n = len(dataset)  # type: ignore[arg-type]
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
-                      drop_last=shuffle and n > batch_size and n % batch_size == 1,  # BatchNorm needs > 1
-                      generator=generator)
-
-
 class TupleDataModule(L.LightningDataModule):
     """Training and validation tuple datasets (already split and transformed) as loaders."""
 
@@ -357,9 +353,8 @@ def _loggers(out_dir: Path) -> list[Any]:
 
 def trainer_kwargs(config: DMSLConfig) -> dict[str, Any]:
     """Lightning Trainer arguments for a config (precision, devices, strategy, limits)."""
-    cuda = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
     kw: dict[str, Any] = dict(accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-                              strategy=config.strategy, precision=config.precision or ("16-mixed" if cuda else "32-true"),
+                              strategy=config.strategy, precision=default_precision(config.precision, config.accelerator),
                               max_epochs=config.epochs, enable_model_summary=False, log_every_n_steps=1)
     if config.max_time:
         kw["max_time"] = config.max_time
@@ -385,11 +380,7 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
     Returns:
         Paths of the best and last checkpoints and where training stopped.
     """
-    from lightning.pytorch.callbacks import (
-        EarlyStopping,
-        ModelCheckpoint,
-        RichProgressBar,
-    )
+    from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -402,9 +393,8 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
         task = DMSLTask(config, class_names)
         data = TupleDataModule(train_set, val_set if has_val else None, batch_size=config.batch_size,
                                num_workers=config.num_workers, seed=seed)
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                                     save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-        cbs: list[Any] = [checkpoint, EarlyStopping(monitor=monitor, mode="min", patience=config.patience),
+        checkpoint, latest = checkpoint_callbacks(ckpt_dir, monitor)
+        cbs: list[Any] = [checkpoint, latest, EarlyStopping(monitor=monitor, mode="min", patience=config.patience),
                           *callbacks]
         if progress:
             cbs.append(RichProgressBar(console_kwargs={"stderr": True}))
@@ -412,9 +402,7 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
                             logger=_loggers(out_dir), enable_progress_bar=progress,
                             num_sanity_val_steps=0)
         trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.is_file() else None)
-    best = ckpt_dir / "best.ckpt"
-    if trainer.is_global_zero and last.is_file() and not best.is_file():  # e.g. stopped by max_time
-        best.write_bytes(last.read_bytes())
+    best = ensure_best(ckpt_dir) if trainer.is_global_zero else ckpt_dir / "best.ckpt"
     score = checkpoint.best_model_score
     return FitResult(best, last, int(trainer.current_epoch), int(trainer.global_step),
                      None if score is None else float(score), bool(trainer.is_global_zero))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from histomag.errors import ConfigError, DatasetError
 
@@ -317,12 +317,3 @@ class MagnificationDataset(Dataset):
         if self.train and self.jitter is not None:
             image = jitter_colors(image.astype(np.float32) * np.float32(1 / 255), *self.jitter)
         return to_normalized_tensor(image, self.mean, self.std), torch.tensor(rec.magnification, dtype=torch.float32)
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, drop_last: bool = False,
-                seed: int | None = None, persistent: bool = True) -> DataLoader:
-    """A DataLoader with the settings every magnification loader shares."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=drop_last, persistent_workers=persistent and num_workers > 0, generator=generator,
-                      pin_memory=torch.cuda.is_available())

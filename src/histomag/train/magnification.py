@@ -34,7 +34,13 @@ from torch import Tensor, nn
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.errors import ConfigError
 from histomag.models.magnifier import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
-from histomag.train.common import lightning_quiet
+from histomag.train.common import (
+    checkpoint_callbacks,
+    default_precision,
+    ensure_best,
+    lightning_quiet,
+    make_loader,
+)
 from histomag.train.magconfig import (
     ARCHITECTURE_FIELDS,
     CHECKPOINT_FORMAT,
@@ -47,7 +53,6 @@ from histomag.train.magconfig import (
 from histomag.train.magdata import (
     MagnificationDataset,
     filter_levels,
-    make_loader,
     read_manifest,
 )
 from histomag.train.maginfer import load_magnifier, predict_images, read_run_config
@@ -223,8 +228,8 @@ def _merge_logs(run_dir: Path) -> None:
 
 def _trainer_kwargs(config: MagnifierConfig) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
-    precision = config.precision or ("16-mixed" if cuda else "32-true")
-    kw: dict[str, Any] = dict(accelerator="auto", devices=1, precision=precision, max_epochs=config.epochs,
+    kw: dict[str, Any] = dict(accelerator="auto", devices=1, precision=default_precision(config.precision),
+                              max_epochs=config.epochs,
                               enable_model_summary=False, num_sanity_val_steps=1,
                               deterministic=not cuda)  # CUDA has no deterministic adaptive-pool backward
     if config.max_time_minutes is not None:
@@ -256,11 +261,7 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
         ConfigError: resuming with different architecture settings, or ``resume=False`` on a
             folder that already holds checkpoints.
     """
-    from lightning.pytorch.callbacks import (
-        LearningRateMonitor,
-        ModelCheckpoint,
-        RichProgressBar,
-    )
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     run_dir = Path(out_dir)
@@ -285,12 +286,7 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
             **(extra_config or {}),
             "versions": {"torch": torch.__version__, "lightning": L.__version__},
         })
-        # Lightning's save_last only refreshes last.ckpt when a top-k file is written, so "last" is
-        # a second, unmonitored checkpoint callback (it runs after "best", so it holds best's state).
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=config.monitor, mode="min",
-                                     save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-        latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                                 auto_insert_metric_name=False, enable_version_counter=False)
+        checkpoint, latest = checkpoint_callbacks(ckpt_dir, config.monitor)
         callbacks: list[Any] = [checkpoint, latest, LearningRateMonitor(logging_interval="epoch")]
         if progress:
             callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
@@ -304,9 +300,7 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
         finally:
             torch.use_deterministic_algorithms(deterministic_before)
             _merge_logs(run_dir)
-    best = ckpt_dir / "best.ckpt"
-    if last.is_file() and not best.is_file():  # no validation finished (e.g. max_time): fall back to last
-        best.write_bytes(last.read_bytes())
+    ensure_best(ckpt_dir)
     score = checkpoint.best_model_score
     atomic_write_json(run_dir / "train_summary.json", {
         "best_" + config.monitor: None if score is None else float(score),

@@ -70,7 +70,7 @@ class SourceTraining:
 def _datamodule(sources: Sequence[RealSource], training: SourceTraining) -> Callable[..., Any]:
     import lightning.pytorch as L
 
-    from histomag.train.magdata import make_loader
+    from histomag.train.common import make_loader
 
     class SourceDataModule(L.LightningDataModule):
         def __init__(self, config: MagnifierConfig, mean: Sequence[float], std: Sequence[float]) -> None:
