@@ -15,12 +15,11 @@ what they show is out of sample. :func:`fold_test_data` is the shared loader; he
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histomag.errors import CheckpointError, ConfigError, DatasetError
+from histomag.errors import ConfigError
 
 __all__ = ["FoldData", "fold_test_data", "check_class", "fold_numbers"]
 
@@ -79,27 +78,9 @@ def fold_test_data(run_dir: str | Path, data_dir: str | Path | None, fold: int) 
             message names the file and the command that makes it).
         DatasetError: ``data_dir`` lacks test tuples of the fold.
     """
-    from histomag.data.tuples import TupleDataset, tuple_transform
-    from histomag.train.cv import fold_checkpoint, read_run
-    from histomag.train.dmsl import TRAIN_HINT, load_task
+    from histomag.train.cv import fold_test_set, read_run
 
     run = read_run(run_dir)
     fold_numbers(run, fold)
-    split_path = run.fold_dir(fold) / "split.json"
-    if not split_path.is_file():
-        raise CheckpointError(f"{split_path} is missing (fold {fold} never started); make it with: "
-                              f"{TRAIN_HINT} --resume")
-    ckpt = fold_checkpoint(run, fold)
-    wanted = [str(t) for t in json.loads(split_path.read_text()).get("test_tuples", [])]
-    data_dir = Path(data_dir) if data_dir is not None else run.data_dir
-    single = run.config.spec.single
-    by_id = {r["tuple_id"]: r for r in TupleDataset(data_dir, run.config.magnifications, subset=single).rows}
-    lost = [t for t in wanted if t not in by_id]
-    if lost:
-        raise DatasetError(f"{data_dir} lacks {len(lost)} test tuples of fold {fold} (e.g. {lost[0]}); "
-                           "pass the dataset folder the run was trained on")
-    task = load_task(ckpt)
-    dataset = TupleDataset(data_dir, run.config.magnifications, rows=[by_id[t] for t in wanted],
-                           classes=run.class_names, transform=tuple_transform(task.input_mean, task.input_std,
-                                                                              train=False), subset=single)
+    task, dataset = fold_test_set(run, fold, data_dir)
     return FoldData(fold, task, dataset, list(run.class_names), run.config.mode)

@@ -394,27 +394,41 @@ def fold_checkpoint(run: RunInfo, k: int) -> Path:
                           f"make it with: {TRAIN_HINT} --resume")
 
 
-def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
-    fold_dir = run.fold_dir(k)
-    split_path = fold_dir / "split.json"
+def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> tuple[Any, TupleDataset]:
+    """Fold ``k``'s best model and its test tuples (from ``data_dir``, default the run's dataset folder).
+
+    Raises:
+        CheckpointError: the fold's split.json or checkpoint is missing (the message names the file
+            and the command that makes it).
+        DatasetError: the dataset folder lacks test tuples of the fold.
+    """
+    split_path = run.fold_dir(k) / "split.json"
     if not split_path.is_file():
-        raise CheckpointError(f"{fold_dir / 'predictions.csv'} and {split_path.name} are missing; "
-                              f"make them with: {TRAIN_HINT} --resume")
+        raise CheckpointError(f"{split_path} is missing (fold {k} never started); make it with: "
+                              f"{TRAIN_HINT} --resume")
     ckpt = fold_checkpoint(run, k)
-    wanted = json.loads(split_path.read_text())["test_tuples"]
-    by_id = {r["tuple_id"]: r for r in TupleDataset(run.data_dir, run.config.magnifications,
-                                                      subset=run.config.spec.single).rows}
+    wanted = [str(t) for t in json.loads(split_path.read_text()).get("test_tuples", [])]
+    data_dir = Path(data_dir) if data_dir is not None else run.data_dir
+    single = run.config.spec.single
+    by_id = {r["tuple_id"]: r for r in TupleDataset(data_dir, run.config.magnifications, subset=single).rows}
     lost = [t for t in wanted if t not in by_id]
     if lost:
-        raise DatasetError(f"{run.data_dir} lacks {len(lost)} test tuples of fold {k} (e.g. {lost[0]}); "
-                           "restore the dataset folder the run was trained on")
-    rows = [by_id[t] for t in wanted]
+        raise DatasetError(f"{data_dir} lacks {len(lost)} test tuples of fold {k} (e.g. {lost[0]}); "
+                           "use the dataset folder the run was trained on")
     task = load_task(ckpt)
-    test_set = TupleDataset(run.data_dir, run.config.magnifications, rows=rows, classes=run.class_names,
-                            transform=tuple_transform(task.input_mean, task.input_std, train=False),
-                            subset=run.config.spec.single)
+    return task, TupleDataset(data_dir, run.config.magnifications, rows=[by_id[t] for t in wanted],
+                              classes=run.class_names, subset=single,
+                              transform=tuple_transform(task.input_mean, task.input_std, train=False))
+
+
+def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
+    fold_dir = run.fold_dir(k)
+    if not (fold_dir / "split.json").is_file():
+        raise CheckpointError(f"{fold_dir / 'predictions.csv'} and split.json are missing; "
+                              f"make them with: {TRAIN_HINT} --resume")
+    task, test_set = fold_test_set(run, k)
     probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
-    _write_predictions(fold_dir / "predictions.csv", rows, probs, run.class_names)
+    _write_predictions(run.fold_dir(k) / "predictions.csv", test_set.rows, probs, run.class_names)
 
 
 # ----- predict ----------------------------------------------------------------------------------
