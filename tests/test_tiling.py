@@ -2,12 +2,13 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import MemorySlide, textured
+from helpers import MemorySlide, nuclei_image, textured
 from histomag.cli.main import run
 from histomag.data.folder import DatasetFolder, TileSettings, manifest_columns
 from histomag.data.tiler import SlideJob, patient_id_for, tile_slides
@@ -213,3 +214,31 @@ def test_patient_ids():
 def test_manifest_columns():
     cols = manifest_columns([20, 40])
     assert cols[-2:] == ["image_40x", "image_20x"] and "patient_id" in cols
+
+
+@pytest.mark.parametrize("fmt, suffix", [("jpeg", ".jpg"), ("webp", ".webp")])
+def test_tile_writes_lossy_formats_and_resumes_them(tmp_path: Path, fmt: str, suffix: str) -> None:
+    from histomag.data.tuples import TupleDataset
+
+    slide = tmp_path / "s.png"
+    Image.fromarray(nuclei_image(512, 512, 0.25, np.random.default_rng(0), density=0.01)).save(slide)
+    out = tmp_path / "ds"
+    args = ["tile", str(slide), "--mpp", "0.25", "--mags", "40,20", "--size", "128", "--min-tissue", "0",
+            "--overlap", "0", "--format", fmt, "--quality", "85", "-q"]
+    assert run([*args, "--out", str(out)]) == 0
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16 and all(r["image_40x"].endswith(suffix) and r["image_20x"].endswith(suffix) for r in rows)
+    data = TupleDataset(out, [40, 20], labelled_only=False)
+    big, small = data[0][0]
+    assert big.shape == (3, 128, 128) and small.shape == (3, 64, 64)
+    original = np.asarray(Image.open(out / rows[0]["image_40x"]).convert("RGB"), dtype=float)
+    assert original.std() > 5  # a real picture, not a blank
+    # a truncated file is found on resume and written again; nothing else is rewritten
+    victim = out / rows[3]["image_20x"]
+    victim.write_bytes(victim.read_bytes()[:-50])
+    assert run([*args, "--out", str(out)]) == 0
+    assert Image.open(victim).size == (64, 64) and Image.open(victim).convert("RGB")  # decodes again
+    # resuming with another format is refused in one line
+    assert run(["tile", str(slide), "--mpp", "0.25", "--mags", "40,20", "--size", "128", "--min-tissue", "0",
+                "--overlap", "0", "--format", "png", "-q", "--out", str(out)]) == 2

@@ -46,6 +46,8 @@ def tile(
                                           "estimate's interval is wider than ± this share (0.25 = ±25%)."),
     allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
+    image_format: str = typer.Option("png", "--format", help="Tuple images: png (lossless), jpeg (4:4:4) or webp."),
+    quality: int = typer.Option(90, "--quality", help="JPEG / WebP quality (1-100)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
@@ -87,7 +89,8 @@ def tile(
     settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                             n_random=n_random, seed=seed, min_tissue=min_tissue,
                             tissue_threshold=tissue_threshold, label_fraction=label_fraction,
-                            negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples)
+                            negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples,
+                            image_format=image_format.lower(), quality=quality)
     results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet) if jobs else []
     ok = [r for r in results if r.status == "ok"]
     failed = [r.error for r in results if r.status != "ok"] + list(failed_early.values())

@@ -56,6 +56,25 @@ def atomic_write_png(path: Path, rgb: np.ndarray, compress_level: int = 1) -> No
     atomic_write_bytes(path, buf.getvalue())
 
 
+#: tuple image formats: file suffix and PIL format name
+IMAGE_FORMATS = {"png": (".png", "PNG"), "jpeg": (".jpg", "JPEG"), "webp": (".webp", "WEBP")}
+
+
+def atomic_write_image(path: Path, rgb: np.ndarray, image_format: str = "png", quality: int = 90) -> None:
+    """Save an array atomically as PNG (lossless, fast compression), JPEG (4:4:4, ``quality``) or WebP (``quality``)."""
+    if image_format == "png":
+        atomic_write_png(path, rgb)
+        return
+    buf = io.BytesIO()
+    if image_format == "jpeg":  # no chroma subsampling: stain colour is signal
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, subsampling=0)
+    elif image_format == "webp":
+        Image.fromarray(rgb).save(buf, format="WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"unknown image format {image_format!r}; valid: {', '.join(IMAGE_FORMATS)}")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any] | dict]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

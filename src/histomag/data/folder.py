@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 from histomag.data.atomic import atomic_write_csv, atomic_write_json, remove_unreferenced
 from histomag.data.runlock import FolderLock, owned_by
-from histomag.errors import DatasetError
+from histomag.errors import ConfigError, DatasetError
 from histomag.resolution import format_magnification
 
 DATASET_VERSION = 1
@@ -36,7 +36,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: settings that must match for a re-run to resume into the same folder
 RESUME_KEYS = ("magnifications", "size", "mode", "placement", "overlap", "seed", "n_random", "min_tissue",
-               "label_fraction", "negative_class")
+               "label_fraction", "negative_class", "image_format", "quality")
+#: what a dataset.json written before a key existed meant by it
+RESUME_DEFAULTS = {"image_format": "png", "quality": 90}
 
 
 
@@ -71,7 +73,23 @@ class TileSettings:
     negative_class: str | None = None
     allow_upsample: bool = False
     max_tuples: int | None = None
+    image_format: str = "png"  # png (lossless), jpeg or webp
+    quality: int = 90  # jpeg / webp quality
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from histomag.data.atomic import IMAGE_FORMATS
+
+        if self.image_format not in IMAGE_FORMATS:
+            raise ConfigError(f"unknown image format {self.image_format!r}; valid: {', '.join(IMAGE_FORMATS)}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"image quality {self.quality} must be in 1..100")
+
+    @property
+    def image_suffix(self) -> str:
+        from histomag.data.atomic import IMAGE_FORMATS
+
+        return IMAGE_FORMATS[self.image_format][0]
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -103,8 +121,8 @@ class DatasetFolder:
     def part_path(self, slide_id: str) -> Path:
         return self.root / "parts" / f"{slide_id}.csv"
 
-    def image_path(self, slide_id: str, tuple_id: str, magnification: float) -> Path:
-        return self.root / "images" / slide_id / f"{tuple_id}_{format_magnification(magnification)}.png"
+    def image_path(self, slide_id: str, tuple_id: str, magnification: float, suffix: str = ".png") -> Path:
+        return self.root / "images" / slide_id / f"{tuple_id}_{format_magnification(magnification)}{suffix}"
 
     # ----- settings -------------------------------------------------------------------------
     def prepare(self, settings: TileSettings) -> None:
@@ -113,7 +131,7 @@ class DatasetFolder:
         new = settings.to_json()
         if self.settings_path.exists():
             old = self.read_settings()
-            diff = [k for k in RESUME_KEYS if _norm(old.get(k)) != _norm(new.get(k))]
+            diff = [k for k in RESUME_KEYS if _norm(old.get(k, RESUME_DEFAULTS.get(k))) != _norm(new.get(k))]
             if diff:
                 k = diff[0]
                 raise DatasetError(
@@ -252,15 +270,27 @@ def _journal_lines(data: bytes, columns: Sequence[str]) -> tuple[list[list[str]]
 
 
 def _file_complete(path: Path) -> bool:
-    """The file exists and, for a PNG, starts with the signature and ends with the IEND chunk."""
-    if path.suffix.lower() != ".png":
-        return path.is_file()
+    """The file exists and its format's start and end markers are there (PNG signature + IEND,
+    JPEG SOI + EOI, WebP RIFF header whose size matches the file)."""
+    suffix = path.suffix.lower()
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != PNG_SIGNATURE:
-                return False
-            fh.seek(-len(PNG_END), os.SEEK_END)
-            return fh.read(len(PNG_END)) == PNG_END
+            if suffix == ".png":
+                if fh.read(8) != PNG_SIGNATURE:
+                    return False
+                fh.seek(-len(PNG_END), os.SEEK_END)
+                return fh.read(len(PNG_END)) == PNG_END
+            if suffix in (".jpg", ".jpeg"):
+                if fh.read(2) != b"\xff\xd8":
+                    return False
+                fh.seek(-2, os.SEEK_END)
+                return fh.read(2) == b"\xff\xd9"
+            if suffix == ".webp":
+                head = fh.read(12)
+                size = os.fstat(fh.fileno()).st_size
+                return (len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+                        and int.from_bytes(head[4:8], "little") + 8 == size)
+            return path.is_file()
     except OSError:  # missing, a folder, or shorter than the trailer
         return False
 
@@ -268,7 +298,7 @@ def _file_complete(path: Path) -> bool:
 def _written_here(path: Path, slide_id: str) -> bool:
     """A tuple image of ``images/<slide_id>/`` or the temporary file of one (nothing else is deleted)."""
     name = path.name
-    ours = (name.startswith(f"{slide_id}_") and name.endswith(".png")) or \
+    ours = (name.startswith(f"{slide_id}_") and name.endswith((".png", ".jpg", ".webp"))) or \
         (name.startswith(f".{slide_id}_") and name.endswith(".tmp"))
     return ours and path.is_file()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from histomag.annotations import LabelMask, assign_label, load_geojson, load_label_mask
-from histomag.data.atomic import atomic_write_csv, atomic_write_png
+from histomag.data.atomic import atomic_write_csv, atomic_write_image
 from histomag.data.folder import DatasetFolder, TileSettings, image_column, manifest_columns
 from histomag.errors import DatasetError, HistomagError
 from histomag.progress import progress_bar
@@ -223,8 +223,8 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
             "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": slide.mpp_source,
         }
         for member, img in zip(spec.members, images):
-            path = folder.image_path(slide.slide_id, tuple_id, member.magnification)
-            atomic_write_png(path, img)
+            path = folder.image_path(slide.slide_id, tuple_id, member.magnification, settings.image_suffix)
+            atomic_write_image(path, img, settings.image_format, settings.quality)
             row[image_column(member.magnification)] = path.relative_to(folder.root).as_posix()
         folder.append_part(slide.slide_id, columns, row)
         result.tuples_written += 1
