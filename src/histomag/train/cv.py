@@ -527,8 +527,7 @@ def _heatmap_png(path: Path, heat: np.ndarray, class_names: Sequence[str], *, ti
 
     n = len(class_names)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 0.8, 3.4), squeeze=False)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     for ax, name, channel in zip(axes[0], class_names, heat):
         im = ax.imshow(np.ma.masked_invalid(channel), vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
         ax.set_title(f"P({name})")
