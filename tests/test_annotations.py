@@ -261,3 +261,24 @@ def test_geojson_grid_aligned_square_fills_exactly_its_mask_pixels(tmp_path):
     expected = np.zeros((10, 10), np.uint8)
     expected[2:4, 1:5] = 1
     assert np.array_equal(lm.labels, expected)
+
+
+def test_tiles_geojson_round_trips_through_the_qupath_reader(tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    from histomag.annotations import load_geojson, tiles_geojson
+
+    boxes = [(0, 0, 64, 64), (64, 0, 64, 64), (0, 64, 64, 64)]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    path = tmp_path / "tiles.geojson"
+    path.write_text(json.dumps(tiles_geojson(boxes, probs, ["tumour", "stroma"])))
+    mask = load_geojson(path, (128, 128), downsample=4, class_names=["tumour", "stroma"])
+    assert mask.fractions(0, 0, 64, 64)["tumour"] == pytest.approx(1.0)
+    assert mask.fractions(64, 0, 64, 64)["stroma"] == pytest.approx(1.0)
+    assert mask.fractions(0, 64, 64, 64)["tumour"] == pytest.approx(1.0)
+    assert mask.fractions(64, 64, 64, 64) == {"tumour": 0.0, "stroma": 0.0}
+    feature = json.loads(path.read_text())["features"][1]
+    assert feature["properties"]["objectType"] == "tile"
+    assert feature["properties"]["measurements"] == {"prob_tumour": 0.2, "prob_stroma": 0.8}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import warnings
@@ -314,6 +315,17 @@ def test_cli_train_evaluate_predict_end_to_end(data: Path, tmp_path: Path, capsy
     assert np.allclose(heat[:, :, :8].sum(axis=0), 1.0, atol=1e-5)
     assert (tmp_path / "s" / "slide.heatmap.png").stat().st_size > 1000
     assert len((tmp_path / "s" / "slide.predictions.csv").read_text().splitlines()) == 1 + 64
+    # the same fields as QuPath tile objects, in level-0 pixels, classified with their probabilities
+    geo = json.loads((tmp_path / "s" / "slide.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 64
+    with open(tmp_path / "s" / "slide.predictions.csv", newline="") as fh:
+        pred_rows = list(csv.DictReader(fh))
+    for feature, row in zip(geo["features"], pred_rows):
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        centre = ring[:4].mean(axis=0)  # the square's centre is the tuple's field centre
+        assert np.allclose(centre, [float(row["x"]), float(row["y"])], atol=1.0)
+        assert feature["properties"]["classification"]["name"] == row["predicted"]
+        assert feature["properties"]["measurements"]["prob_dots"] == pytest.approx(float(row["prob_dots"]), abs=1e-5)
 
     (run_dir / "folds" / "2" / "predictions.csv").unlink()  # evaluate predicts fold 2 again from its checkpoint
     code, out, err = _cli(["dmsl", "evaluate", str(run_dir), "--quiet"], capsys)

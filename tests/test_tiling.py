@@ -242,3 +242,15 @@ def test_tile_writes_lossy_formats_and_resumes_them(tmp_path: Path, fmt: str, su
     # resuming with another format is refused in one line
     assert run(["tile", str(slide), "--mpp", "0.25", "--mags", "40,20", "--size", "128", "--min-tissue", "0",
                 "--overlap", "0", "--format", "png", "-q", "--out", str(out)]) == 2
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path, capsys) -> None:
+    slide = tmp_path / "s.png"
+    Image.fromarray(nuclei_image(256, 256, 0.25, np.random.default_rng(0), density=0.01)).save(slide)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    for out in (blocker, blocker / "sub"):
+        code = run(["tile", str(slide), "--mpp", "0.25", "--mags", "40", "--size", "64", "--out", str(out), "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "a file is in the way" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"

@@ -417,3 +417,37 @@ def assign_label(fractions: dict[str, float], *, min_fraction: float = 0.8,
     if all(fractions.get(c, 0.0) <= ZERO_TOL for c in positives):
         return negative_class
     return None
+
+
+#: QuPath-style colours for predicted classes (packed RGB lists), in class order, repeated when more
+CLASS_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def tiles_geojson(boxes: Sequence[tuple[float, float, float, float]], probs: np.ndarray,
+                  class_names: Sequence[str]) -> dict[str, Any]:
+    """A FeatureCollection QuPath imports (File > Import objects): one tile object per box.
+
+    Args:
+        boxes: ``(left, top, width, height)`` per tile in the file's level-0 pixel coordinates.
+        probs: ``(n, n_classes)`` class probabilities.
+        class_names: class names in probability order.
+
+    Returns:
+        GeoJSON: each feature a closed square ``Polygon``, ``objectType`` "tile", classification =
+        the most probable class (name and colour), measurements = ``prob_<class>``.
+    """
+    features = []
+    for (left, top, width, height), p in zip(boxes, probs):
+        k = int(np.argmax(p))
+        ring = [[left, top], [left + width, top], [left + width, top + height], [left, top + height], [left, top]]
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[round(x, 2), round(y, 2)] for x, y in ring]]},
+            "properties": {
+                "objectType": "tile",
+                "classification": {"name": class_names[k], "color": list(CLASS_COLOURS[k % len(CLASS_COLOURS)])},
+                "measurements": {f"prob_{c}": round(float(v), 6) for c, v in zip(class_names, p)},
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}

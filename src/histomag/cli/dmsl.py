@@ -135,7 +135,8 @@ def predict(
             raise ConfigError(failed[str(first)])
         paths = predict_slide(run, first, out_dir, fold=fold, mpp=mpps.get(str(first)), batch_size=batch_size,
                               num_workers=workers, progress=not quiet)
-        print(f"predicted {first.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}")
+        print(f"predicted {first.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}, "
+              f"{paths['geojson']} (QuPath: File > Import objects)")
         return 0
     return _predict_images(run, targets, out_dir, fold=fold, mpp=mpp, checkpoint=checkpoint,
                            max_uncertainty=max_uncertainty, batch_size=batch_size, workers=workers, quiet=quiet)

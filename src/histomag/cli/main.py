@@ -31,6 +31,11 @@ def run(argv: list[str] | None = None) -> int:
     except HistomagError as exc:
         error(str(exc))
         return exc.exit_code
+    except (FileExistsError, NotADirectoryError) as exc:  # an output path runs into a file
+        where = exc.filename or "the output path"
+        error(f"cannot create the folder {where}: a file is in the way (an output must be a folder, or a path "
+              "under one); choose another output path")
+        return 2
     except _ClickException as exc:
         error(exc.format_message().replace("\n", " "))
         return exc.exit_code

@@ -344,6 +344,7 @@ class SlideTupleDataset(Dataset[Item]):
         self.transform = transform
         self.grid_shapes: list[tuple[int, int]] = []
         self.slide_mpps: list[float] = []  # the (square-pixel) µm/px each slide was read at
+        self.pixel_scales: list[tuple[float, float]] = []  # square pixels per file pixel (x, y) of each slide
         self.records: list[PlannedTuple] = []
         for i, job in enumerate(self.jobs):
             self.records.extend(self._plan(i, job, labelled_only))
@@ -373,6 +374,7 @@ class SlideTupleDataset(Dataset[Item]):
             n_rows = int(math.floor((H - width) / stride + 1e-9)) + 1 if width else 0
             self.grid_shapes.append((n_rows, n_cols))
             self.slide_mpps.append(float(slide.mpp))
+            self.pixel_scales.append(slide.pixel_scale)
             patient = job.patient_id or patient_id_for(slide.slide_id)
             out = [PlannedTuple(slide_index, f"{slide.slide_id}_{p.field.key}", slide.slide_id, patient,
                                 p.field.x, p.field.y, p.field.width, p.label, int(round(p.field.left / stride)),

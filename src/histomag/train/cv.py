@@ -479,12 +479,14 @@ def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *
     """Tile a slide on the fly with the run's tile settings (grid) and map the class probabilities.
 
     Writes ``OUT/<slide>.predictions.csv``, ``OUT/<slide>.heatmap.npy`` (float32,
-    ``(n_classes, grid_rows, grid_cols)``, NaN where no tuple was taken) and
-    ``OUT/<slide>.heatmap.png`` (one panel per class).
+    ``(n_classes, grid_rows, grid_cols)``, NaN where no tuple was taken),
+    ``OUT/<slide>.heatmap.png`` (one panel per class) and ``OUT/<slide>.geojson`` (one QuPath tile
+    object per field, in the file's level-0 pixels, classified with its probabilities as measurements).
 
     Returns:
-        ``{"predictions": ..., "npy": ..., "png": ...}``.
+        ``{"predictions": ..., "npy": ..., "png": ..., "geojson": ...}``.
     """
+    from histomag.annotations import tiles_geojson
     from histomag.data.tiler import SlideJob
     from histomag.data.tuples import SlideTupleDataset
     from histomag.slide.base import slide_id_from_path
@@ -507,7 +509,10 @@ def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *
         if 0 <= rec.grid_row < n_rows and 0 <= rec.grid_col < n_cols:
             heat[:, rec.grid_row, rec.grid_col] = p
     paths = {"predictions": out_dir / f"{stem}.predictions.csv", "npy": out_dir / f"{stem}.heatmap.npy",
-             "png": out_dir / f"{stem}.heatmap.png"}
+             "png": out_dir / f"{stem}.heatmap.png", "geojson": out_dir / f"{stem}.geojson"}
+    sx, sy = data.pixel_scales[0]  # fields are in square pixels; QuPath wants the file's
+    boxes = [((r.x - r.width / 2) / sx, (r.y - r.width / 2) / sy, r.width / sx, r.width / sy) for r in data.records]
+    atomic_write_json(paths["geojson"], tiles_geojson(boxes, probs, run.class_names))
     header = ["tuple_id", "x", "y", "grid_row", "grid_col", "predicted"] + [f"prob_{c}" for c in run.class_names]
     atomic_write_csv(paths["predictions"], header, [
         [r.tuple_id, round(r.x), round(r.y), r.grid_row, r.grid_col, run.class_names[int(np.argmax(p))]]
