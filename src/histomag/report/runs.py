@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from histomag.data.folder import patient_of
 from histomag.errors import CheckpointError
+from histomag.runfolder import FoldPredictions, RunFolder
+
+__all__ = ["DMSLRun", "FoldPredictions", "MagRun", "Run", "load_run", "unique_names"]
 
 DMSL_TYPE = "dmsl"
 MAG_TYPES = ("magnification-regressor", "magnification-classifier")
@@ -32,25 +34,6 @@ MAG_EVALUATE = "histomag magnification evaluate {run}"
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-@dataclass(frozen=True)
-class FoldPredictions:
-    """One fold's test predictions (``folds/K/predictions.csv``).
-
-    Attributes:
-        fold: fold number (1-based).
-        patients: patient per tuple.
-        y: class index per tuple.
-        probs: ``(n, n_classes)`` probabilities.
-        train_fraction: from ``split.json`` where present.
-    """
-
-    fold: int
-    patients: list[str]
-    y: np.ndarray
-    probs: np.ndarray
-    train_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +153,7 @@ def _load_dmsl(path: Path, name: str, meta: dict[str, Any]) -> DMSLRun:
     n_folds = int(meta["config"].get("folds") or len(metrics.get("folds", [])) or 0)
     folds, missing = [], []
     for k in range(1, n_folds + 1):
-        fold = read_fold(path, k, classes)
+        fold = RunFolder(path).read_predictions(k, classes)
         if fold is None:
             missing.append(k)
         else:
@@ -179,43 +162,6 @@ def _load_dmsl(path: Path, name: str, meta: dict[str, Any]) -> DMSLRun:
                    classes=classes, tuple_mode=meta.get("tuple_mode"),
                    tile_settings=dict(meta.get("tile_settings") or {}), metrics=metrics, folds=folds,
                    missing_predictions=missing, date=_date(metrics_path))
-
-
-def read_fold(run_dir: Path, k: int, classes: list[str]) -> FoldPredictions | None:
-    """Fold ``k``'s predictions, or None when its ``predictions.csv`` is absent.
-
-    Raises:
-        CheckpointError: the CSV lacks a class's probability column or has unknown labels.
-    """
-    fold_dir = run_dir / "folds" / str(k)
-    pred_path = fold_dir / "predictions.csv"
-    if not pred_path.is_file():
-        return None
-    hint = f"re-run `{DMSL_EVALUATE.format(run=run_dir)}`"
-    with open(pred_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = [f"prob_{c}" for c in classes]
-    if rows and not set(cols) <= set(rows[0]):
-        raise CheckpointError(f"{pred_path} lacks columns {', '.join(c for c in cols if c not in rows[0])}: {hint}")
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({r.get("label", "") for r in rows} - set(index))
-    if unknown:
-        raise CheckpointError(f"{pred_path} has labels {', '.join(map(repr, unknown[:3]))} that are not classes of "
-                              f"the run ({', '.join(classes)}): {hint}")
-    try:
-        probs = np.array([[float(r[c]) for c in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
-    except ValueError:
-        raise CheckpointError(f"{pred_path} has non-numeric probabilities: {hint}") from None
-    fraction = None
-    split_path = fold_dir / "split.json"
-    if split_path.is_file():
-        try:
-            fraction = json.loads(split_path.read_text()).get("train_fraction")
-        except (OSError, ValueError, AttributeError):
-            fraction = None
-    patients = [patient_of(r) for r in rows]
-    return FoldPredictions(k, patients, np.array([index[r["label"]] for r in rows], dtype=int), probs,
-                           None if fraction is None else float(fraction))
 
 
 # ----- magnification ----------------------------------------------------------------------------

@@ -1,13 +1,5 @@
-"""Patient-grouped k-fold cross-validation of DMSL and the run folder it writes.
-
-Run folder::
-
-    RUN/config.json             model_type "dmsl", the DMSLConfig, data folder, classes, tile settings
-    RUN/folds/K/split.json      patients (and test tuple ids) of train / val / test
-    RUN/folds/K/checkpoints/    best.ckpt, last.ckpt          RUN/folds/K/logs/  Lightning logs
-    RUN/folds/K/predictions.csv tuple_id, patient_id, label, prob_<class>...
-    RUN/folds/K/metrics.json    patch and patient metrics of the fold
-    RUN/metrics.json, metrics.csv   per fold and mean ± std       RUN/table.md, table.csv   Table III layout
+"""Patient-grouped k-fold cross-validation of DMSL, written to a run folder (:class:`~histomag.runfolder.RunFolder`
+owns its layout).
 
 No patient is in two of train / val / test of a fold. Validation patients (for early stopping and
 the best checkpoint) are carved out of the fold's training patients.
@@ -15,7 +7,6 @@ the best checkpoint) are carved out of the fold's training patients.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -31,6 +22,7 @@ from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_wr
 from histomag.data.folder import patient_of
 from histomag.data.tuples import TupleDataset, class_names_of, tuple_transform
 from histomag.errors import CheckpointError, ConfigError, DatasetError
+from histomag.runfolder import RunFolder
 from histomag.train.clsmetrics import (
     METRICS,
     evaluate_predictions,
@@ -40,7 +32,6 @@ from histomag.train.clsmetrics import (
     table_rows,
 )
 from histomag.train.dmsl import (
-    MODEL_TYPE,
     RUNTIME_FIELDS,
     TRAIN_HINT,
     DMSLConfig,
@@ -52,7 +43,6 @@ from histomag.train.dmsl import (
 
 log = logging.getLogger(__name__)
 
-RUN_VERSION = 1
 TUPLE_LAYOUTS = {"context": "same centre and pixel size, growing field of view",
                  "same-fov": "the same tissue at every magnification"}
 #: decoded training images kept in memory per process (a DataLoader worker keeps its own)
@@ -158,7 +148,7 @@ def cap_per_slide(rows: Sequence[dict], max_tuples: int | None, seed: int = 0) -
 # ----- run folder -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunInfo:
-    """A DMSL run folder's ``config.json``."""
+    """A DMSL run folder's config, typed (the folder itself is a :class:`~histomag.runfolder.RunFolder`)."""
 
     run_dir: Path
     config: DMSLConfig
@@ -166,26 +156,23 @@ class RunInfo:
     class_names: list[str]
     tile_settings: dict[str, Any]
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
     def fold_dir(self, k: int) -> Path:
-        return self.run_dir / "folds" / str(k)
+        return self.folder.fold_dir(k)
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
     """Read a run folder's config.
 
     Raises:
-        CheckpointError: no readable ``config.json``, or a run of another model type.
+        CheckpointError: no readable ``config.json``, a run of another model type or of a newer
+            schema version.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"run folder {run_dir} has no readable config.json; make it with: {TRAIN_HINT}") from None
-    if meta.get("model_type") != MODEL_TYPE:
-        raise CheckpointError(f"{run_dir} holds a {meta.get('model_type', 'unknown')} run, not a DMSL one; "
-                              f"make a DMSL run with: {TRAIN_HINT}")
-    return RunInfo(run_dir, DMSLConfig.from_dict(meta["config"]), Path(meta["data"]), list(meta["classes"]),
+    meta = RunFolder(run_dir).read_meta()
+    return RunInfo(Path(run_dir), DMSLConfig.from_dict(meta["config"]), Path(meta["data"]), list(meta["classes"]),
                    dict(meta.get("tile_settings", {})))
 
 
@@ -198,29 +185,6 @@ def _check_resume(run_dir: Path, config: DMSLConfig, data_dir: Path) -> None:
     if diffs:
         raise ConfigError(f"run folder {run_dir} was made with {', '.join(diffs[:3])}; keep those settings to "
                           "resume, or pass another --out")
-
-
-def _write_predictions(path: Path, rows: Sequence[dict], probs: np.ndarray, class_names: Sequence[str]) -> None:
-    header = ["tuple_id", "slide_id", "patient_id", "label", "predicted"] + [f"prob_{c}" for c in class_names]
-    out = []
-    for row, p in zip(rows, probs):
-        out.append([row.get("tuple_id", ""), row.get("slide_id", ""), patient_of(row),
-                    row.get("label", ""), class_names[int(np.argmax(p))] if len(p) else ""]
-                   + [f"{v:.6g}" for v in p])
-    atomic_write_csv(path, header, out)
-
-
-def read_predictions(path: Path, class_names: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(patients, label indices, probabilities)`` from a fold's ``predictions.csv``."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = [f"prob_{c}" for c in class_names]
-    if rows and not set(cols) <= set(rows[0]):
-        raise CheckpointError(f"{path} lacks columns {', '.join(c for c in cols if c not in rows[0])}; "
-                              f"re-run: {TRAIN_HINT}")
-    index = {c: i for i, c in enumerate(class_names)}
-    probs = np.array([[float(r[c]) for c in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
-    return [r["patient_id"] for r in rows], np.array([index[r["label"]] for r in rows], dtype=int), probs
 
 
 def write_summary(run: RunInfo, per_fold: Sequence[dict[str, dict[str, Any]]]) -> str:
@@ -292,11 +256,8 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
         if not resume:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         _check_resume(run_dir, config, data_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", {
-        "model_type": MODEL_TYPE, "version": RUN_VERSION, "config": config.to_dict(),
-        "data": str(data_dir.resolve()), "classes": classes, "tuple_mode": probe.tuple_mode,
-        "tile_settings": probe.settings})
+    RunFolder(run_dir).write_meta(config=config.to_dict(), data=data_dir, classes=classes,
+                                  tuple_mode=probe.tuple_mode, tile_settings=probe.settings)
     run = read_run(run_dir)
     labels = [r["label"] for r in rows]
     patients = [patient_of(r) for r in rows]
@@ -336,7 +297,7 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
                       stacklevel=3)
     fold_dir.mkdir(parents=True, exist_ok=True)
 
-    atomic_write_json(fold_dir / "split.json", {
+    run.folder.write_split(k, {
         "fold": k, "train_patients": sorted({patient_of(r) for r in train_rows}),
         "val_patients": sorted({patient_of(r) for r in val_rows}),
         "test_patients": sorted({patient_of(r) for r in test_rows}),
@@ -352,7 +313,7 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
     test_set = _datasets(data_dir, config, test_rows, classes, mean, std, train=False)
     probs = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
                           num_workers=config.num_workers)
-    _write_predictions(pred_path, test_rows, probs, classes)
+    run.folder.write_predictions(pred_path, test_rows, probs, classes)
     metrics = evaluate_predictions([patient_of(r) for r in test_rows], test_set.targets, probs, classes, where=f"fold {k}")
     atomic_write_json(metrics_path, metrics)
     return metrics
@@ -372,13 +333,12 @@ def evaluate_cv_run(run_dir: str | Path, *, progress: bool = False) -> CVResult:
     run = read_run(run_dir)
     per_fold = []
     for k in range(1, run.config.folds + 1):
-        fold_dir = run.fold_dir(k)
-        pred = fold_dir / "predictions.csv"
-        if not pred.is_file():
+        if not run.folder.predictions_path(k).is_file():
             _repredict(run, k, progress=progress)
-        patients, y, probs = read_predictions(pred, run.class_names)
-        metrics = evaluate_predictions(patients, y, probs, run.class_names, where=f"fold {k}")
-        atomic_write_json(fold_dir / "metrics.json", metrics)
+        fold = run.folder.read_predictions(k, run.class_names)
+        metrics = evaluate_predictions(fold.patients, fold.y, fold.probs, run.class_names,  # type: ignore[union-attr]
+                                       where=f"fold {k}")
+        atomic_write_json(run.folder.fold_metrics_path(k), metrics)
         per_fold.append(metrics)
     table = write_summary(run, per_fold)
     return CVResult(run.run_dir, per_fold, summarise(per_fold), table)
@@ -386,12 +346,7 @@ def evaluate_cv_run(run_dir: str | Path, *, progress: bool = False) -> CVResult:
 
 def fold_checkpoint(run: RunInfo, k: int) -> Path:
     """A fold's ``best.ckpt`` (or ``last.ckpt``); CheckpointError naming the file and the command."""
-    ckpt_dir = run.fold_dir(k) / "checkpoints"
-    for name in ("best.ckpt", "last.ckpt"):
-        if (ckpt_dir / name).is_file():
-            return ckpt_dir / name
-    raise CheckpointError(f"{ckpt_dir / 'best.ckpt'} is missing (fold {k} never trained); "
-                          f"make it with: {TRAIN_HINT} --resume")
+    return run.folder.checkpoint(k)
 
 
 def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> tuple[Any, TupleDataset]:
@@ -402,12 +357,12 @@ def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> t
             and the command that makes it).
         DatasetError: the dataset folder lacks test tuples of the fold.
     """
-    split_path = run.fold_dir(k) / "split.json"
-    if not split_path.is_file():
-        raise CheckpointError(f"{split_path} is missing (fold {k} never started); make it with: "
+    split = run.folder.read_split(k)
+    if split is None:
+        raise CheckpointError(f"{run.folder.split_path(k)} is missing (fold {k} never started); make it with: "
                               f"{TRAIN_HINT} --resume")
     ckpt = fold_checkpoint(run, k)
-    wanted = [str(t) for t in json.loads(split_path.read_text()).get("test_tuples", [])]
+    wanted = [str(t) for t in split.get("test_tuples", [])]
     data_dir = Path(data_dir) if data_dir is not None else run.data_dir
     single = run.config.spec.single
     by_id = {r["tuple_id"]: r for r in TupleDataset(data_dir, run.config.magnifications, subset=single).rows}
@@ -428,7 +383,7 @@ def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
                               f"make them with: {TRAIN_HINT} --resume")
     task, test_set = fold_test_set(run, k)
     probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
-    _write_predictions(run.fold_dir(k) / "predictions.csv", test_set.rows, probs, run.class_names)
+    run.folder.write_predictions(run.folder.predictions_path(k), test_set.rows, probs, run.class_names)
 
 
 # ----- predict ----------------------------------------------------------------------------------
@@ -451,7 +406,7 @@ def predict_folder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Pat
     probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size, num_workers=num_workers,
                           progress=progress)
     out = Path(out_dir) / "predictions.csv"
-    _write_predictions(out, data.rows, probs, run.class_names)
+    run.folder.write_predictions(out, data.rows, probs, run.class_names)
     return out
 
 

@@ -36,6 +36,7 @@ from histomag.errors import CheckpointError, ConfigError
 from histomag.models.dmsl import FUSIONS, MultiMagNet
 from histomag.models.modes import ModeSpec, get_mode
 from histomag.models.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
+from histomag.runfolder import MODEL_TYPE, TRAIN_HINT
 from histomag.train.common import (
     checkpoint_callbacks,
     default_precision,
@@ -47,8 +48,6 @@ from histomag.train.common import (
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPE = "dmsl"
-TRAIN_HINT = "histomag dmsl train DATA --out RUN"
 #: config fields that may change when a run is resumed (they do not change what is learned)
 #: what early stopping and the best checkpoint may follow (see DMSLConfig.select_on)
 SELECT_ON = ("loss", "ce")

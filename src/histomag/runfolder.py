@@ -1,0 +1,179 @@
+"""The DMSL run folder: one class owns its layout and schema (no torch: training, evaluation, explain, report and
+the demo all read runs through it).
+
+Layout (schema version :data:`RUN_VERSION`)::
+
+    RUN/config.json                      {"model_type": "dmsl", "version", "config", "data", "classes",
+                                          "tuple_mode", "tile_settings"}
+    RUN/folds/K/split.json               train/val/test patients and the test tuple ids of fold K
+    RUN/folds/K/predictions.csv          tuple_id, slide_id, patient_id, label, predicted, prob_<class>...
+    RUN/folds/K/metrics.json             fold K's tuple- and patient-level metrics
+    RUN/folds/K/checkpoints/{best,last}.ckpt
+    RUN/folds/K/logs/                    Lightning's CSV (and TensorBoard) logs
+    RUN/metrics.json, metrics.csv        every fold and the mean ± std summary
+    RUN/table.md, table.csv              the summary laid out like the paper's Table III
+
+A folder written before ``version`` existed reads as version 1 (the same layout); a newer version
+is refused in one line naming both versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histomag.data.atomic import atomic_write_csv, atomic_write_json
+from histomag.data.folder import patient_of
+from histomag.errors import CheckpointError
+
+MODEL_TYPE = "dmsl"
+RUN_VERSION = 1
+TRAIN_HINT = "histomag dmsl train DATA --out RUN"
+EVALUATE_HINT = "histomag dmsl evaluate {run}"
+PREDICTION_COLUMNS = ["tuple_id", "slide_id", "patient_id", "label", "predicted"]
+
+
+@dataclass(frozen=True)
+class FoldPredictions:
+    """One fold's test predictions.
+
+    Attributes:
+        fold: fold number (1-based).
+        patients: patient per tuple.
+        y: class index per tuple.
+        probs: ``(n, n_classes)`` probabilities.
+        train_fraction: the fold's share of training tuples (from ``split.json``), where recorded.
+    """
+
+    fold: int
+    patients: list[str]
+    y: np.ndarray
+    probs: np.ndarray
+    train_fraction: float | None = None
+
+
+class RunFolder:
+    """Reads and writes a DMSL run folder (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # ----- paths ------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def fold_dir(self, k: int) -> Path:
+        return self.root / "folds" / str(k)
+
+    def split_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "split.json"
+
+    def predictions_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "predictions.csv"
+
+    def fold_metrics_path(self, k: int) -> Path:
+        return self.fold_dir(k) / "metrics.json"
+
+    def checkpoint_dir(self, k: int) -> Path:
+        return self.fold_dir(k) / "checkpoints"
+
+    # ----- config -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def read_meta(self) -> dict[str, Any]:
+        """``config.json`` of a DMSL run, checked for its model type and schema version.
+
+        Raises:
+            CheckpointError: no readable ``config.json``, a run of another model type, a run
+                written by a newer schema, or one without its config or classes.
+        """
+        try:
+            meta = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            raise CheckpointError(f"run folder {self.root} has no readable config.json; make it with: "
+                                  f"{TRAIN_HINT}") from None
+        if not isinstance(meta, dict) or meta.get("model_type") != MODEL_TYPE:
+            kind = meta.get("model_type", "unknown") if isinstance(meta, dict) else "unknown"
+            raise CheckpointError(f"{self.root} holds a {kind} run, not a DMSL one; make a DMSL run with: {TRAIN_HINT}")
+        version = meta.get("version", 1)
+        if not isinstance(version, int) or version > RUN_VERSION:
+            raise CheckpointError(f"{self.root} is a run folder of version {version!r}, newer than this histomag "
+                                  f"reads (version {RUN_VERSION}); upgrade histomag or re-run: {TRAIN_HINT}")
+        if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("classes"), list):
+            raise CheckpointError(f"{self.config_path} lacks the run's config or classes; re-run: {TRAIN_HINT}")
+        return meta
+
+    def write_meta(self, *, config: dict[str, Any], data: Path, classes: Sequence[str], tuple_mode: str,
+                   tile_settings: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_path, {
+            "model_type": MODEL_TYPE, "version": RUN_VERSION, "config": config, "data": str(Path(data).resolve()),
+            "classes": list(classes), "tuple_mode": tuple_mode, "tile_settings": tile_settings})
+
+    # ----- folds ------------------------------------------------------------------------------
+    def read_split(self, k: int) -> dict[str, Any] | None:
+        """Fold ``k``'s ``split.json``, or None when the fold never started (or the file is unreadable)."""
+        try:
+            split = json.loads(self.split_path(k).read_text())
+        except (OSError, ValueError):
+            return None
+        return split if isinstance(split, dict) else None
+
+    def write_split(self, k: int, split: dict[str, Any]) -> None:
+        self.fold_dir(k).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.split_path(k), split)
+
+    def checkpoint(self, k: int) -> Path:
+        """Fold ``k``'s ``best.ckpt`` (or ``last.ckpt``); CheckpointError naming the file and the command."""
+        for name in ("best.ckpt", "last.ckpt"):
+            if (self.checkpoint_dir(k) / name).is_file():
+                return self.checkpoint_dir(k) / name
+        raise CheckpointError(f"{self.checkpoint_dir(k) / 'best.ckpt'} is missing (fold {k} never trained); "
+                              f"make it with: {TRAIN_HINT} --resume")
+
+    def write_predictions(self, path: Path, rows: Sequence[dict], probs: np.ndarray,
+                          class_names: Sequence[str]) -> None:
+        """A ``predictions.csv`` (a fold's, or any prediction output) with one row per tuple."""
+        out = []
+        for row, p in zip(rows, probs):
+            out.append([row.get("tuple_id", ""), row.get("slide_id", ""), patient_of(row), row.get("label", ""),
+                        class_names[int(np.argmax(p))] if len(p) else ""] + [f"{v:.6g}" for v in p])
+        atomic_write_csv(path, PREDICTION_COLUMNS + [f"prob_{c}" for c in class_names], out)
+
+    def read_predictions(self, k: int, class_names: Sequence[str]) -> FoldPredictions | None:
+        """Fold ``k``'s test predictions, or None when its ``predictions.csv`` is absent.
+
+        Raises:
+            CheckpointError: the CSV lacks a class's probability column, has labels that are not
+                classes of the run, or non-numeric probabilities.
+        """
+        path = self.predictions_path(k)
+        if not path.is_file():
+            return None
+        hint = f"re-run `{EVALUATE_HINT.format(run=self.root)}`"
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        cols = [f"prob_{c}" for c in class_names]
+        if rows and not set(cols) <= set(rows[0]):
+            raise CheckpointError(f"{path} lacks columns {', '.join(c for c in cols if c not in rows[0])}: {hint}")
+        index = {c: i for i, c in enumerate(class_names)}
+        unknown = sorted({r.get("label", "") for r in rows} - set(index))
+        if unknown:
+            raise CheckpointError(f"{path} has labels {', '.join(map(repr, unknown[:3]))} that are not classes of "
+                                  f"the run ({', '.join(class_names)}): {hint}")
+        try:
+            probs = np.array([[float(r[c]) for c in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
+        except ValueError:
+            raise CheckpointError(f"{path} has non-numeric probabilities: {hint}") from None
+        split = self.read_split(k) or {}
+        fraction = split.get("train_fraction")
+        return FoldPredictions(k, [patient_of(r) for r in rows], np.array([index[r["label"]] for r in rows], dtype=int),
+                               probs, None if fraction is None else float(fraction))
