@@ -221,3 +221,16 @@ def test_a_class_in_one_group_is_warned_about() -> None:
 
     with pytest.warns(UserWarning, match="rare appear in fewer than 2 patients/groups"):
         assert warn_thin_classes(["a", "a", "rare", "b", "b"], ["P1", "P2", "P1", "P1", "P3"]) == ["rare"]
+
+
+def test_an_index_rows_resolution_wins_over_mpp_which_wins_over_metadata(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        Image.fromarray(nuclei_image(768, 768, 0.5, rng, density=0.012)).save(tmp_path / f"{name}.png")
+    idx = _index(tmp_path, ["a.png,x,0.5", "b.png,x,"], "image,label,mpp")
+    code, out, err = _cli(["tile", str(idx), "--out", str(tmp_path / "ds"), "--mags", "10", "--size", "32",
+                           "--min-tissue", "0", "--mpp", "0.25", "--max-tuples", "2", "-q"], capsys)
+    assert code == 0, err
+    with open(tmp_path / "ds" / "slides.csv", newline="") as fh:
+        slides = {r["slide_id"]: r for r in csv.DictReader(fh)}
+    assert float(slides["a"]["mpp"]) == 0.5 and float(slides["b"]["mpp"]) == 0.25

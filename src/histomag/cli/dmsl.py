@@ -154,8 +154,9 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
 
     jobs, _ = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
     jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
-    mpps, failed = resolve_mpp([Path(j.path) for j in jobs], mpp, checkpoint, max_uncertainty)
-    jobs = [replace(j, mpp=mpps.get(j.path, j.mpp)) for j in jobs]
+    # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first)
+    mpps, failed = resolve_mpp([Path(j.path) for j in jobs if j.mpp is None], mpp, checkpoint, max_uncertainty)
+    jobs = [j if j.mpp is not None else replace(j, mpp=mpps.get(j.path)) for j in jobs]
     result = predict_images(run, jobs, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
                             progress=not quiet, failed=failed)
     problems = [r.error for r in result.failed]

@@ -39,7 +39,8 @@ def tile(
                                     "images in blocks of this many consecutive image numbers per label (0: one "
                                     "group per image)."),
     mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide (mpp-x,mpp-y "
-                                      "for pixels that are not square), or 'estimate' to recover it from the pixels."),
+                                      "for pixels that are not square), or 'estimate' to recover it from the pixels; "
+                                      "an index CSV row's own mpp wins over it."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
                                               "(default: the model shipped with histomag)."),
     max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse a slide whose "
@@ -74,14 +75,16 @@ def tile(
         for folder in sorted({p.parent for p in paths}):
             patient_map.update(read_patients_beside(folder))
     from_index = {j.path: j for j in indexed}
-    mpps, failed_early = resolve_mpp(paths, mpp, checkpoint, max_uncertainty)  # --mpp overrides index values
+    # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first)
+    stated = {k for k, j in from_index.items() if j.mpp is not None}
+    mpps, failed_early = resolve_mpp([p for p in paths if str(p) not in stated], mpp, checkpoint, max_uncertainty)
     jobs = []
     for p in paths:
         if str(p) in failed_early:
             continue
         row = from_index.get(str(p))
         if row is not None:  # an index row: its resolution, class and group, unless --mpp overrides
-            jobs.append(replace(row, mpp=mpps.get(row.path, row.mpp)))
+            jobs.append(row if row.mpp is not None else replace(row, mpp=mpps.get(row.path)))
             continue
         lab = labels or find_labels(p, labels_dir)
         jobs.append(SlideJob(str(p), mpp=mpps.get(str(p)), labels=str(lab) if lab else None,
