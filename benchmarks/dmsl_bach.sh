@@ -20,7 +20,7 @@ run() {  # NAME DATASET ARGS...: one CV run, skipped when finished
     || echo "$name FAILED (logs/$name.log)" >> times.txt
 }
 [ -f ds10-5/manifest.csv ] || $H tile "$DATA" --out ds10-5 --mags 10,5 $TILE
-[ -f ctx10-5/manifest.csv ] || $H tile "$DATA" --out ctx10-5 --mags 10,5 --mode context $TILE
+[ -f ctx10-5/manifest.csv ] || $H tile "$DATA" --out ctx10-5 --mags 10,5 --layout context $TILE
 queue_a() {
   run sim-dist ds10-5 --mode sim --mags 10,5
   run mm ds10-5 --mode mm --mags 10,5

@@ -254,3 +254,18 @@ def test_out_that_is_a_file_is_one_line(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "a file is in the way" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("flag", ["--layout", "--mode"])  # --mode is the older name, still accepted
+def test_tile_layout_flag_gives_context_pairs(tmp_path: Path, flag: str) -> None:
+    slide = tmp_path / "s.png"
+    Image.fromarray(nuclei_image(512, 512, 0.25, np.random.default_rng(0), density=0.01)).save(slide)
+    out = tmp_path / "ctx"
+    assert run(["tile", str(slide), "--mpp", "0.25", "--mags", "40,20", "--size", "64", flag, "context",
+                "--min-tissue", "0", "--max-tuples", "3", "--out", str(out), "-q"]) == 0
+    settings = json.loads((out / "dataset.json").read_text())
+    assert settings["mode"] == "context"
+    with open(out / "manifest.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    # context: the same pixel size at both magnifications, the 20x field twice as wide
+    assert Image.open(out / row["image_40x"]).size == Image.open(out / row["image_20x"]).size == (64, 64)

@@ -23,7 +23,8 @@ def tile(
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder (created; re-running resumes)."),
     mags: str = typer.Option("40,20", "--mags", help="Magnifications of each tuple, e.g. 40,20."),
     size: int = typer.Option(600, "--size", help="Pixel size at the highest magnification."),
-    mode: str = typer.Option("same-fov", "--mode", help="same-fov (identical tissue) or context (same centre and px size)."),
+    mode: str = typer.Option("same-fov", "--layout", "--mode", help="Tuple layout: same-fov (identical tissue) or "
+                             "context (same centre and px size). --mode is the older name of --layout."),
     placement: str = typer.Option("grid", "--placement", help="grid or random."),
     overlap: float = typer.Option(0.25, "--overlap", help="Grid overlap as a share of the field."),
     n_random: int = typer.Option(100, "--n-random", help="Fields per slide with --placement random."),

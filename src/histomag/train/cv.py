@@ -244,7 +244,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
     probe = TupleDataset(data_dir, config.magnifications, subset=config.spec.single)
     if not config.spec.single and config.spec.tuple_mode != probe.tuple_mode:
         warnings.warn(f"mode {config.mode} expects {config.spec.tuple_mode} tuples ({TUPLE_LAYOUTS[config.spec.tuple_mode]}) "
-                      f"but {data_dir} holds {probe.tuple_mode} tuples; tile with --mode {config.spec.tuple_mode}",
+                      f"but {data_dir} holds {probe.tuple_mode} tuples; tile with --layout {config.spec.tuple_mode}",
                       UserWarning, stacklevel=2)
     rows = cap_per_slide(probe.rows, config.max_tuples, config.seed)
     classes = class_names_of(r["label"] for r in rows)
