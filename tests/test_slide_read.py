@@ -128,3 +128,36 @@ def test_white_composite_takes_pil_regions_too() -> None:
     rgba[:5, :, 3] = 0
     out = white_composite(Image.fromarray(rgba, "RGBA"))
     assert (out[:5] == 255).all() and np.array_equal(out[5:], rgba[5:, :, :3])
+
+
+def test_a_registered_toy_backend_opens_its_files_through_open_slide(tmp_path) -> None:
+    """Adding a slide backend is one register_backend call: auto offers it the files it detects."""
+    from pathlib import Path
+
+    from histomag.slide import SLIDE_BACKENDS, BackendSpec, backend_names, open_slide, register_backend
+
+    class NpySlide(MemorySlide):
+        backend = "npy"
+
+    def open_npy(path: Path, mpp) -> NpySlide:
+        from histomag.errors import UnreadableSlideError
+
+        try:
+            arr = np.load(path)
+        except ValueError:
+            raise UnreadableSlideError(f"{path.name}: not an .npy array") from None
+        return NpySlide(arr, mpp=0.5, objective_power=20.0, name=path.name, mpp_override=mpp)
+
+    image = textured(300, 400)
+    np.save(tmp_path / "a.npy", image)
+    register_backend(BackendSpec("npy", open_npy, lambda p: p.suffix == ".npy", priority=5))
+    try:
+        assert backend_names()[:2] == ["auto", "npy"]
+        with open_slide(tmp_path / "a.npy") as s:
+            assert s.backend == "npy" and s.mpp == 0.5 and s.dimensions == (400, 300)
+            assert np.array_equal(s.read_rect(0, 0, 400, 300, (400, 300)), image)
+        with open_slide(tmp_path / "a.npy", mpp=0.25) as s:  # overrides work as for every backend
+            assert s.mpp == 0.25
+    finally:
+        SLIDE_BACKENDS.unregister("npy")
+    assert "npy" not in backend_names()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from histomag.errors import ConfigError, InputPathError, UnreadableSlideError
+from histomag.models.registry import Registry
 from histomag.slide.base import MppOverride, MppSource, Slide, SlideMetadata, slide_id_from_path
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "openslide", "tiffslide", "image"]
-BACKENDS = ("auto", "openslide", "tiffslide", "image")
+Backend = str  # "auto" or a registered backend name
 #: files only the plain-image reader opens
 PLAIN_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 #: whole-slide formats (a .tif/.tiff may also be a plain image: the image reader takes it when no slide reader does)
@@ -20,7 +21,69 @@ WSI_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".v
 #: what a folder of "slides or images" is expanded to, everywhere
 SLIDE_AND_IMAGE_SUFFIXES = WSI_SUFFIXES | PLAIN_IMAGE_SUFFIXES
 
-__all__ = ["Slide", "SlideMetadata", "MppSource", "MppOverride", "open_slide", "slide_id_from_path", "BACKENDS"]
+__all__ = ["Slide", "SlideMetadata", "MppSource", "MppOverride", "open_slide", "slide_id_from_path", "BACKENDS",
+           "BackendSpec", "register_backend", "backend_names"]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One slide reader: how to open a file with it and which files ``auto`` offers it.
+
+    Attributes:
+        name: the ``backend=`` value.
+        open: ``(path, mpp) -> Slide`` (import the reading library inside, so that registering
+            costs nothing).
+        detect: ``path -> bool``: whether ``auto`` tries this backend for the file.
+        priority: ``auto`` tries the detected backends in increasing priority.
+    """
+
+    name: str
+    open: Callable[[Path, MppOverride | None], Slide]
+    detect: Callable[[Path], bool]
+    priority: int = 50
+
+
+SLIDE_BACKENDS: Registry = Registry("slide backend", hint="or auto")
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Register a slide backend (ConfigError if the name is taken); ``open_slide`` can use it at once."""
+    SLIDE_BACKENDS.register(spec.name)(spec)  # type: ignore[arg-type]
+    return spec
+
+
+def backend_names() -> list[str]:
+    """``auto`` and every registered backend, in ``auto``'s order of priority."""
+    specs = sorted((SLIDE_BACKENDS.get(n) for n in SLIDE_BACKENDS.names()), key=lambda s: s.priority)
+    return ["auto", *(s.name for s in specs)]
+
+
+def _open_openslide(path: Path, mpp: MppOverride | None) -> Slide:
+    from histomag.slide.openslide import OpenSlideSlide
+
+    return OpenSlideSlide(path, mpp)
+
+
+def _open_tiffslide(path: Path, mpp: MppOverride | None) -> Slide:
+    from histomag.slide.tiffslide import TiffSlideSlide
+
+    return TiffSlideSlide(path, mpp)
+
+
+def _open_image(path: Path, mpp: MppOverride | None) -> Slide:
+    from histomag.slide.image import ImageSlide
+
+    return ImageSlide(path, mpp)
+
+
+def _not_plain_image(path: Path) -> bool:
+    return path.suffix.lower() not in PLAIN_IMAGE_SUFFIXES
+
+
+register_backend(BackendSpec("openslide", _open_openslide, _not_plain_image, priority=10))
+register_backend(BackendSpec("tiffslide", _open_tiffslide, _not_plain_image, priority=20))
+register_backend(BackendSpec("image", _open_image, lambda path: True, priority=90))
+BACKENDS = tuple(backend_names())  # the built-ins, for help texts
 
 
 def open_slide(path: str | Path, *, mpp: MppOverride | None = None, backend: Backend = "auto",
@@ -46,11 +109,11 @@ def open_slide(path: str | Path, *, mpp: MppOverride | None = None, backend: Bac
         raise InputPathError(f"{path}: no such file; check the path")
     if path.is_dir() and path.suffix.lower() != ".mrxs":
         raise InputPathError(f"{path}: is a folder, not a slide; give a slide file (or the folder's files)")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend != "auto" and backend not in SLIDE_BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(backend_names())}")
 
     if backend == "auto":
-        order = ["image"] if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES else ["openslide", "tiffslide", "image"]
+        order = [n for n in backend_names()[1:] if SLIDE_BACKENDS.get(n).detect(path)]
     else:
         order = [backend]
     reasons: list[str] = []
@@ -87,17 +150,7 @@ def _is_damage(message: str) -> bool:
 
 
 def _open_with(name: str, path: Path, mpp: MppOverride | None) -> Slide:
-    if name == "openslide":
-        from histomag.slide.openslide import OpenSlideSlide
-
-        return OpenSlideSlide(path, mpp)
-    if name == "tiffslide":
-        from histomag.slide.tiffslide import TiffSlideSlide
-
-        return TiffSlideSlide(path, mpp)
-    from histomag.slide.image import ImageSlide
-
-    return ImageSlide(path, mpp)
+    return SLIDE_BACKENDS.get(name).open(path, mpp)
 
 
 def _probe(slide: Slide) -> None:
