@@ -47,7 +47,7 @@ def _none_if_nan(value: float) -> float | None:
     return None if not math.isfinite(value) else float(value)
 
 
-def summarize(true: Sequence[float], pred: Sequence[float]) -> dict[str, float | int | None]:
+def error_summary(true: Sequence[float], pred: Sequence[float]) -> dict[str, float | int | None]:
     """``n``, ``acc_0.5``, ``acc_1``, ``acc_5``, ``mae``, ``mre``, ``within_10pct`` (None when n = 0)."""
     t, p = _arrays(true, pred)
     err = np.abs(p - t)
@@ -145,16 +145,16 @@ def magnification_metrics(true: Sequence[float], pred: Sequence[float], organs: 
     Returns:
         ``{"overall": summary, "per_magnification": {mag: summary}, "per_organ": {organ: summary},
         "confusion": {"labels", "matrix"} of half-up rounded values, "levels": level metrics}``
-        where a summary is :func:`summarize`'s dict.
+        where a summary is :func:`error_summary`'s dict.
     """
     t, p = _arrays(true, pred)
-    out: dict[str, Any] = {"overall": summarize(t, p)}
-    out["per_magnification"] = {magnification_key(m): summarize(t[t == m], p[t == m]) for m in np.unique(t)}
+    out: dict[str, Any] = {"overall": error_summary(t, p)}
+    out["per_magnification"] = {magnification_key(m): error_summary(t[t == m], p[t == m]) for m in np.unique(t)}
     if organs is not None:
         org = np.asarray([(o or "").strip() or "unknown" for o in organs], dtype=object)
         if org.size != t.size:
             raise ConfigError(f"organs has {org.size} entries for {t.size} predictions")
-        out["per_organ"] = {str(o): summarize(t[org == o], p[org == o]) for o in sorted(set(org.tolist()))}
+        out["per_organ"] = {str(o): error_summary(t[org == o], p[org == o]) for o in sorted(set(org.tolist()))}
     out["confusion"] = confusion(_round_half_up(t), _round_half_up(p))
     if levels is not None:
         out["levels"] = level_metrics(t, p, levels, level_tolerance)
