@@ -126,6 +126,15 @@ _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.2
                            dtype=torch.float64)
 
 
+def hue_matrix(hue: float) -> np.ndarray:
+    """The 3x3 RGB matrix that shifts hue by ``hue`` turns (torchvision's sign): a rotation of YIQ's chroma plane."""
+    theta = -2.0 * math.pi * hue
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    yiq = _RGB_TO_YIQ.numpy()
+    return np.linalg.inv(yiq) @ rot @ yiq
+
+
 def hue_rotate(image: Tensor, hue: float) -> Tensor:
     """Shift the hue of a ``(3, H, W)`` image in [0, 1] by ``hue`` turns (a rotation in YIQ space).
 
@@ -133,10 +142,7 @@ def hue_rotate(image: Tensor, hue: float) -> Tensor:
     dominated the data-loading time at 600 px) and, being per pixel and linear, it commutes
     exactly with area downsampling. Luma is kept; the result is clipped to [0, 1].
     """
-    theta = -2.0 * math.pi * hue  # the sign of torchvision's adjust_hue
-    c, s = math.cos(theta), math.sin(theta)
-    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
-    matrix = (torch.linalg.inv(_RGB_TO_YIQ) @ rot @ _RGB_TO_YIQ).to(image.dtype)
+    matrix = torch.from_numpy(hue_matrix(hue)).to(image.dtype)
     return torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0.0, 1.0)
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from histomag.data.tuples import hue_matrix
 from histomag.errors import ConfigError, DatasetError
 
 REQUIRED_COLUMNS = ("image", "source_id", "organ", "magnification", "mpp", "split")
@@ -178,8 +179,6 @@ def to_normalized_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence
 
 
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
 def _uniform_factor(amount: float) -> float:
@@ -216,10 +215,7 @@ def jitter_colors(image: np.ndarray, brightness: float = 0.0, contrast: float = 
         g = (x @ _GRAY)[..., None]
         x = np.clip((x - g) * f + g, 0.0, 1.0)
     if hue > 0:
-        theta = (2.0 * float(torch.rand(())) - 1.0) * hue * 2.0 * math.pi
-        c, s = math.cos(theta), math.sin(theta)
-        rot = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-        m3 = (_YIQ_TO_RGB @ rot @ _RGB_TO_YIQ).astype(np.float32)
+        m3 = hue_matrix(-(2.0 * float(torch.rand(())) - 1.0) * hue).astype(np.float32)  # the one hue rotation
         x = np.clip(x @ m3.T, 0.0, 1.0)
     return x.astype(np.float32, copy=False)
 
