@@ -234,3 +234,27 @@ def test_an_index_rows_resolution_wins_over_mpp_which_wins_over_metadata(tmp_pat
     with open(tmp_path / "ds" / "slides.csv", newline="") as fh:
         slides = {r["slide_id"]: r for r in csv.DictReader(fh)}
     assert float(slides["a"]["mpp"]) == 0.5 and float(slides["b"]["mpp"]) == 0.25
+    assert slides["a"]["mpp_source"] == "index-csv" and slides["b"]["mpp_source"] == "override"
+
+
+def test_mpp_csv_wins_is_recorded_and_warns_about_mismatches(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(4)
+    for name in ("a", "b", "c"):
+        Image.fromarray(nuclei_image(768, 768, 0.5, rng, density=0.012)).save(tmp_path / f"{name}.png")
+    table = tmp_path / "mpp.csv"
+    table.write_text("slide,mpp\na.png,0.5\nghost.svs,0.25\n")
+    code, out, err = _cli(["tile", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--mpp-csv", str(table),
+                           "--mpp", "0.25", "--mags", "10", "--size", "32", "--min-tissue", "0", "--max-tuples", "2",
+                           "--out", str(tmp_path / "ds"), "-q"], capsys)
+    assert code == 0, err
+    assert "1 listed slide(s) are not in this batch: ghost.svs" in err
+    assert "does not list 1 slide(s) of this batch" in err and "b.png" in err
+    with open(tmp_path / "ds" / "slides.csv", newline="") as fh:
+        slides = {r["slide_id"]: r for r in csv.DictReader(fh)}
+    assert (float(slides["a"]["mpp"]), slides["a"]["mpp_source"]) == (0.5, "mpp-csv")
+    assert (float(slides["b"]["mpp"]), slides["b"]["mpp_source"]) == (0.25, "override")
+    assert {r["mpp_source"] for r in _manifest(tmp_path / "ds") if r["slide_id"] == "a"} == {"mpp-csv"}
+    table.write_text("slide,mpp_x,mpp_y\na.png,0.5,\n")
+    code, out, err = _cli(["tile", str(tmp_path / "a.png"), "--mpp-csv", str(table), "--mags", "10", "--size", "32",
+                           "--out", str(tmp_path / "ds2"), "-q"], capsys)
+    assert code == 2 and "row 2: has mpp_x but no mpp_y" in err and err.count("\n") == 1

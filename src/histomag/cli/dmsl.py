@@ -147,7 +147,7 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
                     quiet: bool) -> int:
     from dataclasses import replace
 
-    from histomag.cli.options import resolve_mpp
+    from histomag.cli.options import resolve_job_mpps
     from histomag.data.sources import expand_slides, index_jobs
     from histomag.data.tiler import SlideJob
     from histomag.train.imagepredict import predict_images
@@ -155,8 +155,9 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
     jobs, _ = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
     jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
     # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first)
-    mpps, failed = resolve_mpp([Path(j.path) for j in jobs if j.mpp is None], mpp, checkpoint, max_uncertainty)
-    jobs = [j if j.mpp is not None else replace(j, mpp=mpps.get(j.path)) for j in jobs]
+    runnable, failed = resolve_job_mpps(jobs, mpp, None, checkpoint, max_uncertainty)
+    mpps = {j.path: j.mpp for j in runnable}
+    jobs = [replace(j, mpp=mpps.get(j.path, j.mpp)) for j in jobs]
     result = predict_images(run, jobs, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
                             progress=not quiet, failed=failed)
     problems = [r.error for r in result.failed]

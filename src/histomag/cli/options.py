@@ -34,3 +34,42 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max
     return values, failed  # type: ignore[return-value]
 
 
+
+
+def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoint: Path | None,
+                     max_uncertainty: float = 0.25) -> tuple[list, dict[str, str]]:
+    """Each job's resolution, most specific first: ``--mpp-csv`` > an index row's own > ``--mpp`` > metadata.
+
+    ``--mpp estimate`` is only run for the jobs nothing more specific covers. Each job records where
+    its resolution came from (``mpp-csv``, ``index-csv``, ``estimated``; a plain ``--mpp`` reads
+    as ``override``). Returns the jobs to run and the one-line errors of those that cannot.
+    """
+    from dataclasses import replace
+
+    from histomag.data.index import match_mpp_table, read_mpp_table
+
+    table: dict = {}
+    if mpp_csv is not None:
+        table, unused, missing = match_mpp_table(read_mpp_table(mpp_csv), [Path(j.path) for j in jobs])
+        if unused:
+            print(f"warning: {mpp_csv}: {len(unused)} listed slide(s) are not in this batch: "
+                  f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}", file=sys.stderr)
+        if missing:
+            print(f"warning: {mpp_csv} does not list {len(missing)} slide(s) of this batch (they use --mpp or their "
+                  f"metadata): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
+    rest = [Path(j.path) for j in jobs if j.path not in table and j.mpp is None]
+    values, failed = resolve_mpp(rest, mpp, checkpoint, max_uncertainty)
+    estimated = mpp is not None and mpp.strip().lower() == "estimate"
+    out = []
+    for j in jobs:
+        if j.path in failed:
+            continue
+        if j.path in table:
+            out.append(replace(j, mpp=table[j.path], mpp_source="mpp-csv"))
+        elif j.mpp is not None:
+            out.append(replace(j, mpp_source=j.mpp_source or "index-csv"))
+        elif j.path in values:
+            out.append(replace(j, mpp=values[j.path], mpp_source="estimated" if estimated else None))
+        else:
+            out.append(j)
+    return out, failed

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import resolve_mpp
+from histomag.cli.options import resolve_job_mpps
 from histomag.errors import ConfigError, InputPathError
 
 
@@ -41,7 +40,10 @@ def tile(
                                     "group per image)."),
     mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px for every slide (mpp-x,mpp-y "
                                       "for pixels that are not square), or 'estimate' to recover it from the pixels; "
-                                      "an index CSV row's own mpp wins over it."),
+                                      "an index CSV row's own mpp and --mpp-csv win over it."),
+    mpp_csv: Optional[Path] = typer.Option(None, "--mpp-csv", help="CSV of per-slide resolutions (slide, mpp or "
+                                           "mpp_x,mpp_y): wins over --mpp and metadata, for slides whose metadata "
+                                           "is missing or known wrong."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
                                               "(default: the model shipped with histomag)."),
     max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse a slide whose "
@@ -76,20 +78,16 @@ def tile(
         for folder in sorted({p.parent for p in paths}):
             patient_map.update(read_patients_beside(folder))
     from_index = {j.path: j for j in indexed}
-    # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first)
-    stated = {k for k, j in from_index.items() if j.mpp is not None}
-    mpps, failed_early = resolve_mpp([p for p in paths if str(p) not in stated], mpp, checkpoint, max_uncertainty)
     jobs = []
     for p in paths:
-        if str(p) in failed_early:
-            continue
         row = from_index.get(str(p))
-        if row is not None:  # an index row: its resolution, class and group, unless --mpp overrides
-            jobs.append(row if row.mpp is not None else replace(row, mpp=mpps.get(row.path)))
+        if row is not None:  # an index row: its class, group and (if given) resolution
+            jobs.append(row)
             continue
         lab = labels or find_labels(p, labels_dir)
-        jobs.append(SlideJob(str(p), mpp=mpps.get(str(p)), labels=str(lab) if lab else None,
+        jobs.append(SlideJob(str(p), labels=str(lab) if lab else None,
                              patient_id=patient_map.get(slide_id_from_path(p))))
+    jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty)
     settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                             n_random=n_random, seed=seed, min_tissue=min_tissue,
                             tissue_threshold=tissue_threshold, label_fraction=label_fraction,

@@ -184,3 +184,54 @@ def block_groups(rows: list[IndexRow], block: int) -> tuple[list[IndexRow], bool
         out.append(IndexRow(r.path, r.image_id, r.where, r.mpp_x, r.mpp_y, r.label, group, r.organ,
                             r.magnification_given))
     return out, True
+
+
+def read_mpp_table(path: str | Path) -> dict[str, float | tuple[float, float]]:
+    """Per-slide resolutions from a CSV: a ``slide`` (or ``slide_id``/``image``) column and ``mpp`` or ``mpp_x``/``mpp_y``.
+
+    Keys are the slide column's values as written (a file name, a path or a slide id); match them
+    with :func:`match_mpp_table`.
+
+    Raises:
+        InputPathError: no such file.
+        DatasetError: no slide column, no resolution column, a duplicate slide, or a value that is
+            not a plausible positive number (naming the row and the column).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"{path}: no such resolution CSV; check the path")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        rows = list(reader)
+    key = next((c for c in ("slide", "slide_id", "image") if c in cols), None)
+    if key is None or not ({"mpp", "mpp_x", "mpp_y"} & cols):
+        raise DatasetError(f"{path}: a resolution CSV needs a slide column and mpp (or mpp_x and mpp_y) "
+                           f"(has {', '.join(sorted(c for c in cols if c)) or 'no columns'})")
+    out: dict[str, float | tuple[float, float]] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{path} row {line}"
+        name = (row.get(key) or "").strip()
+        if not name:
+            raise DatasetError(f"{where}: the {key} column is empty; give the slide's file name")
+        mx, my, _ = _resolution({k: v for k, v in row.items() if k != "magnification"}, where)
+        if mx is None:
+            raise DatasetError(f"{where}: no mpp for {name!r}; fill one in or drop the row")
+        if name in out:
+            raise DatasetError(f"{where}: {name!r} is listed twice; keep one row per slide")
+        out[name] = mx if mx == my else (mx, my)  # type: ignore[assignment]
+    return out
+
+
+def match_mpp_table(table: dict[str, float | tuple[float, float]], paths: list[Path]
+                    ) -> tuple[dict[str, float | tuple[float, float]], list[str], list[str]]:
+    """Resolutions per path (matched by file name, path or slide id), the table's unmatched names, the paths not in it."""
+    found: dict[str, float | tuple[float, float]] = {}
+    used: set[str] = set()
+    for p in paths:
+        for name in (str(p), p.name, image_stem(p)):
+            if name in table:
+                found[str(p)] = table[name]
+                used.add(name)
+                break
+    return found, sorted(set(table) - used), [p.name for p in paths if str(p) not in found]

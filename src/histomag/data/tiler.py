@@ -54,6 +54,11 @@ class SlideJob:
     patient_id: str | None = None
     backend: str = "auto"
     label: str | None = None  # the class of the whole image (from an index CSV): every field takes it
+    mpp_source: str | None = None  # where ``mpp`` came from ("index-csv", "mpp-csv", "estimated"; default "override")
+
+    def source_of(self, slide: Slide) -> str:
+        """The slide's ``mpp_source`` as recorded: this job's label for its override, else the slide's own."""
+        return self.mpp_source if self.mpp is not None and self.mpp_source else slide.mpp_source
 
 
 @dataclass
@@ -110,7 +115,7 @@ def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
     result = SlideResult(sid, str(job.path), "failed")
     try:
         with open_slide(job.path, mpp=job.mpp, backend=job.backend) as slide:  # type: ignore[arg-type]
-            result.mpp, result.mpp_source = slide.mpp, slide.mpp_source
+            result.mpp, result.mpp_source = slide.mpp, job.source_of(slide)
             _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir), run_token=run_token), result, report)
             result.status = "ok"
     except HistomagError as exc:
@@ -220,7 +225,7 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
             "mpps": mpps, "label": label,
             "class_fractions": json.dumps({k: round(v, 4) for k, v in fractions.items()}, sort_keys=True),
             "tissue_fraction": round(tissue_share, 4),
-            "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": slide.mpp_source,
+            "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": job.source_of(slide),
         }
         for member, img in zip(spec.members, images):
             path = folder.image_path(slide.slide_id, tuple_id, member.magnification, settings.image_suffix)
