@@ -102,6 +102,11 @@ def tile(
     written = sum(r.tuples_written for r in ok)
     resumed = sum(r.tuples_resumed for r in ok)
     dropped = sum(r.fields_dropped for r in ok)
+    skipped = [e for r in results for e in r.field_errors]
+    for message in skipped[:20]:
+        error(message)
+    if len(skipped) > 20:
+        error(f"... and {len(skipped) - 20} more unreadable fields (slides.csv counts them per slide)")
     empty = [r.slide_id for r in ok if r.tuples_written + r.tuples_resumed == 0]
     if empty:
         shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
@@ -109,6 +114,9 @@ def tile(
               f"per field): {shown}", file=sys.stderr)
     print(f"tiled {len(ok)} of {n_all} slides ({len(failed)} failed): {written} tuples written, "
           f"{resumed} already present, {dropped} fields dropped by the label rule -> {out / 'manifest.csv'}")
+    if skipped:
+        print(f"{len(skipped)} field(s) skipped: their image data could not be decoded (see the errors above)",
+              file=sys.stderr)
     if failed:
         return 2 if not ok else 1
-    return 0
+    return 1 if skipped else 0

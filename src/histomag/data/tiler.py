@@ -12,14 +12,14 @@ import os
 import queue
 import re
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from histomag.annotations import LabelMask, assign_label, load_geojson, load_label_mask
 from histomag.data.atomic import atomic_write_csv, atomic_write_image
 from histomag.data.folder import DatasetFolder, TileSettings, image_column, manifest_columns
-from histomag.errors import DatasetError, HistomagError
+from histomag.errors import DatasetError, HistomagError, UnreadableSlideError
 from histomag.progress import progress_bar
 from histomag.slide import open_slide
 from histomag.slide.base import Slide
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 Reporter = Callable[[str, int], None]
 SLIDE_COLUMNS = ["slide_id", "path", "status", "tuples_written", "tuples_resumed", "fields_planned",
-                 "fields_dropped", "mpp", "mpp_source", "error"]
+                 "fields_dropped", "fields_failed", "mpp", "mpp_source", "error"]
 _TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
 
 
@@ -75,6 +75,8 @@ class SlideResult:
     mpp: float | None = None
     mpp_source: str = ""
     error: str = ""
+    fields_failed: int = 0  # fields skipped because their image data could not be decoded
+    field_errors: list[str] = field(default_factory=list)  # one line per skipped field (slide, coordinates)
 
 
 def patient_id_for(slide_id: str) -> str:
@@ -199,6 +201,16 @@ def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unla
 
 def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
                      result: SlideResult, report: Reporter | None) -> None:
+    reopened: list[Slide] = []
+    try:
+        _tile_fields(slide, job, settings, folder, result, report, reopened)
+    finally:
+        for handle in reopened:
+            handle.close()
+
+
+def _tile_fields(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
+                 result: SlideResult, report: Reporter | None, reopened: list[Slide]) -> None:
     plan = plan_slide(slide, job, settings)
     spec = plan.spec
     columns = manifest_columns(spec.magnifications)
@@ -217,7 +229,22 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
             if report:
                 report("done", 1)
             continue
-        images = read_tuple(slide, spec, f, allow_upsample=settings.allow_upsample)
+        try:
+            images = read_tuple(slide, spec, f, allow_upsample=settings.allow_upsample)
+        except UnreadableSlideError as exc:
+            # damaged image data under this field: skip it, say where, and go on with a fresh handle
+            # (OpenSlide's errors are sticky); a slide that is mostly unreadable fails as a whole
+            result.fields_failed += 1
+            reason = str(exc).split(": ", 1)[-1]
+            result.field_errors.append(f"{slide.path.name}: field at x={int(round(f.x))}, y={int(round(f.y))} "
+                                       f"(level-0 centre) skipped: {reason}")
+            if result.fields_failed > max(3, result.tuples_written):
+                raise
+            slide = open_slide(job.path, mpp=job.mpp, backend=job.backend, probe=False)  # type: ignore[arg-type]
+            reopened.append(slide)
+            if report:
+                report("done", 1)
+            continue
         row = {
             "tuple_id": tuple_id, "slide_id": slide.slide_id, "patient_id": patient,
             "x": int(round(f.x)), "y": int(round(f.y)), "field_width": round(f.width, 3),
