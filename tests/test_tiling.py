@@ -269,3 +269,14 @@ def test_tile_layout_flag_gives_context_pairs(tmp_path: Path, flag: str) -> None
         row = next(csv.DictReader(fh))
     # context: the same pixel size at both magnifications, the 20x field twice as wide
     assert Image.open(out / row["image_40x"]).size == Image.open(out / row["image_20x"]).size == (64, 64)
+
+
+@pytest.mark.parametrize("args, message", [(["--quality", "0"], "image quality 0 must be in 1..100"),
+                                           (["--format", "bmp"], "unknown image format 'bmp'; valid: png, jpeg, webp")])
+def test_bad_format_or_quality_is_one_line_before_any_work(tmp_path: Path, capsys, args, message) -> None:
+    slide = tmp_path / "s.png"
+    Image.fromarray(textured(64, 64)).save(slide)
+    code = run(["tile", str(slide), "--mpp", "0.25", "--mags", "40", "--size", "32", "--out", str(tmp_path / "o"),
+                "-q", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"error: {message}" and not (tmp_path / "o").exists()
