@@ -122,19 +122,21 @@ def main() -> None:
 
 def end_to_end(path: Path, top: float, args: argparse.Namespace, extraction: float) -> None:
     """`histomag tile` (plan, read, encode, atomic writes, journal, manifest) per image format, one worker."""
+    import histomag.data.tiler as tiler
     from histomag.data.folder import TileSettings
-    from histomag.data.tiler import SlideJob, tile_slides
 
     for fmt in ("png", "jpeg", "webp"):
-        with tempfile.TemporaryDirectory() as out:
-            settings = TileSettings((top, top / 2), args.patch, placement="random", n_random=args.fields,
-                                    seed=args.seed, min_tissue=0.5, image_format=fmt)
-            t = time.perf_counter()
-            (result,) = tile_slides([SlideJob(str(path))], settings, out, progress=False)
-            rate = result.tuples_written / (time.perf_counter() - t)
-            size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()) / 2**20
-        print(f"tile --format {fmt:>4}: {rate:6.1f} pairs/s ({result.tuples_written} pairs, {size:.0f} MB), "
-              f"{rate / extraction:.2f} of extraction alone")
+        for threads in (1, tiler.WRITER_THREADS):
+            tiler.WRITER_THREADS = threads
+            with tempfile.TemporaryDirectory() as out:
+                settings = TileSettings((top, top / 2), args.patch, placement="random", n_random=args.fields,
+                                        seed=args.seed, min_tissue=0.5, image_format=fmt)
+                t = time.perf_counter()
+                (result,) = tiler.tile_slides([tiler.SlideJob(str(path))], settings, out, progress=False)
+                rate = result.tuples_written / (time.perf_counter() - t)
+                size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()) / 2**20
+            print(f"tile --format {fmt:>4}, {threads} writer thread(s): {rate:6.1f} pairs/s "
+                  f"({result.tuples_written} pairs, {size:.0f} MB), {rate / extraction:.2f} of extraction alone")
 
 
 if __name__ == "__main__":

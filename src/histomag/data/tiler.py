@@ -12,6 +12,8 @@ import os
 import queue
 import re
 from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,6 +41,10 @@ from histomag.workers import exit_if_orphaned, watch_parent
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[str, int], None]
+#: threads that encode and write tuple images while the next fields are read
+WRITER_THREADS = 2
+#: tuples read but not yet on disk (bounds the memory held by the writer queue)
+MAX_PENDING_TUPLES = 8
 SLIDE_COLUMNS = ["slide_id", "path", "status", "tuples_written", "tuples_resumed", "fields_planned",
                  "fields_dropped", "fields_failed", "mpp", "mpp_source", "error"]
 _TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
@@ -221,6 +227,34 @@ def _tile_fields(slide: Slide, job: SlideJob, settings: TileSettings, folder: Da
     result.fields_planned = len(plan.fields)
     if report:
         report("planned", len(plan.fields))
+    # Encoding overlaps reading: images are written by a small thread pool (PIL's encoders release the
+    # GIL), and a tuple's journal row is appended, in plan order, only once all its images are on disk.
+    pending: deque[tuple[dict, list[Future]]] = deque()
+
+    def finish(entry: tuple[dict, list[Future]]) -> None:
+        row, futures = entry
+        for fut in futures:
+            fut.result()  # a failed write raises here, before the row is journalled
+        folder.append_part(slide.slide_id, columns, row)
+        result.tuples_written += 1
+        if report:
+            report("done", 1)
+
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="tile-writer") as writers:
+        try:
+            _tile_planned(slide, job, settings, folder, result, report, reopened, plan, done, patient, mpps,
+                          writers, pending, finish)
+        except BaseException:
+            pending.clear()  # nothing more is journalled; images without a row are removed on resume
+            raise
+        while pending:
+            finish(pending.popleft())
+
+
+def _tile_planned(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder, result: SlideResult,
+                  report: Reporter | None, reopened: list[Slide], plan: SlidePlan, done: set[str], patient: str,
+                  mpps: str, writers: ThreadPoolExecutor, pending: deque, finish: Callable) -> None:
+    spec = plan.spec
     for planned in plan.fields:
         f, label, fractions, tissue_share = planned.field, planned.label, planned.fractions, planned.tissue_fraction
         tuple_id = f"{slide.slide_id}_{f.key}"
@@ -238,7 +272,7 @@ def _tile_fields(slide: Slide, job: SlideJob, settings: TileSettings, folder: Da
             reason = str(exc).split(": ", 1)[-1]
             result.field_errors.append(f"{slide.path.name}: field at x={int(round(f.x))}, y={int(round(f.y))} "
                                        f"(level-0 centre) skipped: {reason}")
-            if result.fields_failed > max(3, result.tuples_written):
+            if result.fields_failed > max(3, result.tuples_written + len(pending)):
                 raise
             slide = open_slide(job.path, mpp=job.mpp, backend=job.backend, probe=False)  # type: ignore[arg-type]
             reopened.append(slide)
@@ -254,14 +288,14 @@ def _tile_fields(slide: Slide, job: SlideJob, settings: TileSettings, folder: Da
             "tissue_fraction": round(tissue_share, 4),
             "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": job.source_of(slide),
         }
+        futures = []
         for member, img in zip(spec.members, images):
             path = folder.image_path(slide.slide_id, tuple_id, member.magnification, settings.image_suffix)
-            atomic_write_image(path, img, settings.image_format, settings.quality)
+            futures.append(writers.submit(atomic_write_image, path, img, settings.image_format, settings.quality))
             row[image_column(member.magnification)] = path.relative_to(folder.root).as_posix()
-        folder.append_part(slide.slide_id, columns, row)
-        result.tuples_written += 1
-        if report:
-            report("done", 1)
+        pending.append((row, futures))
+        while pending and (len(pending) > MAX_PENDING_TUPLES or all(fut.done() for fut in pending[0][1])):
+            finish(pending.popleft())
 
 
 
