@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 
@@ -116,8 +117,52 @@ def main() -> None:
     rates = {name: best_of_two(fields, fn) for name, fn in readers.items()}
     for name, rate in rates.items():
         print(f"{name:>10}: {rate:8.1f} pairs/s  ratio to openslide {rate / rates['openslide']:.2f}")
+    decode_limit(path, fields, rates["openslide"])
     if args.end_to_end:
         end_to_end(path, top, args, rates["ours"])
+
+
+def decode_limit(path: Path, fields: list, openslide_rate: float) -> None:
+    """The physical limit per core: decoding (tifffile + imagecodecs) the level-0 tiles each field touches.
+
+    Without a cache every field decodes all its tiles; with a perfect cache each tile once. Only for
+    a tiled level 0 that tifffile can decode; otherwise a note.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if not page.is_tiled:
+                print("decode limit: level 0 is not tiled; skipped")
+                return
+            tw, th = page.tilewidth, page.tilelength
+            across = -(-page.shape[1] // tw)
+            touched = []
+            for f in fields:
+                x0, y0 = max(0, int(f.left)) // tw, max(0, int(f.top)) // th
+                x1, y1 = int(f.left + f.width - 1) // tw, int(f.top + f.width - 1) // th
+                touched.append([ty * across + tx for ty in range(y0, y1 + 1) for tx in range(x0, x1 + 1)])
+            raw = {}
+            for i in {i for t in touched for i in t}:
+                tif.filehandle.seek(page.dataoffsets[i])
+                raw[i] = tif.filehandle.read(page.databytecounts[i])
+            t = time.perf_counter()
+            for tiles in touched:
+                for i in tiles:
+                    page.decode(raw[i], i, jpegtables=page.jpegtables)
+            per_field = len(fields) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for i in raw:
+                page.decode(raw[i], i, jpegtables=page.jpegtables)
+            cached = len(fields) / (time.perf_counter() - t)
+    except Exception as exc:  # noqa: BLE001 - a benchmark note, not a failure
+        print(f"decode limit: tifffile cannot decode this slide's tiles ({type(exc).__name__}); skipped")
+        return
+    n = np.mean([len(t) for t in touched])
+    print(f"decode limit (tifffile/imagecodecs, {tw}x{th} tiles, {n:.1f} per field): {per_field:.1f} pairs/s "
+          f"without a tile cache ({per_field / openslide_rate:.2f} of openslide), {cached:.1f} with a perfect one "
+          f"({cached / openslide_rate:.2f})")
 
 
 def end_to_end(path: Path, top: float, args: argparse.Namespace, extraction: float) -> None:
