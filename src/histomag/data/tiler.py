@@ -5,15 +5,15 @@ One slide is one unit of work: a bad slide is reported and skipped while the oth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import queue
 import re
-from concurrent.futures import ProcessPoolExecutor
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -122,9 +122,11 @@ def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
     sid = slide_id_from_path(Path(job.path))
     result = SlideResult(sid, str(job.path), "failed")
     try:
-        with open_slide(job.path, mpp=job.mpp, backend=job.backend) as slide:  # type: ignore[arg-type]
+        with contextlib.ExitStack() as handles:  # the slide, and any handle reopened after a damaged tile
+            slide = handles.enter_context(open_slide(job.path, mpp=job.mpp, backend=job.backend))  # type: ignore[arg-type]
             result.mpp, result.mpp_source = slide.mpp, job.source_of(slide)
-            _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir), run_token=run_token), result, report)
+            _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir), run_token=run_token), result, report,
+                             handles)
             result.status = "ok"
     except HistomagError as exc:
         result.error = str(exc)
@@ -206,22 +208,13 @@ def plan_slide(slide: Slide, job: SlideJob, settings: TileSettings, *, keep_unla
 
 
 def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
-                     result: SlideResult, report: Reporter | None) -> None:
-    reopened: list[Slide] = []
-    try:
-        _tile_fields(slide, job, settings, folder, result, report, reopened)
-    finally:
-        for handle in reopened:
-            handle.close()
-
-
-def _tile_fields(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder,
-                 result: SlideResult, report: Reporter | None, reopened: list[Slide]) -> None:
+                     result: SlideResult, report: Reporter | None, handles: contextlib.ExitStack) -> None:
     plan = plan_slide(slide, job, settings)
     spec = plan.spec
+    sid = slide.slide_id
     columns = manifest_columns(spec.magnifications)
-    done = {row["tuple_id"] for row in folder.read_part(slide.slide_id, columns)}
-    patient = job.patient_id or patient_id_for(slide.slide_id)
+    done = {row["tuple_id"] for row in folder.read_part(sid, columns)}
+    patient = job.patient_id or patient_id_for(sid)
     mpps = ";".join(f"{slide.to_resolution(magnification=m).mpp:.5g}" for m in spec.magnifications)
     result.fields_dropped = plan.dropped
     result.fields_planned = len(plan.fields)
@@ -229,74 +222,61 @@ def _tile_fields(slide: Slide, job: SlideJob, settings: TileSettings, folder: Da
         report("planned", len(plan.fields))
     # Encoding overlaps reading: images are written by a small thread pool (PIL's encoders release the
     # GIL), and a tuple's journal row is appended, in plan order, only once all its images are on disk.
+    # If anything raises, the rows still pending are never journalled (their images go on resume).
     pending: deque[tuple[dict, list[Future]]] = deque()
 
     def finish(entry: tuple[dict, list[Future]]) -> None:
         row, futures = entry
         for fut in futures:
             fut.result()  # a failed write raises here, before the row is journalled
-        folder.append_part(slide.slide_id, columns, row)
+        folder.append_part(sid, columns, row)
         result.tuples_written += 1
         if report:
             report("done", 1)
 
     with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="tile-writer") as writers:
-        try:
-            _tile_planned(slide, job, settings, folder, result, report, reopened, plan, done, patient, mpps,
-                          writers, pending, finish)
-        except BaseException:
-            pending.clear()  # nothing more is journalled; images without a row are removed on resume
-            raise
+        for planned in plan.fields:
+            f, label, fractions = planned.field, planned.label, planned.fractions
+            tuple_id = f"{sid}_{f.key}"
+            if tuple_id in done:
+                result.tuples_resumed += 1
+                if report:
+                    report("done", 1)
+                continue
+            try:
+                images = read_tuple(slide, spec, f, allow_upsample=settings.allow_upsample)
+            except UnreadableSlideError as exc:
+                # damaged image data under this field: skip it, say where, and go on with a fresh handle
+                # (OpenSlide's errors are sticky); a slide that is mostly unreadable fails as a whole
+                result.fields_failed += 1
+                result.field_errors.append(f"{slide.path.name}: field at x={int(round(f.x))}, y={int(round(f.y))} "
+                                           f"(level-0 centre) skipped: {str(exc).split(': ', 1)[-1]}")
+                if result.fields_failed > max(3, result.tuples_written + len(pending)):
+                    raise
+                slide = handles.enter_context(open_slide(job.path, mpp=job.mpp, backend=job.backend,  # type: ignore[arg-type]
+                                                         probe=False))
+                if report:
+                    report("done", 1)
+                continue
+            row = {
+                "tuple_id": tuple_id, "slide_id": sid, "patient_id": patient,
+                "x": int(round(f.x)), "y": int(round(f.y)), "field_width": round(f.width, 3),
+                "mode": spec.mode, "magnifications": ";".join(f"{m:g}" for m in spec.magnifications),
+                "mpps": mpps, "label": label,
+                "class_fractions": json.dumps({k: round(v, 4) for k, v in fractions.items()}, sort_keys=True),
+                "tissue_fraction": round(planned.tissue_fraction, 4),
+                "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": job.source_of(slide),
+            }
+            futures = []
+            for member, img in zip(spec.members, images):
+                path = folder.image_path(sid, tuple_id, member.magnification, settings.image_suffix)
+                futures.append(writers.submit(atomic_write_image, path, img, settings.image_format, settings.quality))
+                row[image_column(member.magnification)] = path.relative_to(folder.root).as_posix()
+            pending.append((row, futures))
+            while pending and (len(pending) > MAX_PENDING_TUPLES or all(fut.done() for fut in pending[0][1])):
+                finish(pending.popleft())
         while pending:
             finish(pending.popleft())
-
-
-def _tile_planned(slide: Slide, job: SlideJob, settings: TileSettings, folder: DatasetFolder, result: SlideResult,
-                  report: Reporter | None, reopened: list[Slide], plan: SlidePlan, done: set[str], patient: str,
-                  mpps: str, writers: ThreadPoolExecutor, pending: deque, finish: Callable) -> None:
-    spec = plan.spec
-    for planned in plan.fields:
-        f, label, fractions, tissue_share = planned.field, planned.label, planned.fractions, planned.tissue_fraction
-        tuple_id = f"{slide.slide_id}_{f.key}"
-        if tuple_id in done:
-            result.tuples_resumed += 1
-            if report:
-                report("done", 1)
-            continue
-        try:
-            images = read_tuple(slide, spec, f, allow_upsample=settings.allow_upsample)
-        except UnreadableSlideError as exc:
-            # damaged image data under this field: skip it, say where, and go on with a fresh handle
-            # (OpenSlide's errors are sticky); a slide that is mostly unreadable fails as a whole
-            result.fields_failed += 1
-            reason = str(exc).split(": ", 1)[-1]
-            result.field_errors.append(f"{slide.path.name}: field at x={int(round(f.x))}, y={int(round(f.y))} "
-                                       f"(level-0 centre) skipped: {reason}")
-            if result.fields_failed > max(3, result.tuples_written + len(pending)):
-                raise
-            slide = open_slide(job.path, mpp=job.mpp, backend=job.backend, probe=False)  # type: ignore[arg-type]
-            reopened.append(slide)
-            if report:
-                report("done", 1)
-            continue
-        row = {
-            "tuple_id": tuple_id, "slide_id": slide.slide_id, "patient_id": patient,
-            "x": int(round(f.x)), "y": int(round(f.y)), "field_width": round(f.width, 3),
-            "mode": spec.mode, "magnifications": ";".join(f"{m:g}" for m in spec.magnifications),
-            "mpps": mpps, "label": label,
-            "class_fractions": json.dumps({k: round(v, 4) for k, v in fractions.items()}, sort_keys=True),
-            "tissue_fraction": round(tissue_share, 4),
-            "slide_mpp": f"{slide.mpp:.5g}", "mpp_source": job.source_of(slide),
-        }
-        futures = []
-        for member, img in zip(spec.members, images):
-            path = folder.image_path(slide.slide_id, tuple_id, member.magnification, settings.image_suffix)
-            futures.append(writers.submit(atomic_write_image, path, img, settings.image_format, settings.quality))
-            row[image_column(member.magnification)] = path.relative_to(folder.root).as_posix()
-        pending.append((row, futures))
-        while pending and (len(pending) > MAX_PENDING_TUPLES or all(fut.done() for fut in pending[0][1])):
-            finish(pending.popleft())
-
 
 
 def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str | Path, *,
