@@ -145,8 +145,6 @@ def predict(
 def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Optional[int], mpp: Optional[str],
                     checkpoint: Optional[Path], max_uncertainty: float, batch_size: Optional[int], workers: int,
                     quiet: bool) -> int:
-    from dataclasses import replace
-
     from histomag.cli.options import resolve_job_mpps
     from histomag.data.sources import expand_slides, index_jobs
     from histomag.data.tiler import SlideJob
@@ -154,10 +152,11 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
 
     jobs, _ = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
     jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
-    # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first)
+    # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first);
+    # a job whose resolution could not be had stays in the list, to be reported in its images.csv row
     runnable, failed = resolve_job_mpps(jobs, mpp, None, checkpoint, max_uncertainty)
-    mpps = {j.path: j.mpp for j in runnable}
-    jobs = [replace(j, mpp=mpps.get(j.path, j.mpp)) for j in jobs]
+    resolved = {j.path: j for j in runnable}
+    jobs = [resolved.get(j.path, j) for j in jobs]
     result = predict_images(run, jobs, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
                             progress=not quiet, failed=failed)
     problems = [r.error for r in result.failed]

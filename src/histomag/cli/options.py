@@ -34,8 +34,6 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max
     return values, failed  # type: ignore[return-value]
 
 
-
-
 def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoint: Path | None,
                      max_uncertainty: float = 0.25) -> tuple[list, dict[str, str]]:
     """Each job's resolution, most specific first: ``--mpp-csv`` > an index row's own > ``--mpp`` > metadata.

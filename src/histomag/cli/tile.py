@@ -13,8 +13,6 @@ from histomag.cli.options import resolve_job_mpps
 from histomag.errors import ConfigError, InputPathError
 
 
-
-
 @app.command()
 def tile(
     slides: list[Path] = typer.Argument(..., help="Slides or images (folders are expanded), or index CSVs of images "
