@@ -9,6 +9,7 @@ is reported in its row; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,6 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
     """
     from histomag.data.tuples import SlideTupleDataset, tuple_transform
     from histomag.train.cv import grid_tile_settings, load_fold_models, read_run
-    from histomag.train.dmsl import predict_probs
 
     run = read_run(run_dir)
     models = load_fold_models(run, fold)
@@ -93,31 +93,17 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
             result.images.append(res)
             if failed and str(job.path) in failed:
                 res.error = failed[str(job.path)]
-                if bar:
-                    bar.advance(task, 1)  # type: ignore[arg-type]
-                continue
-            data = None
-            try:
-                data = SlideTupleDataset([job], settings, magnifications=run.config.magnifications, classes=names,
-                                         labelled_only=False, transform=transform)
-                res.mpp = data.slide_mpps[0]
-                if len(data) == 0:
-                    res.error = (f"{Path(job.path).name}: no tuple (smaller than one field of the model's tile "
-                                 "settings, or too little tissue per field)")
-                else:
-                    probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size,
-                                          num_workers=num_workers)
-                    res.probs, res.n_tuples = probs.mean(axis=0), len(probs)
-                    tuple_rows.extend([str(job.path), r.tuple_id, round(r.x), round(r.y), names[int(np.argmax(p))],
-                                       *(f"{v:.6g}" for v in p)] for r, p in zip(data.records, probs))
-            except UpsampleError as exc:
-                res.error = str(exc)
-                upsample.append(exc)
-            except HistomagError as exc:
-                res.error = str(exc)
-            finally:
-                if data is not None:
-                    data.close()
+            else:
+                try:
+                    data = SlideTupleDataset([job], settings, magnifications=run.config.magnifications,
+                                             classes=names, labelled_only=False, transform=transform)
+                    tuple_rows.extend(_predict_image(data, res, models, names, batch_size or run.config.batch_size,
+                                                     num_workers))
+                except UpsampleError as exc:
+                    res.error = str(exc)
+                    upsample.append(exc)
+                except HistomagError as exc:
+                    res.error = str(exc)
             if bar:
                 bar.advance(task, 1)  # type: ignore[arg-type]
     if upsample and len(upsample) == len(jobs):
@@ -132,3 +118,20 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
          *((f"{v:.6g}" for v in r.probs) if r.probs is not None else [""] * len(names)),
          r.n_tuples, r.label, f"{r.mpp:.5g}" if r.mpp else "", r.error] for r in result.images])
     return result
+
+
+def _predict_image(data, res: ImageResult, models: list, names: list[str], batch_size: int,
+                   num_workers: int) -> list[list]:
+    """Predict one image's tuples into ``res``; return its ``tuples.csv`` rows (closes the dataset)."""
+    from histomag.train.dmsl import predict_probs
+
+    with contextlib.closing(data):
+        res.mpp = data.slide_mpps[0]
+        if len(data) == 0:
+            res.error = (f"{Path(res.image).name}: no tuple (smaller than one field of the model's tile settings, "
+                         "or too little tissue per field)")
+            return []
+        probs = predict_probs(models, data, batch_size=batch_size, num_workers=num_workers)
+    res.probs, res.n_tuples = probs.mean(axis=0), len(probs)
+    return [[res.image, r.tuple_id, round(r.x), round(r.y), names[int(np.argmax(p))], *(f"{v:.6g}" for v in p)]
+            for r, p in zip(data.records, probs)]
