@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from histomag.errors import DatasetError, InputPathError
@@ -26,6 +26,7 @@ from histomag.resolution import (
     is_plausible_mpp,
     is_plausible_objective_power,
 )
+from histomag.slide.base import slide_id_from_path
 
 RESOLUTION_COLUMNS = ("mpp", "mpp_x", "mpp_y", "magnification")
 
@@ -36,7 +37,7 @@ class IndexRow:
 
     Attributes:
         path: absolute path of the image.
-        image_id: the file name without its suffixes.
+        image_id: the file name without its extension (:func:`~histomag.slide.base.slide_id_from_path`).
         where: ``"<csv> row <n>"`` for messages.
         mpp_x, mpp_y: µm per pixel across and down (None when the row gives no resolution).
         label: class of the whole image ("" when none).
@@ -121,15 +122,7 @@ def read_index(path: str | Path, *, require_resolution: bool = True, require_lab
             names the row and the column).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputPathError(f"{path}: no such index CSV; check the path")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            cols = set(reader.fieldnames or [])
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"{path}: not a readable CSV ({exc}); save it as UTF-8 CSV") from None
+    cols, rows = _read_csv(path, "index CSV")
     have = ", ".join(sorted(c for c in cols if c)) or "no columns"
     if "image" not in cols:
         raise DatasetError(f"{path}: an index CSV needs an image column (has {have})")
@@ -152,14 +145,21 @@ def read_index(path: str | Path, *, require_resolution: bool = True, require_lab
             raise DatasetError(f"{where}: the label column is empty for {name!r}; give its class")
         group = (row.get("group") or row.get("patient") or "").strip()
         img = (path.parent / name).resolve()
-        out.append(IndexRow(str(img), image_stem(img), where, mx, my, label, group, (row.get("organ") or "").strip(),
-                            from_mag))
+        out.append(IndexRow(str(img), slide_id_from_path(img), where, mx, my, label, group,
+                            (row.get("organ") or "").strip(), from_mag))
     return out
 
 
-def image_stem(path: str | Path) -> str:
-    """A file name without its suffixes (``a.ome.tif`` -> ``a``)."""
-    return Path(path).name.split(".")[0]
+def _read_csv(path: Path, what: str) -> tuple[set[str], list[dict]]:
+    """The column names and rows of a UTF-8 CSV (InputPathError / DatasetError naming the file)."""
+    if not path.is_file():
+        raise InputPathError(f"{path}: no such {what}; check the path")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            return set(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc}); save it as UTF-8 CSV") from None
 
 
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -181,8 +181,7 @@ def block_groups(rows: list[IndexRow], block: int) -> tuple[list[IndexRow], bool
         m = _NUMBER.search(r.image_id)
         start = (int(m.group(1)) if m else 0) // block * block
         group = f"{r.label or 'all'}-{start:03d}-{start + block - 1:03d}"
-        out.append(IndexRow(r.path, r.image_id, r.where, r.mpp_x, r.mpp_y, r.label, group, r.organ,
-                            r.magnification_given))
+        out.append(replace(r, group=group))
     return out, True
 
 
@@ -198,12 +197,7 @@ def read_mpp_table(path: str | Path) -> dict[str, float | tuple[float, float]]:
             not a plausible positive number (naming the row and the column).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputPathError(f"{path}: no such resolution CSV; check the path")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        rows = list(reader)
+    cols, rows = _read_csv(path, "resolution CSV")
     key = next((c for c in ("slide", "slide_id", "image") if c in cols), None)
     if key is None or not ({"mpp", "mpp_x", "mpp_y"} & cols):
         raise DatasetError(f"{path}: a resolution CSV needs a slide column and mpp (or mpp_x and mpp_y) "
@@ -229,7 +223,7 @@ def match_mpp_table(table: dict[str, float | tuple[float, float]], paths: list[P
     found: dict[str, float | tuple[float, float]] = {}
     used: set[str] = set()
     for p in paths:
-        for name in (str(p), p.name, image_stem(p)):
+        for name in (str(p), p.name, slide_id_from_path(p)):
             if name in table:
                 found[str(p)] = table[name]
                 used.add(name)
