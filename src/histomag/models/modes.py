@@ -93,7 +93,7 @@ def mode_description(name: str) -> str:
 
 def mode_names() -> list[str]:
     """Registered mode names, in the order they were registered (the built-ins first)."""
-    return list(MODE_SPECS._factories)
+    return MODE_SPECS.in_order()
 
 
 register_mode(ModeSpec("sim", "DMSL", "with SIM", uses_sim=True))

@@ -87,6 +87,10 @@ class Registry(Generic[F]):
         """Registered names, sorted."""
         return sorted(self._factories)
 
+    def in_order(self) -> list[str]:
+        """Registered names in the order they were registered."""
+        return list(self._factories)
+
     def __contains__(self, name: object) -> bool:
         return name in self._factories
 
