@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_json, remove_unreferenced
+from histomag.data.atomic import IMAGE_FORMATS, atomic_write_csv, atomic_write_json, remove_unreferenced
 from histomag.data.runlock import FolderLock, owned_by
 from histomag.errors import ConfigError, DatasetError
 from histomag.resolution import format_magnification
@@ -78,8 +78,6 @@ class TileSettings:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from histomag.data.atomic import IMAGE_FORMATS
-
         if self.image_format not in IMAGE_FORMATS:
             raise ConfigError(f"unknown image format {self.image_format!r}; valid: {', '.join(IMAGE_FORMATS)}")
         if not 1 <= self.quality <= 100:
@@ -87,8 +85,6 @@ class TileSettings:
 
     @property
     def image_suffix(self) -> str:
-        from histomag.data.atomic import IMAGE_FORMATS
-
         return IMAGE_FORMATS[self.image_format][0]
 
     def to_json(self) -> dict:
@@ -295,10 +291,14 @@ def _file_complete(path: Path) -> bool:
         return False
 
 
+#: the suffixes of tuple images, one per format this folder can hold
+IMAGE_SUFFIXES = tuple(suffix for suffix, _ in IMAGE_FORMATS.values())
+
+
 def _written_here(path: Path, slide_id: str) -> bool:
     """A tuple image of ``images/<slide_id>/`` or the temporary file of one (nothing else is deleted)."""
     name = path.name
-    ours = (name.startswith(f"{slide_id}_") and name.endswith((".png", ".jpg", ".webp"))) or \
+    ours = (name.startswith(f"{slide_id}_") and name.endswith(IMAGE_SUFFIXES)) or \
         (name.startswith(f".{slide_id}_") and name.endswith(".tmp"))
     return ours and path.is_file()
 
