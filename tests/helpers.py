@@ -188,3 +188,30 @@ def make_magset(root: Path, mags: tuple[float, ...] = (10, 40), counts: dict[str
     counts = counts or {"train": 24, "val": 8, "test": 8}
     return write_set(root, [(synth_tissue(size, m, rng), m, split)
                             for split, n in counts.items() for m in mags for _ in range(n)])
+
+
+def manifest_by_id(root: Path) -> dict[str, dict]:
+    """A dataset folder's manifest rows by tuple id (asserting that no tuple is listed twice)."""
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_id = {r["tuple_id"]: r for r in rows}
+    assert len(by_id) == len(rows), "a tuple is listed twice"
+    return by_id
+
+
+def assert_same_dataset(out: Path, ref: Path) -> None:
+    """``out`` holds exactly ``ref``'s tuples: same rows, decodable identical images, no other image files."""
+    rows, expected = manifest_by_id(out), manifest_by_id(ref)
+    assert rows == expected
+    referenced = {v for r in rows.values() for k, v in r.items() if k.startswith("image_") and v}
+    for rel in referenced:
+        with Image.open(out / rel) as img:
+            img.load()  # decodes
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes()
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
+    assert on_disk == referenced, "orphan image files"
+    assert not list(out.rglob("*.tmp"))
+    for part in (out / "parts").glob("*.csv"):
+        with open(part, newline="") as fh:
+            ids = [r["tuple_id"] for r in csv.DictReader(fh)]
+        assert len(ids) == len(set(ids)), f"{part.name} repeats a tuple"

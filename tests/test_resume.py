@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import histomag
-from helpers import textured
+from helpers import assert_same_dataset, manifest_by_id, textured
 from histomag.cli.main import run
 from histomag.data.folder import DatasetFolder, image_column, manifest_columns
 from histomag.data.runlock import FolderLock
@@ -74,30 +74,6 @@ def _journal_rows(out: Path) -> int:
         if (out / "parts").is_dir() else 0
 
 
-def _manifest(root: Path) -> dict[str, dict]:
-    rows = list(csv.DictReader(open(root / "manifest.csv", newline="")))
-    by_id = {r["tuple_id"]: r for r in rows}
-    assert len(by_id) == len(rows), "a tuple is listed twice"
-    return by_id
-
-
-def _assert_same_dataset(out: Path, ref: Path) -> None:
-    """``out`` holds exactly ``ref``'s tuples: same rows, decodable identical images, no other image files."""
-    rows, expected = _manifest(out), _manifest(ref)
-    assert rows == expected
-    referenced = {r[image_column(m)] for r in rows.values() for m in MAGS}
-    for rel in referenced:
-        with Image.open(out / rel) as img:
-            img.load()  # decodes
-        assert (out / rel).read_bytes() == (ref / rel).read_bytes()
-    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
-    assert on_disk == referenced, "orphan image files"
-    assert not list(out.rglob("*.tmp"))
-    for part in (out / "parts").glob("*.csv"):
-        ids = [r["tuple_id"] for r in csv.DictReader(open(part, newline=""))]
-        assert len(ids) == len(set(ids)), f"{part.name} repeats a tuple"
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     from histomag.synth.cohort import make_cohort
@@ -112,7 +88,7 @@ def reference(cohort: Path, tmp_path_factory) -> Path:
     """The same command, never interrupted."""
     out = tmp_path_factory.mktemp("reference") / "ds"
     assert run(["tile", str(cohort), "--out", str(out), *TILE]) == 0
-    assert len(_manifest(out)) > 100
+    assert len(manifest_by_id(out)) > 100
     return out
 
 
@@ -122,7 +98,7 @@ def test_killing_only_the_main_process_then_resuming_equals_an_uninterrupted_run
     out = tmp_path / "ds"
     proc = _cli("tile", str(cohort), "--out", str(out), "--workers", str(workers), *TILE,
                 stderr=tmp_path / "stderr")
-    n = len(_manifest(reference))
+    n = len(manifest_by_id(reference))
     end = time.monotonic() + 60
     while _journal_rows(out) < n // 4 and proc.poll() is None and time.monotonic() < end:
         time.sleep(0.01)
@@ -145,9 +121,9 @@ def test_killing_only_the_main_process_then_resuming_equals_an_uninterrupted_run
     assert not (out / "manifest.csv").exists()
     # resume, twice: the second run finds everything done and changes nothing
     assert run(["tile", str(cohort), "--out", str(out), "--workers", str(workers), *TILE]) == 0
-    _assert_same_dataset(out, reference)
+    assert_same_dataset(out, reference)
     assert run(["tile", str(cohort), "--out", str(out), "--workers", str(workers), *TILE]) == 0
-    _assert_same_dataset(out, reference)
+    assert_same_dataset(out, reference)
     slides = list(csv.DictReader(open(out / "slides.csv")))
     assert sum(int(s["tuples_written"]) for s in slides) == 0 and sum(int(s["tuples_resumed"]) for s in slides) == n
 
@@ -204,7 +180,7 @@ def test_a_journal_with_repeated_and_torn_lines_is_repaired_into_one_row_per_tup
     notes = tmp_path / "ds" / "images" / "s" / "notes.txt"  # not ours: kept
     notes.write_text("mine")
 
-    assert folder.write_manifest(["s"], columns) == 5
+    assert folder.writemanifest_by_id(["s"], columns) == 5
     rows = list(csv.DictReader(open(folder.manifest_path, newline="")))
     assert [x["tuple_id"] for x in rows] == ["s_0", "s_1", "s_2", "s_3", "s_4"]
     assert rows[1]["label"] == "normal" and rows[0] == {c: str(r[0][c]) for c in columns}

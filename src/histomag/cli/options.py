@@ -35,12 +35,13 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max
 
 
 def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoint: Path | None,
-                     max_uncertainty: float = 0.25) -> tuple[list, dict[str, str]]:
+                     max_uncertainty: float = 0.25, batch: list[str] | None = None) -> tuple[list, dict[str, str]]:
     """Each job's resolution, most specific first: ``--mpp-csv`` > an index row's own > ``--mpp`` > metadata.
 
     ``--mpp estimate`` is only run for the jobs nothing more specific covers. Each job records where
     its resolution came from (``mpp-csv``, ``index-csv``, ``estimated``; a plain ``--mpp`` reads
     as ``override``). Returns the jobs to run and the one-line errors of those that cannot.
+    ``batch``: the whole batch when ``jobs`` is one shard of it (``--mpp-csv`` is checked against it).
     """
     from dataclasses import replace
 
@@ -48,7 +49,8 @@ def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoi
 
     table: dict = {}
     if mpp_csv is not None:
-        table, unused, missing = match_mpp_table(read_mpp_table(mpp_csv), [Path(j.path) for j in jobs])
+        table, unused, missing = match_mpp_table(read_mpp_table(mpp_csv), [Path(p) for p in batch or
+                                                                            [j.path for j in jobs]])
         if unused:
             print(f"warning: {mpp_csv}: {len(unused)} listed slide(s) are not in this batch: "
                   f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}", file=sys.stderr)

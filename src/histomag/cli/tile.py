@@ -51,6 +51,12 @@ def tile(
     image_format: str = typer.Option("png", "--format", help="Tuple images: png (lossless), jpeg (4:4:4) or webp."),
     quality: int = typer.Option(90, "--quality", help="JPEG / WebP quality (1-100)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Dask scheduler address (tcp://HOST:8786): one "
+                                          "task per slide on its workers, which must see the slides and --out under "
+                                          "the same paths. Needs the [dask] extra."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: tile only every N-th slide from the K-th (copy K "
+                                        "of N copies given the same batch, e.g. a Slurm array) into "
+                                        "OUT/shards/K-of-N; join them with `histomag merge OUT`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Tile slides into a dataset folder: one PNG per magnification per tuple plus manifest.csv."""
@@ -61,7 +67,15 @@ def tile(
     from histomag.resolution import parse_magnifications
     from histomag.tiling import make_tuple_spec
 
+    from histomag.cluster import connect, parse_shard
+
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
+    the_shard = parse_shard(shard) if shard else None
+    if the_shard and cluster:
+        raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
+    if out.exists() and not out.is_dir():
+        raise InputPathError(f"--out {out} is a file; give a folder for the dataset")
+    client = connect(cluster) if cluster else None  # an unreachable scheduler fails here, before any work
     make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
     indexed, notes = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
     for message in notes:
@@ -85,13 +99,25 @@ def tile(
         lab = labels or find_labels(p, labels_dir)
         jobs.append(SlideJob(str(p), labels=str(lab) if lab else None,
                              patient_id=patient_map.get(slide_id_from_path(p))))
-    jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty)
+    if the_shard is not None:
+        from histomag.data.shards import shard_folder, write_shard_info
+
+        batch = [j.path for j in jobs]
+        jobs = the_shard.take(jobs)
+        out = shard_folder(out, the_shard)
+        write_shard_info(out, the_shard, batch)
+    jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty,
+                                          batch=batch if the_shard else None)
     settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                             n_random=n_random, seed=seed, min_tissue=min_tissue,
                             tissue_threshold=tissue_threshold, label_fraction=label_fraction,
                             negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples,
                             image_format=image_format.lower(), quality=quality)
-    results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet) if jobs else []
+    try:
+        results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet, client=client) if jobs else []
+    finally:
+        if client is not None:
+            client.close()
     ok = [r for r in results if r.status == "ok"]
     failed = [r.error for r in results if r.status != "ok"] + list(failed_early.values())
     for message in failed:
@@ -118,3 +144,17 @@ def tile(
     if failed:
         return 2 if not ok else 1
     return 1 if skipped else 0
+
+
+@app.command()
+def merge(
+    out: Path = typer.Argument(..., help="The --out folder the shards were written for (OUT/shards/K-of-N)."),
+    partial: bool = typer.Option(False, "--partial", help="Merge the finished shards even if some have not run."),
+) -> int:
+    """Join the shards of `tile --shard K/N` into one dataset folder, as a one-process run would have written it."""
+    from histomag.data.shards import merge_shards
+
+    summary = merge_shards(out, partial=partial)
+    print(f"merged {summary.shards} shard(s): {summary.slides_ok} slides tiled, {summary.slides_failed} failed, "
+          f"{summary.tuples} tuples -> {out / 'manifest.csv'}")
+    return 1 if summary.slides_failed else 0

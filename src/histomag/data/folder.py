@@ -121,10 +121,14 @@ class DatasetFolder:
         return self.root / "images" / slide_id / f"{tuple_id}_{format_magnification(magnification)}{suffix}"
 
     # ----- settings -------------------------------------------------------------------------
-    def prepare(self, settings: TileSettings) -> None:
-        """Create the folder, or check that an existing one was made with the same settings."""
+    def prepare(self, settings: TileSettings | dict) -> None:
+        """Create the folder, or check that an existing one was made with the same settings.
+
+        ``settings`` may also be the ``dataset.json`` of another folder (a shard being merged).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        new = settings.to_json()
+        new = settings.to_json() if isinstance(settings, TileSettings) else \
+            {k: v for k, v in settings.items() if k != "version"}
         if self.settings_path.exists():
             old = self.read_settings()
             diff = [k for k in RESUME_KEYS if _norm(old.get(k, RESUME_DEFAULTS.get(k))) != _norm(new.get(k))]

@@ -280,24 +280,32 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
 
 
 def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str | Path, *,
-                workers: int = 1, progress: bool = True) -> list[SlideResult]:
+                workers: int = 1, progress: bool = True, client: object | None = None) -> list[SlideResult]:
     """Tile several slides into one dataset folder, in ``workers`` processes with one progress bar.
+
+    With ``client`` (a ``distributed.Client``, :func:`histomag.cluster.connect`) each slide is one
+    task on that Dask cluster instead; its workers must see the slides and ``out_dir``.
 
     Returns one result per job (in job order); failed slides carry their one-line error. The
     manifest and ``slides.csv`` are rewritten at the end from the per-slide journals.
 
     Raises:
         FolderInUseError: another run is writing to ``out_dir``.
+        ClusterError: some Dask worker cannot see ``out_dir`` or a slide.
     """
     with DatasetFolder(Path(out_dir)).lock() as run_token:
-        return _tile_slides_owned(jobs, settings, out_dir, workers=workers, progress=progress, run_token=run_token)
+        return _tile_slides_owned(jobs, settings, out_dir, workers=workers, progress=progress, run_token=run_token,
+                                  client=client)
 
 
 def _tile_slides_owned(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str | Path, *,
-                       workers: int, progress: bool, run_token: str) -> list[SlideResult]:
+                       workers: int, progress: bool, run_token: str, client: object | None = None) -> list[SlideResult]:
     folder = DatasetFolder(Path(out_dir), run_token=run_token)
     folder.prepare(settings)
     results: list[SlideResult | None] = [None] * len(jobs)
+    if client is not None:
+        _tile_on_cluster(client, jobs, settings, folder.root, run_token, results, progress)
+        return _finish(folder, settings, results)
     with progress_bar(progress) as bar:
         task = bar.add_task("tiling", total=None) if bar else None
 
@@ -329,12 +337,55 @@ def _tile_slides_owned(jobs: Sequence[SlideJob], settings: TileSettings, out_dir
                         results[futures[fut]] = fut.result()
                 _drain(q, on_report, timeout=0.0)
             q.close()
+    return _finish(folder, settings, results)
+
+
+def _finish(folder: DatasetFolder, settings: TileSettings, results: Sequence[SlideResult | None]) -> list[SlideResult]:
+    """The manifest from the journals of the slides that finished, and ``slides.csv`` for all."""
     final = [r for r in results if r is not None]
     slide_ids = [r.slide_id for r in final if r.status == "ok"]
     spec_columns = manifest_columns(settings.magnifications)
     folder.write_manifest(slide_ids, spec_columns)
     atomic_write_csv(folder.root / "slides.csv", SLIDE_COLUMNS, [r.__dict__ for r in final])
     return final
+
+
+def _tile_on_cluster(client: object, jobs: Sequence[SlideJob], settings: TileSettings, root: Path, run_token: str,
+                     results: list[SlideResult | None], progress: bool) -> None:
+    """One Dask task per slide; a slide lost with its worker (twice) is a failed row, never a partial one."""
+    from dataclasses import replace
+
+    from histomag.cluster import check_shared, map_tasks
+    from histomag.slide.base import slide_id_from_path
+
+    # the workers' current folders are not ours: they get absolute paths
+    remote = [replace(j, path=str(Path(j.path).resolve()), labels=str(Path(j.labels).resolve()) if j.labels else None)
+              for j in jobs]
+    check_shared(client, root, *(Path(j.path) for j in remote), *(Path(j.labels) for j in remote if j.labels))
+    with progress_bar(progress) as bar:
+        task = bar.add_task("tiling slides on the cluster", total=len(jobs)) if bar else None
+
+        def done(i: int, result: SlideResult) -> None:
+            result.path = jobs[i].path
+            results[i] = result
+            if bar:
+                bar.advance(task, 1)
+
+        def lost(i: int, reason: str) -> None:
+            name = Path(jobs[i].path).name
+            results[i] = SlideResult(slide_id_from_path(Path(jobs[i].path)), jobs[i].path, "failed",
+                                     error=f"{name}: lost on the Dask cluster after retries ({reason}); its finished "
+                                           "tuples are kept: re-run the same command to finish it")
+            if bar:
+                bar.advance(task, 1)
+
+        map_tasks(client, _tile_slide_remote, [(job, settings, str(root), run_token) for job in remote],
+                  on_done=done, on_lost=lost)
+
+
+def _tile_slide_remote(job: SlideJob, settings: TileSettings, out_dir: str, run_token: str) -> SlideResult:
+    """A Dask task: one slide (its journal fenced by the submitting run's token, like a pool worker's)."""
+    return tile_slide(job, settings, out_dir, run_token=run_token)
 
 
 _worker_queue = None  # the progress queue of a pool worker (set by _init_worker)

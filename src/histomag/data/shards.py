@@ -1,0 +1,144 @@
+"""Shards of one tiling batch (``tile --shard K/N``) and joining them (``histomag merge``).
+
+Copy K of N writes a complete dataset folder of its own slides to ``OUT/shards/K-of-N/``, with
+``shard.json`` naming the whole batch in order. :func:`merge_shards` moves every finished slide's
+journal and images into ``OUT`` and writes ``OUT/manifest.csv`` and ``OUT/slides.csv`` in the
+batch's order, so the result is the folder a one-process run would have written. Merging moves
+files (one rename per slide) and can be re-run: a merge that was killed half-way finishes on the
+next try.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from histomag.cluster import Shard
+from histomag.data.atomic import atomic_write_csv, atomic_write_json
+from histomag.data.folder import RESUME_DEFAULTS, RESUME_KEYS, DatasetFolder, manifest_columns
+from histomag.data.tiler import SLIDE_COLUMNS
+from histomag.errors import DatasetError
+
+SHARDS_DIR = "shards"
+SHARD_FILE = "shard.json"
+
+
+def shard_folder(out: Path, shard: Shard) -> Path:
+    """Where copy ``shard`` of a batch for ``out`` writes."""
+    return Path(out) / SHARDS_DIR / shard.name
+
+
+def write_shard_info(folder: Path, shard: Shard, batch: Sequence[str]) -> None:
+    """Record which copy this is and the whole batch (in order) beside the shard's dataset."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    info = {"shard": shard.index, "of": shard.count, "batch": [str(p) for p in batch]}
+    path = Path(folder) / SHARD_FILE
+    if path.exists():
+        old = _read_json(path)
+        if old.get("of") != shard.count or old.get("batch") != info["batch"]:
+            raise DatasetError(f"{folder} holds shard {old.get('shard')}/{old.get('of')} of another batch; give every "
+                               "copy the same slides in the same order, or use another --out")
+    atomic_write_json(path, info)
+
+
+@dataclass
+class MergeSummary:
+    """What :func:`merge_shards` did."""
+
+    shards: int
+    slides_ok: int
+    slides_failed: int
+    tuples: int
+
+
+def merge_shards(root: str | Path, *, partial: bool = False) -> MergeSummary:
+    """Join ``root/shards/*`` into ``root``.
+
+    Raises:
+        DatasetError: no shards; shards of different batches or settings; a shard missing or
+            unfinished (unless ``partial``: then the finished ones are merged and the rest stay).
+        FolderInUseError: another run is writing ``root``.
+    """
+    root = Path(root)
+    base = root / SHARDS_DIR
+    folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    if not folders:
+        raise DatasetError(f"{root}: no shards to merge; make them with `histomag tile ... --out {root} --shard K/N`")
+    infos = {}
+    for f in folders:
+        if not (f / SHARD_FILE).is_file():
+            raise DatasetError(f"{f}: not a shard (no {SHARD_FILE}); remove it from {base}")
+        infos[f] = _read_json(f / SHARD_FILE)
+    counts = {i.get("of") for i in infos.values()}
+    batches = {json.dumps(i.get("batch")) for i in infos.values()}
+    if len(counts) != 1 or len(batches) != 1:
+        raise DatasetError(f"{base} holds shards of different batches ({', '.join(f.name for f in folders)}); "
+                           "merge one batch at a time")
+    n = counts.pop()
+    batch: list[str] = next(iter(infos.values()))["batch"]
+    finished = [f for f in folders if (f / "slides.csv").is_file()]
+    present = {infos[f]["shard"] for f in finished}
+    missing = [k for k in range(1, n + 1) if k not in present]
+    if missing and not partial:
+        raise DatasetError(f"{root}: shard(s) {', '.join(map(str, missing))} of {n} have not finished (or not run); "
+                           "run them, or merge the finished ones with --partial")
+    with DatasetFolder(root).lock() as token:
+        folder = DatasetFolder(root, run_token=token)
+        settings = [_read_json(f / "dataset.json") for f in finished]
+        for f, s in zip(finished[1:], settings[1:]):
+            diff = [k for k in RESUME_KEYS if s.get(k, RESUME_DEFAULTS.get(k)) != settings[0].get(k, RESUME_DEFAULTS.get(k))]
+            if diff:
+                raise DatasetError(f"{f.name} was tiled with {diff[0]}={s.get(diff[0])!r}, {finished[0].name} with "
+                                   f"{settings[0].get(diff[0])!r}; re-run the shards with the same options")
+        folder.prepare(settings[0])
+        rows = []
+        for f in finished:
+            for row in _read_csv(f / "slides.csv"):
+                if row.get("status") == "ok":
+                    _move_slide(f, root, row["slide_id"])
+                rows.append(row)
+        position = {p: i for i, p in enumerate(batch)}
+        rows.sort(key=lambda r: position.get(r.get("path", ""), len(position)))
+        columns = manifest_columns(settings[0]["magnifications"])
+        ok = [r["slide_id"] for r in rows if r.get("status") == "ok"]
+        tuples = folder.write_manifest(ok, columns)
+        old = _read_csv(root / "slides.csv") if (root / "slides.csv").is_file() else []
+        merged = {r["slide_id"] for r in rows}
+        atomic_write_csv(root / "slides.csv", SLIDE_COLUMNS, [r for r in old if r.get("slide_id") not in merged] + rows)
+        for f in finished:
+            shutil.rmtree(f)
+        if base.is_dir() and not any(base.iterdir()):
+            base.rmdir()
+    return MergeSummary(len(finished), len(ok), len(rows) - len(ok), tuples)
+
+
+def _move_slide(shard: Path, root: Path, slide_id: str) -> None:
+    """Move one slide's journal and images from a shard into ``root`` (a re-merge finds them moved)."""
+    part = shard / "parts" / f"{slide_id}.csv"
+    images = shard / "images" / slide_id
+    if part.is_file():
+        (root / "parts").mkdir(parents=True, exist_ok=True)
+        if images.is_dir():
+            target = root / "images" / slide_id
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(images, target)  # images first: a journal in root always finds its images
+        os.replace(part, root / "parts" / f"{slide_id}.csv")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable ({exc}); re-run the shard that wrote it") from None
