@@ -39,16 +39,9 @@ def reference(cohort: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A local Dask cluster of 2 worker processes, one task at a time each; a worker that dies fails its task at
-    once (no silent retries by the scheduler)."""
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                      silence_logs=50) as lc:
-            yield lc
+@pytest.fixture
+def cluster(dask_cluster):
+    return dask_cluster
 
 
 def test_shard_parsing_and_assignment() -> None:
@@ -148,6 +141,8 @@ def test_a_worker_killed_mid_slide_leaves_no_partial_tuple_and_the_slide_finishe
         os.kill(pid, signal.SIGKILL)
     thread.join(timeout=120)
     assert not thread.is_alive()
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)  # the nannies restart them (for the tests that follow)
     with open(out / "slides.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     failed = [r for r in rows if r["status"] != "ok"]
@@ -158,3 +153,22 @@ def test_a_worker_killed_mid_slide_leaves_no_partial_tuple_and_the_slide_finishe
     else:
         assert codes == [0]
     assert_same_dataset(out, reference)
+
+
+def test_cluster_audit_equals_a_local_audit(cluster, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from helpers import nuclei_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, mpp in enumerate((0.25, 0.5, 1.0)):
+        Image.fromarray(nuclei_image(384, 384, mpp, np.random.default_rng(i), density=0.01)).save(folder / f"i{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    assert run(["audit", str(folder), "--out", str(tmp_path / "local"), "-q"]) == 1
+    assert run(["audit", str(folder), "--out", str(tmp_path / "remote"), "-q", "--cluster",
+                cluster.scheduler_address]) == 1
+    local = (tmp_path / "local" / "audit.csv").read_text()
+    assert (tmp_path / "remote" / "audit.csv").read_text() == local
+    assert local.count("\n") == 5 and "broken.png" in local

@@ -258,3 +258,18 @@ def test_mpp_csv_wins_is_recorded_and_warns_about_mismatches(tmp_path: Path, cap
     code, out, err = _cli(["tile", str(tmp_path / "a.png"), "--mpp-csv", str(table), "--mags", "10", "--size", "32",
                            "--out", str(tmp_path / "ds2"), "-q"], capsys)
     assert code == 2 and "row 2: has mpp_x but no mpp_y" in err and err.count("\n") == 1
+
+
+def test_predict_images_on_a_dask_cluster_equals_one_process(final_run: tuple[Path, Path], dask_cluster,
+                                                              tmp_path: Path, capsys) -> None:
+    root, idx = final_run
+    args = ["dmsl", "predict", str(root / "run"), str(idx), "-q"]
+    assert _cli([*args, "--out", str(tmp_path / "local")], capsys)[0] == 0
+    code, out, err = _cli([*args, "--out", str(tmp_path / "remote"), "--cluster", dask_cluster.scheduler_address],
+                          capsys)
+    assert code == 0, err
+    for name in ("images.csv", "tuples.csv"):
+        assert (tmp_path / "remote" / name).read_text() == (tmp_path / "local" / name).read_text()
+    code, _, err = _cli(["dmsl", "predict", str(root / "run"), str(root / "s000.png"), "--cluster",
+                         dask_cluster.scheduler_address], capsys)
+    assert code == 2 and "drop --cluster" in err

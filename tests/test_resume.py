@@ -180,7 +180,7 @@ def test_a_journal_with_repeated_and_torn_lines_is_repaired_into_one_row_per_tup
     notes = tmp_path / "ds" / "images" / "s" / "notes.txt"  # not ours: kept
     notes.write_text("mine")
 
-    assert folder.writemanifest_by_id(["s"], columns) == 5
+    assert folder.write_manifest(["s"], columns) == 5
     rows = list(csv.DictReader(open(folder.manifest_path, newline="")))
     assert [x["tuple_id"] for x in rows] == ["s_0", "s_1", "s_2", "s_3", "s_4"]
     assert rows[1]["label"] == "normal" and rows[0] == {c: str(r[0][c]) for c in columns}

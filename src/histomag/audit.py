@@ -62,23 +62,56 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
 
 
 def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n_crops: int = 32,
-                progress: bool = True) -> list[dict[str, Any]]:
-    """Audit every file and write ``audit.csv`` and ``audit.html`` into ``out_dir``; returns the rows."""
+                progress: bool = True, client: Any = None, checkpoint: Path | None = None) -> list[dict[str, Any]]:
+    """Audit every file and write ``audit.csv`` and ``audit.html`` into ``out_dir``; returns the rows.
+
+    With ``client`` (a ``distributed.Client``) each file is one task on that Dask cluster, whose
+    workers load the magnification model from ``checkpoint`` (default: the shipped one) once each.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    thumbs: list[bytes | None] = []
+    outcomes: list[tuple[dict[str, Any], bytes | None] | None] = [None] * len(paths)
     with progress_bar(progress) as bar:
         task = bar.add_task("auditing resolutions", total=len(paths)) if bar else None
-        for p in paths:
-            row, thumb = audit_one(Path(p), estimator, n_crops)
-            rows.append(row)
-            thumbs.append(thumb)
+
+        def done(i: int, outcome: tuple[dict[str, Any], bytes | None]) -> None:
+            outcome[0]["path"] = str(paths[i])
+            outcomes[i] = outcome
             if bar:
                 bar.advance(task, 1)
+
+        if client is None:
+            for i, p in enumerate(paths):
+                done(i, audit_one(Path(p), estimator, n_crops))
+        else:
+            from histomag.cluster import check_shared, map_tasks
+
+            remote = [str(Path(p).resolve()) for p in paths]
+            check_shared(client, *map(Path, remote), *([checkpoint] if checkpoint else []))
+            ckpt = str(Path(checkpoint).resolve()) if checkpoint else None
+            map_tasks(client, _audit_remote, [(p, ckpt, n_crops) for p in remote], on_done=done,
+                      on_lost=lambda i, reason: done(i, ({"path": str(paths[i]), "verdict": "error", "error":
+                                                          f"{Path(paths[i]).name}: lost on the Dask cluster after "
+                                                          f"retries ({reason}); re-run to audit it"}, None)))
+    rows = [o[0] for o in outcomes if o is not None]
+    thumbs = [o[1] for o in outcomes if o is not None]
     atomic_write_csv(out_dir / "audit.csv", AUDIT_COLUMNS, rows)
     atomic_write_text(out_dir / "audit.html", render_audit(rows, thumbs, estimator.source))
     return rows
+
+
+#: the magnification model of this (Dask worker) process, loaded once per checkpoint
+_remote_estimator: dict[str | None, Any] = {}
+
+
+def _audit_remote(path: str, checkpoint: str | None, n_crops: int) -> tuple[dict[str, Any], bytes | None]:
+    """A Dask task: one file, with the model loaded once per worker process."""
+    from histomag.train.maginfer import load_estimator
+
+    if checkpoint not in _remote_estimator:
+        _remote_estimator.clear()
+        _remote_estimator[checkpoint] = load_estimator(Path(checkpoint) if checkpoint else None)
+    return audit_one(Path(path), _remote_estimator[checkpoint], n_crops)
 
 
 def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None], model: str) -> str:

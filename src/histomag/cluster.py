@@ -28,6 +28,8 @@ from histomag.errors import ConfigError, HistomagError
 T = TypeVar("T")
 #: how long :func:`connect` waits for the scheduler before giving up
 CONNECT_TIMEOUT_S = 10.0
+#: how long :func:`check_shared` waits for a first worker
+WORKER_WAIT_S = 30.0
 #: how many times a task whose worker died (or that raised unexpectedly) is submitted again by us,
 #: on top of the scheduler's own ``allowed-failures`` retries
 RESUBMITS = 1
@@ -102,9 +104,12 @@ def check_shared(client: Any, *paths: Path) -> None:
         ClusterError: naming the first path some worker cannot see.
     """
     wanted = [str(Path(p).resolve()) for p in paths]
+    try:  # a cluster just started (or whose workers are restarting) gets a moment to bring one up
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (TimeoutError, OSError):
+        raise ClusterError(f"the Dask cluster has no worker after {WORKER_WAIT_S:g} s; start one with "
+                           "`dask worker SCHEDULER_ADDRESS`") from None
     seen = client.run(_visible, wanted)
-    if not seen:
-        raise ClusterError("the Dask cluster has no worker; start one with `dask worker SCHEDULER_ADDRESS`")
     for worker, flags in seen.items():
         for path, ok in zip(wanted, flags):
             if not ok:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
+from histomag.cli.options import CLUSTER_HELP, cluster_client
 
 
 @app.command()
@@ -17,6 +18,7 @@ def audit(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Magnification model "
                                               "(default: the model shipped with histomag)."),
     n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per file."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Per file: metadata mpp (or none), estimate with its interval, verdict ok / missing / likely wrong."""
@@ -29,7 +31,9 @@ def audit(
         raise InputPathError(f"{out} is a file; give a folder for the audit")
     items = expand_image_paths(paths)
     estimator = load_estimator(checkpoint)
-    rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet)
+    with cluster_client(cluster) as client:
+        rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet, client=client,
+                           checkpoint=checkpoint)
     bad = [r for r in rows if r["verdict"] == "error"]
     for r in bad:
         error(r["error"])

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
+from histomag.cli.options import CLUSTER_HELP, cluster_client
 from histomag.errors import ConfigError
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
@@ -109,6 +110,7 @@ def predict(
                                           "estimate's interval is wider than ± this share."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Several images: " + CLUSTER_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Class probabilities per tuple; a heatmap for one slide; per image (images.csv) for image collections."""
@@ -120,6 +122,11 @@ def predict(
         if not target.exists():
             raise InputPathError(f"{target}: no such dataset folder, slide, image or index CSV; check the path")
     first = targets[0]
+    single = len(targets) == 1 and (first.is_file() and first.suffix.lower() != ".csv" or first.is_dir() and (
+        (first / "manifest.csv").exists() or (first / "dataset.json").exists()))
+    if cluster and single:
+        raise ConfigError("--cluster spreads several images over a cluster; one slide or one dataset folder runs "
+                          "here: drop --cluster")
     if len(targets) == 1 and first.is_dir() and ((first / "manifest.csv").exists() or (first / "dataset.json").exists()):
         if mpp is not None:
             raise ConfigError("--mpp applies to slides and images; a dataset folder was tiled at its resolution")
@@ -138,13 +145,15 @@ def predict(
         print(f"predicted {first.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}, "
               f"{paths['geojson']} (QuPath: File > Import objects)")
         return 0
-    return _predict_images(run, targets, out_dir, fold=fold, mpp=mpp, checkpoint=checkpoint,
-                           max_uncertainty=max_uncertainty, batch_size=batch_size, workers=workers, quiet=quiet)
+    with cluster_client(cluster) as client:
+        return _predict_images(run, targets, out_dir, fold=fold, mpp=mpp, checkpoint=checkpoint,
+                               max_uncertainty=max_uncertainty, batch_size=batch_size, workers=workers, quiet=quiet,
+                               client=client)
 
 
 def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Optional[int], mpp: Optional[str],
                     checkpoint: Optional[Path], max_uncertainty: float, batch_size: Optional[int], workers: int,
-                    quiet: bool) -> int:
+                    quiet: bool, client: object | None = None) -> int:
     from histomag.cli.options import resolve_job_mpps
     from histomag.data.sources import expand_slides, index_jobs
     from histomag.data.tiler import SlideJob
@@ -158,7 +167,7 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
     resolved = {j.path: j for j in runnable}
     jobs = [resolved.get(j.path, j) for j in jobs]
     result = predict_images(run, jobs, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,
-                            progress=not quiet, failed=failed)
+                            progress=not quiet, failed=failed, client=client)
     problems = [r.error for r in result.failed]
     for message in problems:
         error(message)

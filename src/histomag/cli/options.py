@@ -1,9 +1,11 @@
-"""Option values several commands share (``--mpp``), turned into library calls; imports no command."""
+"""Option values several commands share (``--mpp``, ``--cluster``), turned into library calls; imports no command."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 from histomag.errors import ConfigError
 
@@ -73,3 +75,26 @@ def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoi
         else:
             out.append(j)
     return out, failed
+
+
+#: help of every command's ``--cluster`` option
+CLUSTER_HELP = ("Dask scheduler address (e.g. tcp://HOST:8786): one task per file on its workers, which must see the "
+                "files and the output under the same paths. Needs the [dask] extra.")
+
+
+@contextlib.contextmanager
+def cluster_client(address: str | None) -> Iterator[Any]:
+    """A Dask client on ``--cluster ADDRESS`` for the command's duration (``None`` without one).
+
+    An unreachable scheduler is a one-line :class:`~histomag.cluster.ClusterError` here, before any work.
+    """
+    if not address:
+        yield None
+        return
+    from histomag.cluster import connect
+
+    client = connect(address)
+    try:
+        yield client
+    finally:
+        client.close()

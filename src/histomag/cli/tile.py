@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import resolve_job_mpps
+from histomag.cli.options import CLUSTER_HELP, cluster_client, resolve_job_mpps
 from histomag.errors import ConfigError, InputPathError
 
 
@@ -51,9 +51,7 @@ def tile(
     image_format: str = typer.Option("png", "--format", help="Tuple images: png (lossless), jpeg (4:4:4) or webp."),
     quality: int = typer.Option(90, "--quality", help="JPEG / WebP quality (1-100)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Dask scheduler address (tcp://HOST:8786): one "
-                                          "task per slide on its workers, which must see the slides and --out under "
-                                          "the same paths. Needs the [dask] extra."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: tile only every N-th slide from the K-th (copy K "
                                         "of N copies given the same batch, e.g. a Slurm array) into "
                                         "OUT/shards/K-of-N; join them with `histomag merge OUT`."),
@@ -67,57 +65,51 @@ def tile(
     from histomag.resolution import parse_magnifications
     from histomag.tiling import make_tuple_spec
 
-    from histomag.cluster import connect, parse_shard
+    from histomag.cluster import parse_shard
 
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
     the_shard = parse_shard(shard) if shard else None
     if the_shard and cluster:
         raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
-    if out.exists() and not out.is_dir():
-        raise InputPathError(f"--out {out} is a file; give a folder for the dataset")
-    client = connect(cluster) if cluster else None  # an unreachable scheduler fails here, before any work
-    make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
-    indexed, notes = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
-    for message in notes:
-        print(f"note: {message}", file=sys.stderr)
-    paths = expand_slides([p for p in slides if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
-    if labels is not None and len(paths) > 1:
-        raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
-    if labels is not None and not labels.exists():
-        raise InputPathError(f"{labels}: no such label file; check the --labels path")
-    patient_map = read_patients(patients) if patients else {}
-    if not patients:
-        for folder in sorted({p.parent for p in paths}):
-            patient_map.update(read_patients_beside(folder))
-    from_index = {j.path: j for j in indexed}
-    jobs = []
-    for p in paths:
-        row = from_index.get(str(p))
-        if row is not None:  # an index row: its class, group and (if given) resolution
-            jobs.append(row)
-            continue
-        lab = labels or find_labels(p, labels_dir)
-        jobs.append(SlideJob(str(p), labels=str(lab) if lab else None,
-                             patient_id=patient_map.get(slide_id_from_path(p))))
-    if the_shard is not None:
-        from histomag.data.shards import shard_folder, write_shard_info
+    with cluster_client(cluster) as client:  # an unreachable scheduler: one line here, before any work
+        make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
+        indexed, notes = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
+        for message in notes:
+            print(f"note: {message}", file=sys.stderr)
+        paths = expand_slides([p for p in slides if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
+        if labels is not None and len(paths) > 1:
+            raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
+        if labels is not None and not labels.exists():
+            raise InputPathError(f"{labels}: no such label file; check the --labels path")
+        patient_map = read_patients(patients) if patients else {}
+        if not patients:
+            for folder in sorted({p.parent for p in paths}):
+                patient_map.update(read_patients_beside(folder))
+        from_index = {j.path: j for j in indexed}
+        jobs = []
+        for p in paths:
+            row = from_index.get(str(p))
+            if row is not None:  # an index row: its class, group and (if given) resolution
+                jobs.append(row)
+                continue
+            lab = labels or find_labels(p, labels_dir)
+            jobs.append(SlideJob(str(p), labels=str(lab) if lab else None,
+                                 patient_id=patient_map.get(slide_id_from_path(p))))
+        if the_shard is not None:
+            from histomag.data.shards import shard_folder, write_shard_info
 
-        batch = [j.path for j in jobs]
-        jobs = the_shard.take(jobs)
-        out = shard_folder(out, the_shard)
-        write_shard_info(out, the_shard, batch)
-    jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty,
-                                          batch=batch if the_shard else None)
-    settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
-                            n_random=n_random, seed=seed, min_tissue=min_tissue,
-                            tissue_threshold=tissue_threshold, label_fraction=label_fraction,
-                            negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples,
-                            image_format=image_format.lower(), quality=quality)
-    try:
+            batch = [j.path for j in jobs]
+            jobs = the_shard.take(jobs)
+            out = shard_folder(out, the_shard)
+            write_shard_info(out, the_shard, batch)
+        jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty,
+                                              batch=batch if the_shard else None)
+        settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
+                                n_random=n_random, seed=seed, min_tissue=min_tissue,
+                                tissue_threshold=tissue_threshold, label_fraction=label_fraction,
+                                negative_class=negative_class, allow_upsample=allow_upsample, max_tuples=max_tuples,
+                                image_format=image_format.lower(), quality=quality)
         results = tile_slides(jobs, settings, out, workers=workers, progress=not quiet, client=client) if jobs else []
-    finally:
-        if client is not None:
-            client.close()
     ok = [r for r in results if r.status == "ok"]
     failed = [r.error for r in results if r.status != "ok"] + list(failed_early.values())
     for message in failed:

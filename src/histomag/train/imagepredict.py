@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ class ImagePredictions:
 
 def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, fold: int | None = None,
                    batch_size: int | None = None, num_workers: int = 0, progress: bool = False,
-                   failed: dict[str, str] | None = None) -> ImagePredictions:
+                   failed: dict[str, str] | None = None, client: object | None = None) -> ImagePredictions:
     """Predict the class of every image with a DMSL run (the mean of its folds' models, or one fold).
 
     Args:
@@ -69,45 +69,62 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
         progress: one progress bar over the images.
         failed: image path -> the one-line error that already stopped it (e.g. an estimate too
             uncertain to use); such images are reported in their row and not read.
+        client: a ``distributed.Client``: one task per image on that Dask cluster (its workers
+            must see the run folder and the images).
 
     Raises:
         CheckpointError: not a DMSL run folder, or a fold without a checkpoint.
         UpsampleError: no image is scanned finely enough for the model's magnifications (one line,
             naming both), so nothing could be predicted.
     """
-    from histomag.data.tuples import SlideTupleDataset, tuple_transform
-    from histomag.train.cv import grid_tile_settings, load_fold_models, read_run
-
-    run = read_run(run_dir)
-    models = load_fold_models(run, fold)
-    settings = grid_tile_settings(run)
-    transform = tuple_transform(models[0].input_mean, models[0].input_std, train=False)
-    names = run.class_names
+    loaded = _load_run(run_dir, fold)
+    names = loaded.names
     result = ImagePredictions(list(names))
-    tuple_rows: list[list] = []
-    upsample: list[UpsampleError] = []
+    outcomes: list[tuple[ImageResult, list[list], bool] | None] = [None] * len(jobs)
     with progress_bar(progress) as bar:
         task = bar.add_task("predicting images", total=len(jobs)) if bar else None
-        for job in jobs:
-            res = ImageResult(str(job.path), label=job.label or "")
-            result.images.append(res)
-            if failed and str(job.path) in failed:
-                res.error = failed[str(job.path)]
-            else:
-                try:
-                    data = SlideTupleDataset([job], settings, magnifications=run.config.magnifications,
-                                             classes=names, labelled_only=False, transform=transform)
-                    tuple_rows.extend(_predict_image(data, res, models, names, batch_size or run.config.batch_size,
-                                                     num_workers))
-                except UpsampleError as exc:
-                    res.error = str(exc)
-                    upsample.append(exc)
-                except HistomagError as exc:
-                    res.error = str(exc)
+
+        def done(i: int, outcome: tuple[ImageResult, list[list], bool]) -> None:
+            outcomes[i] = outcome
             if bar:
                 bar.advance(task, 1)  # type: ignore[arg-type]
+
+        if client is None:
+            for i, job in enumerate(jobs):
+                done(i, _predict_job(loaded, job, (failed or {}).get(str(job.path)), batch_size, num_workers))
+        else:
+            from histomag.cluster import check_shared, map_tasks
+
+            run_abs = str(Path(run_dir).resolve())
+            remote = [replace(j, path=str(Path(j.path).resolve())) for j in jobs]
+            check_shared(client, Path(run_abs), *(Path(j.path) for j in remote))
+            todo = [i for i, j in enumerate(jobs) if not (failed and str(j.path) in failed)]
+            for i in set(range(len(jobs))) - set(todo):
+                done(i, _predict_job(loaded, jobs[i], failed[str(jobs[i].path)], batch_size, num_workers))  # type: ignore[index]
+
+            def back(k: int, outcome: tuple[ImageResult, list[list], bool]) -> None:
+                i = todo[k]
+                res, rows, up = outcome
+                res.image = str(jobs[i].path)
+                done(i, (res, [[res.image, *r[1:]] for r in rows], up))
+
+            def lost(k: int, reason: str) -> None:
+                i = todo[k]
+                done(i, (ImageResult(str(jobs[i].path), label=jobs[i].label or "",
+                                     error=f"{Path(jobs[i].path).name}: lost on the Dask cluster after retries "
+                                           f"({reason}); re-run to predict it"), [], False))
+
+            map_tasks(client, _predict_job_remote, [(run_abs, fold, remote[i], batch_size) for i in todo],
+                      on_done=back, on_lost=lost)
+    tuple_rows: list[list] = []
+    upsample = []
+    for res, rows, up in (o for o in outcomes if o is not None):
+        result.images.append(res)
+        tuple_rows.extend(rows)
+        if up:
+            upsample.append(res.error)
     if upsample and len(upsample) == len(jobs):
-        raise upsample[0]
+        raise UpsampleError(upsample[0])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prob_cols = [f"prob_{c}" for c in names]
@@ -118,6 +135,64 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
          *((f"{v:.6g}" for v in r.probs) if r.probs is not None else [""] * len(names)),
          r.n_tuples, r.label, f"{r.mpp:.5g}" if r.mpp else "", r.error] for r in result.images])
     return result
+
+
+@dataclass
+class _LoadedRun:
+    """A DMSL run ready to predict: its models, tile settings, transform and class names."""
+
+    config: object
+    models: list
+    settings: object
+    transform: object
+    names: list[str]
+
+
+def _load_run(run_dir: str | Path, fold: int | None) -> _LoadedRun:
+    from histomag.data.tuples import tuple_transform
+    from histomag.train.cv import grid_tile_settings, load_fold_models, read_run
+
+    run = read_run(run_dir)
+    models = load_fold_models(run, fold)
+    return _LoadedRun(run.config, models, grid_tile_settings(run),
+                      tuple_transform(models[0].input_mean, models[0].input_std, train=False), list(run.class_names))
+
+
+def _predict_job(loaded: _LoadedRun, job, failed: str | None, batch_size: int | None,
+                 num_workers: int) -> tuple[ImageResult, list[list], bool]:
+    """One image: its result, its ``tuples.csv`` rows, and whether it failed for want of resolution."""
+    from histomag.data.tuples import SlideTupleDataset
+
+    res = ImageResult(str(job.path), label=job.label or "")
+    if failed:
+        res.error = failed
+        return res, [], False
+    try:
+        data = SlideTupleDataset([job], loaded.settings, magnifications=loaded.config.magnifications,  # type: ignore[attr-defined]
+                                 classes=loaded.names, labelled_only=False, transform=loaded.transform)
+        rows = _predict_image(data, res, loaded.models, loaded.names,
+                              batch_size or loaded.config.batch_size, num_workers)  # type: ignore[attr-defined]
+    except UpsampleError as exc:
+        res.error = str(exc)
+        return res, [], True
+    except HistomagError as exc:
+        res.error = str(exc)
+        return res, [], False
+    return res, rows, False
+
+
+#: runs loaded by this (Dask worker) process, so each worker loads a run's models once
+_remote_runs: dict[tuple[str, int | None], _LoadedRun] = {}
+
+
+def _predict_job_remote(run_dir: str, fold: int | None, job, batch_size: int | None
+                        ) -> tuple[ImageResult, list[list], bool]:
+    """A Dask task: one image, with the run loaded once per worker process."""
+    key = (run_dir, fold)
+    if key not in _remote_runs:
+        _remote_runs.clear()
+        _remote_runs[key] = _load_run(run_dir, fold)
+    return _predict_job(_remote_runs[key], job, None, batch_size, 0)
 
 
 def _predict_image(data, res: ImageResult, models: list, names: list[str], batch_size: int,
