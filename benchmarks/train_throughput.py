@@ -5,7 +5,9 @@ a folder of rendered tuples when the synthetic-cohort module is unavailable), th
 Lightning optimisation steps twice:
 
 1. ``data``: a :class:`~histomag.data.tuples.TupleDataset` (PNG decode + tuple augmentation +
-   normalisation) through a DataLoader with ``--workers`` processes;
+   normalisation) through a DataLoader with ``--workers`` processes; and, for the synthetic cohort,
+   the same tuples read straight from its slides (:class:`~histomag.data.tuples.SlideTupleDataset`,
+   as ``histomag dmsl train SLIDES...`` does: JPEG tile decode + resampling, no PNG);
 2. ``model``: the same number of batches, materialised once and kept in memory (on the device),
    so only the forward/backward/optimizer steps remain.
 
@@ -57,29 +59,27 @@ def parse_args() -> argparse.Namespace:
 
 # ----- dataset ----------------------------------------------------------------------------------
 def build_dataset(work: Path, mags: tuple[float, ...], size: int, n_slides: int, slide_size: int,
-                  min_tuples: int) -> tuple[Path, str]:
-    """A tiled dataset folder in ``work/data``; returns (folder, how it was made)."""
+                  min_tuples: int) -> tuple[Path, str, Any]:
+    """A tiled dataset folder in ``work/data``; returns (folder, how it was made, the slide source or None)."""
     data = work / "data"
-    if (data / "manifest.csv").is_file():
-        return data, "existing folder"
     try:
         from histomag.synth import make_cohort
     except ImportError:
-        return render_folder(data, mags, size, min_tuples), "rendered tuples (histomag.synth.make_cohort unavailable)"
-    from histomag.cli.tile import find_labels, read_patients_beside
+        return render_folder(data, mags, size, min_tuples), "rendered tuples (histomag.synth.make_cohort unavailable)", None
     from histomag.data.folder import TileSettings
-    from histomag.data.tiler import SlideJob, tile_slides
-    from histomag.slide.base import slide_id_from_path
+    from histomag.data.sources import slide_jobs
+    from histomag.data.tiler import tile_slides
+    from histomag.data.tuples import SlideSource
 
     cohort = work / "cohort"
-    make_cohort(cohort, n_slides=n_slides, seed=0, size_px=slide_size)
-    slides = sorted(p for p in cohort.iterdir() if p.suffix.lower() in (".svs", ".tif", ".tiff"))
-    patients = read_patients_beside(cohort)
-    jobs = [SlideJob(str(p), labels=str(lab) if (lab := find_labels(p, None)) else None,
-                     patient_id=patients.get(slide_id_from_path(p))) for p in slides]
+    if not cohort.is_dir():
+        make_cohort(cohort, n_slides=n_slides, seed=0, size_px=slide_size)
+    jobs, _ = slide_jobs([cohort])
     settings = TileSettings(mags, size, overlap=0.0, min_tissue=0.5)
-    tile_slides(jobs, settings, data, workers=min(len(jobs), os.cpu_count() or 1), progress=False)
-    return data, f"histomag synth ({n_slides} slides of {slide_size} px) + histomag tile"
+    if not (data / "manifest.csv").is_file():
+        tile_slides(jobs, settings, data, workers=min(len(jobs), os.cpu_count() or 1), progress=False)
+    return data, f"histomag synth ({n_slides} slides of {slide_size} px) + histomag tile", \
+        SlideSource(tuple(jobs), settings)
 
 
 def render_folder(root: Path, mags: tuple[float, ...], size: int, n: int) -> Path:
@@ -191,9 +191,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         if args.data:
-            data, how = args.data, "given folder"
+            data, how, source = args.data, "given folder", None
         else:
-            data, how = build_dataset(work, mags, args.size, args.slides, args.slide_size, n_needed)
+            data, how, source = build_dataset(work, mags, args.size, args.slides, args.slide_size, n_needed)
         built = time.perf_counter() - t0
         config = DMSLConfig(mode=args.mode, backbone=args.backbone, magnifications=mags, batch_size=args.batch_size,
                             num_workers=args.workers)
@@ -209,6 +209,16 @@ def main() -> int:
         task = DMSLTask(config, dataset.classes)
         loader = make_loader(dataset, args.batch_size, shuffle=True, num_workers=args.workers, seed=0)
         data_rate = run_steps(task, loader, args.steps, args.warmup)
+        slide_rate = None
+        if source is not None:  # the same tuples read straight from the slides (dmsl train SLIDES...)
+            from histomag.data.tuples import SlideTupleDataset
+
+            from_slides = SlideTupleDataset(list(source.jobs), source.settings, magnifications=mags,
+                                            transform=dataset.transform, classes=dataset.classes)
+            torch.manual_seed(0)
+            slide_task = DMSLTask(config, dataset.classes)
+            slide_rate = run_steps(slide_task, make_loader(from_slides, args.batch_size, shuffle=True,
+                                                           num_workers=args.workers, seed=0), args.steps, args.warmup)
 
         device = torch.device("cuda" if CUDA else "cpu")
         batches, it = [], iter(make_loader(dataset, args.batch_size, shuffle=True, num_workers=args.workers, seed=1))
@@ -227,9 +237,13 @@ def main() -> int:
     print(f"device: {device_name}; dataset: {how}, {len(dataset)} tuples (built in {built:.1f} s)")
     print(f"model: {args.backbone} mode {args.mode}, {'+'.join(f'{m:g}x' for m in mags)} at {sizes} px, "
           f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, {args.workers} workers")
-    print(f"training with data loading : {data_rate:8.1f} tuples/s")
+    print(f"training from the folder   : {data_rate:8.1f} tuples/s")
+    if slide_rate is not None:
+        print(f"training from the slides   : {slide_rate:8.1f} tuples/s")
     print(f"model-only ceiling         : {model_rate:8.1f} tuples/s")
-    print(f"ratio (data / model)       : {data_rate / model_rate:8.2f}")
+    print(f"ratio (folder / model)     : {data_rate / model_rate:8.2f}")
+    if slide_rate is not None:
+        print(f"ratio (slides / model)     : {slide_rate / model_rate:8.2f}")
     return 0
 
 

@@ -23,7 +23,9 @@ def _devices(text: str) -> int | str:
 
 @dmsl_app.command("train")
 def train(
-    data: Path = typer.Argument(..., help="Dataset folder made by `histomag tile` (labelled tuples)."),
+    data: list[Path] = typer.Argument(..., metavar="DATA...", help="A dataset folder made by `histomag tile` "
+                                      "(labelled tuples); or slides, folders of them and index CSVs, whose tuples are "
+                                      "planned and read while training (no extraction)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, folds/K, metrics, table)."),
     mode: str = typer.Option("sim", "--mode", help="sim (DMSL), mm (no SIM), single (one magnification), "
                                                    "mscn (context tuples)."),
@@ -59,6 +61,16 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: finished folds are kept, others resume."),
+    size: int = typer.Option(600, "--size", help="Slides: pixel size at the highest magnification."),
+    labels_dir: Optional[Path] = typer.Option(None, "--labels-dir", help="Slides: folder with <slide>.labels.png "
+                                              "or <slide>.geojson (default: beside each slide)."),
+    patients: Optional[Path] = typer.Option(None, "--patients", help="Slides: CSV with slide_id,patient_id."),
+    group_block: int = typer.Option(10, "--group-block", help="Index CSVs without a group column: images per group."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Slides: grid overlap as a share of the field."),
+    min_tissue: float = typer.Option(0.5, "--min-tissue", help="Slides: minimum tissue share of a field."),
+    label_fraction: float = typer.Option(0.8, "--label-fraction", help="Slides: share a class must cover."),
+    mpp: Optional[str] = typer.Option(None, "--mpp", help="Slides: resolution override in µm/px (mpp-x,mpp-y)."),
+    mpp_csv: Optional[Path] = typer.Option(None, "--mpp-csv", help="Slides: CSV of per-slide resolutions."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> int:
     """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
@@ -74,11 +86,46 @@ def train(
         num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
         precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,
         max_time=max_time, max_tuples=max_tuples)
-    result = cross_validate(data, out, config, resume=resume, progress=not quiet)
+    source = _training_source(data, config, size=size, labels_dir=labels_dir, patients=patients,
+                              group_block=group_block, overlap=overlap, min_tissue=min_tissue,
+                              label_fraction=label_fraction, mpp=mpp, mpp_csv=mpp_csv)
+    result = cross_validate(source, out, config, resume=resume, progress=not quiet)
     if result.table:
         print(result.table, end="")
         print(f"-> {out / 'metrics.json'}, {out / 'table.md'}")
     return 0
+
+
+def _training_source(data: list[Path], config, *, size: int, labels_dir: Optional[Path], patients: Optional[Path],
+                     group_block: int, overlap: float, min_tissue: float, label_fraction: float, mpp: Optional[str],
+                     mpp_csv: Optional[Path]):
+    """One dataset folder as it is; anything else becomes a :class:`SlideSource` planned from the slides."""
+    import sys
+
+    from histomag.cli.options import resolve_job_mpps
+    from histomag.data.folder import TileSettings
+    from histomag.data.sources import slide_jobs
+    from histomag.data.tuples import SlideSource
+    from histomag.errors import InputPathError
+
+    for p in data:
+        if not p.exists():
+            raise InputPathError(f"{p}: no such dataset folder, slide, folder or index CSV; check the path")
+    if len(data) == 1 and data[0].is_dir() and (data[0] / "dataset.json").exists():
+        return data[0]
+    if any(p.is_dir() and (p / "dataset.json").exists() for p in data):
+        raise ConfigError("give one dataset folder, or slides and index CSVs; not both")
+    jobs, notes = slide_jobs(data, labels_dir=labels_dir, patients=patients, group_block=group_block)
+    for message in notes:
+        print(f"note: {message}", file=sys.stderr)
+    jobs, failed = resolve_job_mpps(jobs, mpp, mpp_csv, None)
+    if failed:
+        raise ConfigError(next(iter(failed.values())))
+    if not jobs:
+        raise InputPathError(f"no slide or image found in {', '.join(map(str, data))}")
+    settings = TileSettings(tuple(config.magnifications), size, mode=config.spec.tuple_mode, overlap=overlap,
+                            min_tissue=min_tissue, label_fraction=label_fraction)
+    return SlideSource(tuple(jobs), settings)
 
 
 @dmsl_app.command("evaluate")

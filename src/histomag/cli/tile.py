@@ -10,7 +10,7 @@ import typer
 
 from histomag.cli.app import app, error
 from histomag.cli.options import CLUSTER_HELP, cluster_client, resolve_job_mpps
-from histomag.errors import ConfigError, InputPathError
+from histomag.errors import ConfigError
 
 
 @app.command()
@@ -58,14 +58,12 @@ def tile(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Tile slides into a dataset folder: one PNG per magnification per tuple plus manifest.csv."""
+    from histomag.cluster import parse_shard
     from histomag.data.folder import TileSettings
-    from histomag.data.sources import expand_slides, find_labels, index_jobs, read_patients, read_patients_beside
-    from histomag.data.tiler import SlideJob, tile_slides
-    from histomag.slide.base import slide_id_from_path
+    from histomag.data.sources import slide_jobs
+    from histomag.data.tiler import tile_slides
     from histomag.resolution import parse_magnifications
     from histomag.tiling import make_tuple_spec
-
-    from histomag.cluster import parse_shard
 
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
     the_shard = parse_shard(shard) if shard else None
@@ -73,28 +71,10 @@ def tile(
         raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
     with cluster_client(cluster) as client:  # an unreachable scheduler: one line here, before any work
         make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
-        indexed, notes = index_jobs([p for p in slides if p.suffix.lower() == ".csv"], group_block)
+        jobs, notes = slide_jobs(slides, labels=labels, labels_dir=labels_dir, patients=patients,
+                                 group_block=group_block)
         for message in notes:
             print(f"note: {message}", file=sys.stderr)
-        paths = expand_slides([p for p in slides if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
-        if labels is not None and len(paths) > 1:
-            raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
-        if labels is not None and not labels.exists():
-            raise InputPathError(f"{labels}: no such label file; check the --labels path")
-        patient_map = read_patients(patients) if patients else {}
-        if not patients:
-            for folder in sorted({p.parent for p in paths}):
-                patient_map.update(read_patients_beside(folder))
-        from_index = {j.path: j for j in indexed}
-        jobs = []
-        for p in paths:
-            row = from_index.get(str(p))
-            if row is not None:  # an index row: its class, group and (if given) resolution
-                jobs.append(row)
-                continue
-            lab = labels or find_labels(p, labels_dir)
-            jobs.append(SlideJob(str(p), labels=str(lab) if lab else None,
-                                 patient_id=patient_map.get(slide_id_from_path(p))))
         if the_shard is not None:
             from histomag.data.shards import shard_folder, write_shard_info
 

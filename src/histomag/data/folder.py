@@ -92,6 +92,17 @@ class TileSettings:
         d["magnifications"] = list(self.magnifications)
         return d
 
+    @classmethod
+    def from_json(cls, data: dict, **changes: object) -> TileSettings:
+        """Settings from :meth:`to_json` (or a ``dataset.json``; keys it does not know are ignored), with ``changes``."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        ts = {k: v for k, v in data.items() if k in names}
+        ts["magnifications"] = tuple(float(m) for m in ts["magnifications"])
+        ts.update(changes)
+        return cls(**ts)  # type: ignore[arg-type]
+
 
 class DatasetFolder:
     """Reads and writes a tiled dataset folder."""

@@ -92,3 +92,37 @@ def read_patients_beside(folder: Path) -> dict[str, str]:
         return read_patients(cohort)
     except ConfigError:
         return {}
+
+
+def slide_jobs(inputs: list[Path], *, labels: Path | None = None, labels_dir: Path | None = None,
+               patients: Path | None = None, group_block: int = 10) -> tuple[list[SlideJob], list[str]]:
+    """The jobs of a batch given as slides, folders of them and index CSVs, in the order given.
+
+    Each slide gets its label file (``labels`` for a single slide, else its sidecar in ``labels_dir``
+    or beside it) and its patient (``patients`` CSV, else a ``patients.csv`` beside the slides);
+    index rows keep their class, group and resolution. Returns the jobs and notes for the user.
+
+    Raises:
+        ConfigError: ``labels`` with more than one slide.
+        InputPathError: a ``labels`` file that does not exist.
+    """
+    indexed, notes = index_jobs([p for p in inputs if p.suffix.lower() == ".csv"], group_block)
+    paths = expand_slides([p for p in inputs if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
+    if labels is not None and len(paths) > 1:
+        raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
+    if labels is not None and not labels.exists():
+        raise InputPathError(f"{labels}: no such label file; check the --labels path")
+    patient_map = read_patients(patients) if patients else {}
+    if not patients:
+        for folder in sorted({p.parent for p in paths}):
+            patient_map.update(read_patients_beside(folder))
+    from_index = {j.path: j for j in indexed}
+    jobs = []
+    for p in paths:
+        row = from_index.get(str(p))
+        if row is not None:  # an index row: its class, group and (if given) resolution
+            jobs.append(row)
+            continue
+        lab = labels or find_labels(p, labels_dir)
+        jobs.append(SlideJob(str(p), labels=str(lab) if lab else None, patient_id=patient_map.get(slide_id_from_path(p))))
+    return jobs, notes

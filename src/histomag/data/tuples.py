@@ -13,6 +13,7 @@ orientation and colour.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -402,6 +403,27 @@ class SlideTupleDataset(Dataset[Item]):
     def patients(self) -> list[str]:
         return [r.patient_id for r in self.records]
 
+    def subset(self, rows: Sequence[dict], *, classes: Sequence[str] | None = None,
+               transform: TupleTransform | None = None) -> SlideTupleDataset:
+        """The tuples of ``rows`` (by ``tuple_id``, in that order) on this plan: no slide is planned again.
+
+        Raises:
+            DatasetError: a row whose tuple this plan does not hold.
+        """
+        position = {r.tuple_id: i for i, r in enumerate(self.records)}
+        lost = [str(r["tuple_id"]) for r in rows if r["tuple_id"] not in position]
+        if lost:
+            raise DatasetError(f"the slides no longer give {len(lost)} planned tuples (e.g. {lost[0]}); were the "
+                               "slides or their label files changed since the run was made?")
+        new = copy.copy(self)
+        new.records = [self.records[position[r["tuple_id"]]] for r in rows]
+        new.classes = list(classes) if classes is not None else list(self.classes)
+        index = {c: k for k, c in enumerate(new.classes)}
+        new.targets = [index.get(r.label, -1) for r in new.records]
+        new.transform = transform
+        new._handles, new._pid = {}, os.getpid()
+        return new
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handles"] = {}  # slide handles stay in the process that opened them
@@ -441,3 +463,51 @@ class SlideTupleDataset(Dataset[Item]):
         if self.transform is not None:
             images = self.transform(images)
         return images, self.targets[index], index
+
+
+# ----- a run's tuples: a dataset folder, or slides planned on the fly ----------------------------
+#: the file in a run folder that names the slides it was trained on, and how they were tiled
+SLIDE_SOURCE_FILE = "source.json"
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """Slides (or images) and the tile settings that plan their tuples, for training without extraction."""
+
+    jobs: tuple[Any, ...]  # SlideJob
+    settings: TileSettings
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        return {"kind": "slides", "jobs": [asdict(j) for j in self.jobs], "tile_settings": self.settings.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SlideSource:
+        from histomag.data.tiler import SlideJob
+
+        jobs = []
+        for j in data["jobs"]:
+            mpp = j.get("mpp")
+            jobs.append(SlideJob(**{**j, "mpp": tuple(mpp) if isinstance(mpp, list) else mpp}))
+        return cls(tuple(jobs), TileSettings.from_json(data["tile_settings"]))
+
+    @classmethod
+    def read(cls, path: str | Path) -> SlideSource:
+        import json
+
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}: not a readable slide source ({exc}); re-run `histomag dmsl train` on the "
+                               "slides") from None
+
+
+def open_tuples(data: str | Path, magnifications: Sequence[float], *, subset: bool = False
+                ) -> TupleDataset | SlideTupleDataset:
+    """Every labelled tuple of a run's data: a dataset folder, or a run's ``source.json`` (slides, planned now)."""
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() == ".json":
+        src = SlideSource.read(data)
+        return SlideTupleDataset(list(src.jobs), src.settings, magnifications=magnifications, labelled_only=True)
+    return TupleDataset(data, magnifications, subset=subset)

@@ -20,7 +20,15 @@ import numpy as np
 
 from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 from histomag.data.folder import patient_of
-from histomag.data.tuples import TupleDataset, class_names_of, tuple_transform
+from histomag.data.tuples import (
+    SLIDE_SOURCE_FILE,
+    SlideSource,
+    SlideTupleDataset,
+    TupleDataset,
+    class_names_of,
+    open_tuples,
+    tuple_transform,
+)
 from histomag.errors import CheckpointError, ConfigError, DatasetError
 from histomag.runfolder import RunFolder
 from histomag.train.clsmetrics import (
@@ -216,19 +224,38 @@ class CVResult:
     table: str
 
 
-def _datasets(data_dir: Path, config: DMSLConfig, rows: Sequence[dict], classes: Sequence[str], mean: Any, std: Any,
-              *, train: bool) -> TupleDataset:
-    return TupleDataset(data_dir, config.magnifications, rows=rows, classes=classes,
-                        transform=tuple_transform(mean, std, train=train and config.augment),
+def _datasets(base: TupleDataset | SlideTupleDataset, config: DMSLConfig, rows: Sequence[dict],
+              classes: Sequence[str], mean: Any, std: Any, *, train: bool) -> TupleDataset | SlideTupleDataset:
+    """The tuples of ``rows`` from ``base`` (every labelled tuple of a dataset folder, or of planned slides)."""
+    transform = tuple_transform(mean, std, train=train and config.augment)
+    if isinstance(base, SlideTupleDataset):
+        return base.subset(rows, classes=classes, transform=transform)
+    return TupleDataset(base.root, config.magnifications, rows=rows, classes=classes, transform=transform,
                         subset=config.spec.single, cache_mb=TRAIN_CACHE_MB if train else 0)
 
 
-def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig, *, resume: bool = False,
-                   progress: bool = True) -> CVResult:
-    """Train and test ``config.folds`` models on patient-grouped folds of a tiled dataset folder.
+def _adopt_source(source: SlideSource, run_dir: Path, resume: bool) -> Path:
+    """Write the slides a run trains on into ``RUN/source.json`` (a resumed run must name the same)."""
+    path = run_dir / SLIDE_SOURCE_FILE
+    new = source.to_json()
+    if resume and path.is_file():
+        old = SlideSource.read(path).to_json()
+        if old != new:
+            raise ConfigError(f"run folder {run_dir} was trained on other slides or tile settings ({path}); keep "
+                              "them to resume, or pass another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, new)
+    return path
+
+
+def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, config: DMSLConfig, *,
+                   resume: bool = False, progress: bool = True) -> CVResult:
+    """Train and test ``config.folds`` models on patient-grouped folds of a tiled dataset folder, or of slides.
 
     Args:
-        data_dir: folder made by ``histomag tile`` (labelled tuples, several patients).
+        data_dir: folder made by ``histomag tile`` (labelled tuples, several patients), or a
+            :class:`SlideSource`: slides whose tuples are planned now and read while training
+            (no extraction; the run records them in ``RUN/source.json``).
         out_dir: the run folder (see the module docstring).
         config: run settings.
         resume: skip finished folds and continue unfinished ones from their ``last.ckpt``.
@@ -239,9 +266,14 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
         ConfigError: unknown backbone, fewer patients than folds, an existing run without
             ``resume``, or resuming with other settings.
     """
-    data_dir, run_dir = Path(data_dir), Path(out_dir)
+    run_dir = Path(out_dir)
     check_backbone(config.backbone)
-    probe = TupleDataset(data_dir, config.magnifications, subset=config.spec.single)
+    if (run_dir / "config.json").is_file() and not resume:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if isinstance(data_dir, SlideSource):
+        data_dir = _adopt_source(data_dir, run_dir, resume)
+    data_dir = Path(data_dir)
+    probe = open_tuples(data_dir, config.magnifications, subset=config.spec.single)
     if not config.spec.single and config.spec.tuple_mode != probe.tuple_mode:
         warnings.warn(f"mode {config.mode} expects {config.spec.tuple_mode} tuples ({TUPLE_LAYOUTS[config.spec.tuple_mode]}) "
                       f"but {data_dir} holds {probe.tuple_mode} tuples; tile with --layout {config.spec.tuple_mode}",
@@ -253,11 +285,10 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
                            "a classifier needs at least two: tile with label masks of two or more classes, or from an index CSV "
                            "with a label column")
     if (run_dir / "config.json").is_file():
-        if not resume:
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         _check_resume(run_dir, config, data_dir)
+    settings = probe.settings if isinstance(probe.settings, dict) else probe.settings.to_json()
     RunFolder(run_dir).write_meta(config=config.to_dict(), data=data_dir, classes=classes,
-                                  tuple_mode=probe.tuple_mode, tile_settings=probe.settings)
+                                  tuple_mode=probe.tuple_mode, tile_settings=settings)
     run = read_run(run_dir)
     labels = [r["label"] for r in rows]
     patients = [patient_of(r) for r in rows]
@@ -268,7 +299,7 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
     mean, std = bb.input_mean, bb.input_std
     per_fold: list[dict[str, dict[str, Any]]] = []
     for k, (train_idx, test_idx) in enumerate(run_splits(labels, patients, config.folds, config.seed), start=1):
-        per_fold.append(_run_fold(run, k, rows, train_idx, test_idx, classes, mean, std, resume=resume,
+        per_fold.append(_run_fold(run, k, probe, rows, train_idx, test_idx, classes, mean, std, resume=resume,
                                   progress=progress))
     if not all(per_fold):  # a non-zero rank of a distributed run: rank 0 writes the results
         return CVResult(run_dir, [], {}, "")
@@ -276,7 +307,8 @@ def cross_validate(data_dir: str | Path, out_dir: str | Path, config: DMSLConfig
     return CVResult(run_dir, per_fold, summarise(per_fold), table)
 
 
-def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray, test_idx: np.ndarray,
+def _run_fold(run: RunInfo, k: int, base: TupleDataset | SlideTupleDataset, rows: Sequence[dict],
+              train_idx: np.ndarray, test_idx: np.ndarray,
               classes: list[str], mean: Any, std: Any, *, resume: bool, progress: bool) -> dict[str, dict[str, Any]]:
     config, fold_dir = run.config, run.fold_dir(k)
     pred_path, metrics_path = fold_dir / "predictions.csv", fold_dir / "metrics.json"
@@ -304,13 +336,12 @@ def _run_fold(run: RunInfo, k: int, rows: Sequence[dict], train_idx: np.ndarray,
         "n_train": len(train_rows), "n_val": len(val_rows), "n_test": 0 if final else len(test_rows),
         "final_model": final,
         "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]})
-    data_dir = run.data_dir
-    result = fit_fold(config, _datasets(data_dir, config, train_rows, classes, mean, std, train=True),
-                      _datasets(data_dir, config, val_rows, classes, mean, std, train=False) if val_rows else None,
+    result = fit_fold(config, _datasets(base, config, train_rows, classes, mean, std, train=True),
+                      _datasets(base, config, val_rows, classes, mean, std, train=False) if val_rows else None,
                       fold_dir, class_names=classes, resume=resume, progress=progress, seed=config.seed + k)
     if not result.is_global_zero:
         return {}
-    test_set = _datasets(data_dir, config, test_rows, classes, mean, std, train=False)
+    test_set = _datasets(base, config, test_rows, classes, mean, std, train=False)
     probs = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
                           num_workers=config.num_workers)
     run.folder.write_predictions(pred_path, test_rows, probs, classes)
@@ -364,16 +395,15 @@ def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> t
     ckpt = fold_checkpoint(run, k)
     wanted = [str(t) for t in split.get("test_tuples", [])]
     data_dir = Path(data_dir) if data_dir is not None else run.data_dir
-    single = run.config.spec.single
-    by_id = {r["tuple_id"]: r for r in TupleDataset(data_dir, run.config.magnifications, subset=single).rows}
+    base = open_tuples(data_dir, run.config.magnifications, subset=run.config.spec.single)
+    by_id = {r["tuple_id"]: r for r in base.rows}
     lost = [t for t in wanted if t not in by_id]
     if lost:
         raise DatasetError(f"{data_dir} lacks {len(lost)} test tuples of fold {k} (e.g. {lost[0]}); "
-                           "use the dataset folder the run was trained on")
+                           "use the dataset folder (or slides) the run was trained on")
     task = load_task(ckpt)
-    return task, TupleDataset(data_dir, run.config.magnifications, rows=[by_id[t] for t in wanted],
-                              classes=run.class_names, subset=single,
-                              transform=tuple_transform(task.input_mean, task.input_std, train=False))
+    return task, _datasets(base, run.config, [by_id[t] for t in wanted], run.class_names, task.input_mean,
+                           task.input_std, train=False)
 
 
 def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
@@ -416,16 +446,11 @@ def grid_tile_settings(run: RunInfo) -> Any:
     Raises:
         CheckpointError: a run folder that does not record its tile settings.
     """
-    from dataclasses import fields as dc_fields
-
     from histomag.data.folder import TileSettings
 
-    names = {f.name for f in dc_fields(TileSettings)}
-    ts = {k: v for k, v in run.tile_settings.items() if k in names}
-    if "magnifications" not in ts or "size" not in ts:
+    if "magnifications" not in run.tile_settings or "size" not in run.tile_settings:
         raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {TRAIN_HINT}")
-    ts.update(magnifications=tuple(ts["magnifications"]), placement="grid", max_tuples=None, extra={})
-    return TileSettings(**ts)
+    return TileSettings.from_json(run.tile_settings, placement="grid", max_tuples=None, extra={})
 
 
 def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *, fold: int | None = None,
@@ -443,7 +468,6 @@ def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *
     """
     from histomag.annotations import tiles_geojson
     from histomag.data.tiler import SlideJob
-    from histomag.data.tuples import SlideTupleDataset
     from histomag.slide.base import slide_id_from_path
 
     run = read_run(run_dir)
