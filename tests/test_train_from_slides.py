@@ -55,8 +55,12 @@ def test_training_from_slides_equals_training_from_their_dataset_folder(cohort: 
         # the same pixels in the same order: the same model, up to float noise
         prob_a, prob_b = (np.array([[float(v) for v in row.split(",")[5:]] for row in p[1:]]) for p in (pa, pb))
         assert prob_a.shape == prob_b.shape and np.abs(prob_a - prob_b).max() < 1e-4
-    # evaluate and predict work on a run made from slides as on any other
+    # evaluate and Grad-CAM work on a run made from slides as on any other (its data: RUN/source.json)
     assert _cli(["dmsl", "evaluate", str(tmp_path / "from-slides"), "-q"], capsys)[0] == 0
+    code, _, err = _cli(["dmsl", "cam", str(tmp_path / "from-slides"), str(tmp_path / "from-slides" / "source.json"),
+                         "--out", str(tmp_path / "cam"), "--n", "2", "-q"], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "cam").glob("*.png"))) == 2
     code, _, err = _cli(["dmsl", "train", str(cohort), "--out", str(tmp_path / "from-slides"), "--size", "256",
                          "--overlap", "0", *TRAIN, "--resume"], capsys)
     assert code == 2 and "other slides or tile settings" in err
