@@ -186,7 +186,7 @@ PRESETS: dict[str, MagnifierConfig] = {
     "cpu-small": MagnifierConfig(preset="cpu-small", backbone="resnet18", crop=128, batch_size=32, lr=1e-3,
                                  epochs=8, patience=2, num_workers=1, max_time_minutes=28.0),
     "real-small": MagnifierConfig(preset="real-small", backbone="small", target="log", mag_range=(1.0, 64.0),
-                                  crop=128, batch_size=64, lr=2e-3, weight_decay=1e-4, epochs=14, patience=2,
+                                  crop=128, batch_size=64, lr=2e-3, weight_decay=1e-4, epochs=4, patience=1,
                                   num_workers=1, calibration_batches=6),
     "tiny": MagnifierConfig(preset="tiny", backbone="tiny", crop=64, batch_size=16, lr=3e-3, epochs=3,
                             patience=2, num_workers=0),
