@@ -18,6 +18,8 @@ Backend = str  # "auto" or a registered backend name
 PLAIN_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 #: whole-slide formats (a .tif/.tiff may also be a plain image: the image reader takes it when no slide reader does)
 WSI_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"})
+#: tiled TIFF-family files the direct tile reader may take (it refuses the ones it cannot decode tile by tile)
+TIFF_FAMILY_SUFFIXES = frozenset({".svs", ".tif", ".tiff"})
 #: what a folder of "slides or images" is expanded to, everywhere
 SLIDE_AND_IMAGE_SUFFIXES = WSI_SUFFIXES | PLAIN_IMAGE_SUFFIXES
 
@@ -70,6 +72,16 @@ def _open_tiffslide(path: Path, mpp: MppOverride | None) -> Slide:
     return TiffSlideSlide(path, mpp)
 
 
+def _open_tiles(path: Path, mpp: MppOverride | None) -> Slide:
+    from histomag.slide.tiles import TileSlide
+
+    return TileSlide(path, mpp)
+
+
+def _tiff_family(path: Path) -> bool:
+    return path.suffix.lower() in TIFF_FAMILY_SUFFIXES
+
+
 def _open_image(path: Path, mpp: MppOverride | None) -> Slide:
     from histomag.slide.image import ImageSlide
 
@@ -80,6 +92,7 @@ def _not_plain_image(path: Path) -> bool:
     return path.suffix.lower() not in PLAIN_IMAGE_SUFFIXES
 
 
+register_backend(BackendSpec("tiles", _open_tiles, _tiff_family, priority=5))
 register_backend(BackendSpec("openslide", _open_openslide, _not_plain_image, priority=10))
 register_backend(BackendSpec("tiffslide", _open_tiffslide, _not_plain_image, priority=20))
 register_backend(BackendSpec("image", _open_image, lambda path: True, priority=90))
