@@ -155,17 +155,32 @@ def test_a_worker_killed_mid_slide_leaves_no_partial_tuple_and_the_slide_finishe
     assert_same_dataset(out, reference)
 
 
-def test_cluster_audit_equals_a_local_audit(cluster, tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
     import numpy as np
     from PIL import Image
 
     from helpers import nuclei_image
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("imgs")
     for i, mpp in enumerate((0.25, 0.5, 1.0)):
         Image.fromarray(nuclei_image(384, 384, mpp, np.random.default_rng(i), density=0.01)).save(folder / f"i{i}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    return folder
+
+
+def test_audit_shards_merged_equal_a_one_process_audit(images: Path, tmp_path: Path, capsys) -> None:
+    assert run(["audit", str(images), "--out", str(tmp_path / "local"), "-q"]) == 1
+    for k in (1, 2, 3):
+        assert run(["audit", str(images), "--out", str(tmp_path / "sharded"), "-q", "--shard", f"{k}/3"]) in (0, 1)
+    assert run(["merge", str(tmp_path / "sharded")]) == 1  # one unreadable file, as in the batch
+    for name in ("audit.csv", "audit.html"):
+        assert (tmp_path / "sharded" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    assert not (tmp_path / "sharded" / "shards").exists()
+
+
+def test_cluster_audit_equals_a_local_audit(cluster, images: Path, tmp_path: Path, capsys) -> None:
+    folder = images
     assert run(["audit", str(folder), "--out", str(tmp_path / "local"), "-q"]) == 1
     assert run(["audit", str(folder), "--out", str(tmp_path / "remote"), "-q", "--cluster",
                 cluster.scheduler_address]) == 1

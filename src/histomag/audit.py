@@ -8,6 +8,7 @@ with a thumbnail per file.
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_text
+from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from histomag.errors import HistomagError
 from histomag.estimate import verdict
 from histomag.progress import progress_bar
@@ -23,6 +24,7 @@ from histomag.progress import progress_bar
 AUDIT_COLUMNS = ["path", "verdict", "metadata_mpp", "mpp_source", "estimated_mpp", "mpp_low", "mpp_high",
                  "estimated_magnification", "interval_level", "n_crops", "error"]
 THUMB_SIDE = 160
+THUMBS_DIR = "thumbs"
 
 
 def _thumbnail(slide: Any) -> bytes | None:
@@ -62,8 +64,11 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
 
 
 def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n_crops: int = 32,
-                progress: bool = True, client: Any = None, checkpoint: Path | None = None) -> list[dict[str, Any]]:
+                progress: bool = True, client: Any = None, checkpoint: Path | None = None,
+                keep_thumbs: bool = False) -> list[dict[str, Any]]:
     """Audit every file and write ``audit.csv`` and ``audit.html`` into ``out_dir``; returns the rows.
+
+    ``keep_thumbs``: also keep each row's thumbnail as ``thumbs/NNNNNN.png`` (for a shard's merge).
 
     With ``client`` (a ``distributed.Client``) each file is one task on that Dask cluster, whose
     workers load the magnification model from ``checkpoint`` (default: the shipped one) once each.
@@ -95,9 +100,47 @@ def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n
                                                           f"retries ({reason}); re-run to audit it"}, None)))
     rows = [o[0] for o in outcomes if o is not None]
     thumbs = [o[1] for o in outcomes if o is not None]
+    if keep_thumbs:  # a shard: its thumbnails go into the merged page later
+        for i, thumb in enumerate(thumbs):
+            if thumb:
+                atomic_write_bytes(out_dir / THUMBS_DIR / f"{i:06d}.png", thumb)
     atomic_write_csv(out_dir / "audit.csv", AUDIT_COLUMNS, rows)
     atomic_write_text(out_dir / "audit.html", render_audit(rows, thumbs, estimator.source))
     return rows
+
+
+def merge_audit_shards(root: str | Path, *, partial: bool = False) -> list[dict[str, Any]]:
+    """Join the shards of ``audit --shard K/N`` into ``root/audit.csv`` and ``root/audit.html`` (batch order).
+
+    Raises:
+        DatasetError: as :func:`histomag.data.shards.finished_shards`.
+    """
+    from histomag.data.shards import finished_shards, remove_shards
+
+    root = Path(root)
+    finished, infos, batch = finished_shards(root, done="audit.csv", partial=partial, make="histomag audit ...")
+    entries: list[tuple[dict[str, Any], bytes | None]] = []
+    for folder in finished:
+        with open(folder / "audit.csv", newline="") as fh:
+            for i, row in enumerate(csv.DictReader(fh)):
+                thumb = folder / THUMBS_DIR / f"{i:06d}.png"
+                entries.append((_typed(row), thumb.read_bytes() if thumb.is_file() else None))
+    position = {p: i for i, p in enumerate(batch)}
+    entries.sort(key=lambda e: position.get(e[0]["path"], len(position)))
+    rows, thumbs = [e[0] for e in entries], [e[1] for e in entries]
+    atomic_write_csv(root / "audit.csv", AUDIT_COLUMNS, rows)
+    atomic_write_text(root / "audit.html", render_audit(rows, thumbs, str(infos[0].get("model", "magnification model"))))
+    remove_shards(root, finished)
+    return rows
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    """An ``audit.csv`` row read back, its numbers as numbers (as :func:`render_audit` takes them)."""
+    out: dict[str, Any] = dict(row)
+    for key in ("metadata_mpp", "estimated_mpp", "mpp_low", "mpp_high", "estimated_magnification"):
+        if out.get(key) not in ("", None):
+            out[key] = float(out[key])
+    return out
 
 
 #: the magnification model of this (Dask worker) process, loaded once per checkpoint

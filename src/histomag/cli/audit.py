@@ -9,6 +9,7 @@ import typer
 
 from histomag.cli.app import app, error
 from histomag.cli.options import CLUSTER_HELP, cluster_client
+from histomag.errors import ConfigError
 
 
 @app.command()
@@ -19,6 +20,9 @@ def audit(
                                               "(default: the model shipped with histomag)."),
     n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per file."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: audit only every N-th file from the K-th (copy K "
+                                        "of N copies given the same files) into OUT/shards/K-of-N; join them with "
+                                        "`histomag merge OUT`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Per file: metadata mpp (or none), estimate with its interval, verdict ok / missing / likely wrong."""
@@ -29,11 +33,23 @@ def audit(
 
     if out.exists() and not out.is_dir():
         raise InputPathError(f"{out} is a file; give a folder for the audit")
+    from histomag.cluster import parse_shard
+
+    the_shard = parse_shard(shard) if shard else None
+    if the_shard and cluster:
+        raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
     items = expand_image_paths(paths)
     estimator = load_estimator(checkpoint)
+    if the_shard is not None:
+        from histomag.data.shards import shard_folder, write_shard_info
+
+        batch = [str(p) for p in items]
+        items = the_shard.take(items)
+        out = shard_folder(out, the_shard)
+        write_shard_info(out, the_shard, batch, kind="audit", model=estimator.source)
     with cluster_client(cluster) as client:
         rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet, client=client,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, keep_thumbs=the_shard is not None)
     bad = [r for r in rows if r["verdict"] == "error"]
     for r in bad:
         error(r["error"])

@@ -123,9 +123,16 @@ def merge(
     out: Path = typer.Argument(..., help="The --out folder the shards were written for (OUT/shards/K-of-N)."),
     partial: bool = typer.Option(False, "--partial", help="Merge the finished shards even if some have not run."),
 ) -> int:
-    """Join the shards of `tile --shard K/N` into one dataset folder, as a one-process run would have written it."""
-    from histomag.data.shards import merge_shards
+    """Join the shards of `tile --shard K/N` (or `audit --shard K/N`) as a one-process run would have written them."""
+    from histomag.data.shards import merge_shards, shard_kind
 
+    if shard_kind(out) == "audit":
+        from histomag.audit import merge_audit_shards
+
+        rows = merge_audit_shards(out, partial=partial)
+        bad = sum(r["verdict"] == "error" for r in rows)
+        print(f"merged the audit of {len(rows)} files ({bad} unreadable) -> {out / 'audit.csv'}, {out / 'audit.html'}")
+        return 1 if bad else 0
     summary = merge_shards(out, partial=partial)
     print(f"merged {summary.shards} shard(s): {summary.slides_ok} slides tiled, {summary.slides_failed} failed, "
           f"{summary.tuples} tuples -> {out / 'manifest.csv'}")

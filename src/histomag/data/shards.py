@@ -33,17 +33,69 @@ def shard_folder(out: Path, shard: Shard) -> Path:
     return Path(out) / SHARDS_DIR / shard.name
 
 
-def write_shard_info(folder: Path, shard: Shard, batch: Sequence[str]) -> None:
-    """Record which copy this is and the whole batch (in order) beside the shard's dataset."""
+def write_shard_info(folder: Path, shard: Shard, batch: Sequence[str], kind: str = "tile", **extra: object) -> None:
+    """Record which copy this is, of which command (``kind``), and the whole batch (in order)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    info = {"shard": shard.index, "of": shard.count, "batch": [str(p) for p in batch]}
+    info = {"kind": kind, "shard": shard.index, "of": shard.count, "batch": [str(p) for p in batch], **extra}
     path = Path(folder) / SHARD_FILE
     if path.exists():
         old = _read_json(path)
         if old.get("of") != shard.count or old.get("batch") != info["batch"]:
             raise DatasetError(f"{folder} holds shard {old.get('shard')}/{old.get('of')} of another batch; give every "
-                               "copy the same slides in the same order, or use another --out")
+                               "copy the same files in the same order, or use another --out")
     atomic_write_json(path, info)
+
+
+def shard_kind(root: str | Path) -> str:
+    """The command whose shards ``root/shards`` holds (``tile`` or ``audit``; ``""`` when there are none)."""
+    base = Path(root) / SHARDS_DIR
+    for f in sorted(base.iterdir()) if base.is_dir() else []:
+        if (f / SHARD_FILE).is_file():
+            return str(_read_json(f / SHARD_FILE).get("kind", "tile"))
+    return ""
+
+
+def finished_shards(root: str | Path, *, done: str, partial: bool, make: str
+                    ) -> tuple[list[Path], list[dict], list[str]]:
+    """The finished shard folders of one batch (those holding ``done``), their infos and the batch.
+
+    Raises:
+        DatasetError: no shards, shards of different batches, or (unless ``partial``) a shard that
+            has not finished; ``make`` is the command that makes them, for the message.
+    """
+    root = Path(root)
+    base = root / SHARDS_DIR
+    folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    if not folders:
+        raise DatasetError(f"{root}: no shards to merge; make them with `{make} --out {root} --shard K/N`")
+    infos = {}
+    for f in folders:
+        if not (f / SHARD_FILE).is_file():
+            raise DatasetError(f"{f}: not a shard (no {SHARD_FILE}); remove it from {base}")
+        infos[f] = _read_json(f / SHARD_FILE)
+    counts = {i.get("of") for i in infos.values()}
+    batches = {json.dumps(i.get("batch")) for i in infos.values()}
+    kinds = {i.get("kind", "tile") for i in infos.values()}
+    if len(counts) != 1 or len(batches) != 1 or len(kinds) != 1:
+        raise DatasetError(f"{base} holds shards of different batches ({', '.join(f.name for f in folders)}); "
+                           "merge one batch at a time")
+    n = counts.pop()
+    finished = [f for f in folders if (f / done).is_file()]
+    present = {infos[f]["shard"] for f in finished}
+    missing = [k for k in range(1, n + 1) if k not in present]
+    if missing and not partial:
+        raise DatasetError(f"{root}: shard(s) {', '.join(map(str, missing))} of {n} have not finished (or not run); "
+                           "run them, or merge the finished ones with --partial")
+    return finished, [infos[f] for f in finished], next(iter(infos.values()))["batch"]
+
+
+def remove_shards(root: Path, finished: Sequence[Path]) -> None:
+    """Delete merged shard folders (and ``shards/`` once empty)."""
+    for f in finished:
+        shutil.rmtree(f)
+    base = Path(root) / SHARDS_DIR
+    if base.is_dir() and not any(base.iterdir()):
+        base.rmdir()
 
 
 @dataclass
@@ -65,28 +117,7 @@ def merge_shards(root: str | Path, *, partial: bool = False) -> MergeSummary:
         FolderInUseError: another run is writing ``root``.
     """
     root = Path(root)
-    base = root / SHARDS_DIR
-    folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    if not folders:
-        raise DatasetError(f"{root}: no shards to merge; make them with `histomag tile ... --out {root} --shard K/N`")
-    infos = {}
-    for f in folders:
-        if not (f / SHARD_FILE).is_file():
-            raise DatasetError(f"{f}: not a shard (no {SHARD_FILE}); remove it from {base}")
-        infos[f] = _read_json(f / SHARD_FILE)
-    counts = {i.get("of") for i in infos.values()}
-    batches = {json.dumps(i.get("batch")) for i in infos.values()}
-    if len(counts) != 1 or len(batches) != 1:
-        raise DatasetError(f"{base} holds shards of different batches ({', '.join(f.name for f in folders)}); "
-                           "merge one batch at a time")
-    n = counts.pop()
-    batch: list[str] = next(iter(infos.values()))["batch"]
-    finished = [f for f in folders if (f / "slides.csv").is_file()]
-    present = {infos[f]["shard"] for f in finished}
-    missing = [k for k in range(1, n + 1) if k not in present]
-    if missing and not partial:
-        raise DatasetError(f"{root}: shard(s) {', '.join(map(str, missing))} of {n} have not finished (or not run); "
-                           "run them, or merge the finished ones with --partial")
+    finished, _, batch = finished_shards(root, done="slides.csv", partial=partial, make="histomag tile ...")
     with DatasetFolder(root).lock() as token:
         folder = DatasetFolder(root, run_token=token)
         settings = [_read_json(f / "dataset.json") for f in finished]
@@ -110,10 +141,7 @@ def merge_shards(root: str | Path, *, partial: bool = False) -> MergeSummary:
         old = _read_csv(root / "slides.csv") if (root / "slides.csv").is_file() else []
         merged = {r["slide_id"] for r in rows}
         atomic_write_csv(root / "slides.csv", SLIDE_COLUMNS, [r for r in old if r.get("slide_id") not in merged] + rows)
-        for f in finished:
-            shutil.rmtree(f)
-        if base.is_dir() and not any(base.iterdir()):
-            base.rmdir()
+        remove_shards(root, finished)
     return MergeSummary(len(finished), len(ok), len(rows) - len(ok), tuples)
 
 
