@@ -30,7 +30,7 @@ from histomag.slide.tiffslide import TiffSlideSlide, _one_line
 #: decoded tiles kept per process, shared by every slide handle in it (MB): 128 MB holds ~770 RGB tiles of
 #: 240 px (CMU-1); a training process with thousands of open slides stays within it
 CACHE_MB = 128
-#: threads that decode the missing tiles of one read
+#: threads (per process, shared by all slide handles) that decode the missing tiles of a read
 DECODE_THREADS = 2
 
 
@@ -83,8 +83,32 @@ class TileCache:
 
 #: the process's tile cache (a forked child starts with an empty one)
 SHARED_CACHE = TileCache(CACHE_MB * 2**20)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with an empty cache, no pool and fresh locks (the parent's may be held)."""
+    global _pool, _pool_pid, _pool_lock
+    SHARED_CACHE.clear()
+    _pool, _pool_pid, _pool_lock = None, 0, threading.Lock()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=SHARED_CACHE.clear)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    """The process's tile-decoding threads, one pool for every open slide (a cohort of open handles
+    does not multiply threads); a forked child makes its own."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool, _pool_pid = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="tile-decode"), os.getpid()
+        return _pool
 
 
 class TileSlide(TiffSlideSlide):
@@ -112,8 +136,6 @@ class TileSlide(TiffSlideSlide):
         self._cache = SHARED_CACHE if cache_mb is None else TileCache(int(cache_mb * 2**20))
         stat = os.fstat(self._fd)
         self._file_key = (stat.st_dev, stat.st_ino, stat.st_mtime_ns)  # handles of one file share its tiles
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = os.getpid()
 
     def _unsupported(self) -> str:
         """Why this file's levels cannot be decoded tile by tile ('' when they can)."""
@@ -144,9 +166,9 @@ class TileSlide(TiffSlideSlide):
         jpeg_levels = [i for i, page in enumerate(self._pages) if int(page.compression) == JPEG]
         if not jpeg_levels:
             return ""
-        try:
-            import simplejpeg  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("simplejpeg") is None:
             return "JPEG tiles need simplejpeg for strict decoding (pip install simplejpeg)"
         for i in jpeg_levels:
             page = self._pages[i]
@@ -230,19 +252,15 @@ class TileSlide(TiffSlideSlide):
         self._cache.put((self._file_key, level, index), tile)
         return tile
 
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pid != os.getpid():
-            self._pool, self._pid = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="tile-decode"), os.getpid()
-        return self._pool
+    @staticmethod
+    def _executor() -> ThreadPoolExecutor:
+        return _decode_pool()
 
     @property
     def cache(self) -> TileCache:
         return self._cache
 
     def close(self) -> None:
-        if getattr(self, "_pool", None) is not None:
-            self._pool.shutdown(wait=True)  # type: ignore[union-attr]
-            self._pool = None
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None  # type: ignore[assignment]
