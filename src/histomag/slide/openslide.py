@@ -1,4 +1,4 @@
-"""OpenSlide backend (the default for whole-slide formats)."""
+"""OpenSlide backend (the default for whole-slide formats other than the tiled SVS/TIFF the `tiles` reader takes)."""
 
 from __future__ import annotations
 
