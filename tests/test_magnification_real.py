@@ -29,7 +29,7 @@ def sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cv_and_model(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("realcv")
-    common = ["--preset", "tiny", "--epoch-size", "32", "--epochs", "1", "-q"]
+    common = ["--preset", "tiny", "--epoch-size", "32", "--epochs", "1", "--patience", "3", "-q"]
     assert run(["magnification", "train", str(sources / "index.csv"), "--out", str(out / "run")] + common) == 0
     assert run(["magnification", "cv", str(sources / "index.csv"), "--out", str(out / "cv"), "--n-crops", "4"]
                + common) == 0
@@ -41,6 +41,7 @@ def cv_and_model(sources, tmp_path_factory):
 def test_train_on_sources_records_the_data(cv_and_model):
     config = json.loads((cv_and_model / "run" / "config.json").read_text())
     assert config["data"] == "sources" and set(config["sources"]) == {"scanA", "scanB"}
+    assert config["patience"] == 3  # --patience overrides the preset's
     assert config["acquisition"]["random_kernel"] is True
     assert (cv_and_model / "run" / "checkpoints" / "best.ckpt").is_file()
 

@@ -9,6 +9,8 @@ import typer
 
 from histomag.cli.app import app, error
 
+PATIENCE_HELP = "Epochs without validation improvement before the learning rate is halved (preset's default)."
+
 mag_app = typer.Typer(help="Magnification recovery (Hagnifinder): build, train, evaluate, predict.",
                       no_args_is_help=True)
 app.add_typer(mag_app, name="magnification")
@@ -121,6 +123,7 @@ def train(
     weights: Optional[str] = typer.Option(None, "--weights", help="imagenet (local torch cache) or a state-dict file."),
     target: Optional[str] = typer.Option(None, "--target", help="linear (magnification) or log (log-magnification)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
+    patience: Optional[int] = typer.Option(None, "--patience", help=PATIENCE_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     crop: Optional[int] = typer.Option(None, "--crop", help="Random crop side in px (never a resize)."),
@@ -140,7 +143,7 @@ def train(
     if model not in ("regressor", "classifier"):
         raise ConfigError(f"--model {model!r}: use regressor or classifier")
     on_set = _is_magset(data)
-    overrides = {"backbone": backbone, "weights": weights, "target": target, "epochs": epochs,
+    overrides = {"backbone": backbone, "weights": weights, "target": target, "epochs": epochs, "patience": patience,
                  "batch_size": batch_size, "lr": lr, "crop": crop, "num_workers": workers,
                  "max_time_minutes": max_minutes, "seed": seed,
                  "model_type": MODEL_TYPE_CLASSIFIER if model == "classifier" else MODEL_TYPE_REGRESSOR}
@@ -167,6 +170,7 @@ def cv(
     acquisition: str = typer.Option("full", "--acquisition", help="full, off, or no-PART (for ablations)."),
     epoch_size: int = typer.Option(3072, "--epoch-size", help="Crops drawn per epoch."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
+    patience: Optional[int] = typer.Option(None, "--patience", help=PATIENCE_HELP),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Per fold."),
     level: float = typer.Option(0.9, "--level", help="Nominal coverage of the calibrated interval."),
     n_crops: int = typer.Option(16, "--n-crops", help="Tissue crops per held-out image."),
@@ -176,8 +180,8 @@ def cv(
     from histomag.train.magconfig import preset as make_preset
     from histomag.train.magreal import cross_validate_sources
 
-    config = make_preset(preset, **{k: v for k, v in {"epochs": epochs, "max_time_minutes": max_minutes}.items()
-                                    if v is not None})
+    config = make_preset(preset, **{k: v for k, v in {"epochs": epochs, "patience": patience,
+                                                      "max_time_minutes": max_minutes}.items() if v is not None})
     folds = [[g.strip() for g in f.split(",") if g.strip()] for f in hold_out] if hold_out else None
     summary = cross_validate_sources(_load_real_sources(sources, quiet), out, config, folds=folds, level=level,
                                      training=_training(acquisition, epoch_size),
