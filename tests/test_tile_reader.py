@@ -51,7 +51,8 @@ def test_real_slides_read_the_same_as_openslide(shared_data: Path) -> None:
         ours, theirs = open_slide(path, backend="tiles", mpp=0.5), open_slide(path, backend="openslide", mpp=0.5)
         assert open_slide(path, mpp=0.5).backend == "tiles"  # auto takes the direct path for these
         W, H = ours.level_dimensions[0]
-        a, b = ours._read_level(13, 29, 0, W - 40, min(H - 40, 900)), theirs._read_level(13, 29, 0, W - 40, min(H - 40, 900))
+        region = (13, 29, 0, W - 40, min(H - 40, 900))
+        a, b = ours._read_level(*region), theirs._read_level(*region)
         assert np.array_equal(a, b), name
 
 
@@ -96,3 +97,30 @@ def test_files_it_does_not_take_go_to_the_next_backend(tmp_path: Path) -> None:
         TileSlide(plain, mpp_override=0.5)
     slide = open_slide(plain, mpp=0.5)
     assert slide.backend != "tiles" and np.array_equal(slide.read_native(0, 0, 400, 300), rgb)
+
+
+def test_coarser_reads_decode_jpeg_tiles_scaled_at_equal_quality(tmp_path: Path) -> None:
+    """A read 4x coarser than the only level decodes the JPEG tiles at 1/4 in the DCT domain: the same
+    picture as a full decode plus area averaging (PSNR > 40 dB), never shifted; misaligned reads do not."""
+    from histomag.synth import render_tissue
+
+    rgb = render_tissue(2048, 1536, mpp=0.25, seed=4).rgb
+    path = tmp_path / "one-level.tif"
+    tifffile.imwrite(path, rgb, tile=(256, 256), compression="jpeg", photometric="rgb")
+    ours = TileSlide(path, mpp_override=0.25, cache_mb=64, dct_scaling=True)
+    theirs = open_slide(path, backend="tiffslide", mpp=0.25)
+    exact = TileSlide(path, mpp_override=0.25, cache_mb=64)  # the default: full decodes, OpenSlide's pixels
+    field = ((1024, 768), 256)
+    assert np.array_equal(exact.read(*field, magnification=10), theirs.read(*field, magnification=10))
+    assert {key[-1] for key in exact.cache._items} == {1}
+    a = ours.read((1024, 768), 256, magnification=10)  # 1024 level px from x=512: on the 1/4 grid
+    assert {key[-1] for key in ours.cache._items} == {4}  # decoded at 1/4, never at full size
+    b = theirs.read((1024, 768), 256, magnification=10)
+    mse = np.mean((a.astype(float) - b) ** 2)
+    assert a.shape == b.shape == (256, 256, 3) and 10 * np.log10(255 ** 2 / mse) > 40
+    misaligned = ours.read((1023, 767), 256, magnification=10)  # starts at x=511: full decode, exact
+    assert np.array_equal(misaligned, theirs.read((1023, 767), 256, magnification=10))
+    whole = ours.read_whole(2.0)  # tissue masks: the whole level, 8x coarser
+    assert whole.shape == (192, 256, 3)
+    mse = np.mean((whole.astype(float) - theirs.read_whole(2.0)) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 40

@@ -110,7 +110,8 @@ def open_slide(path: str | Path, *, mpp: MppOverride | None = None, backend: Bac
             ``(0.56, 0.42)`` for a snapshot whose pixels are 0.56 µm wide and 0.42 µm tall. The
             slide then reads square pixels at the coarser value (here 0.56 µm/px; the finer axis
             is area-averaged, never upsampled).
-        backend: ``auto`` tries the direct tile reader (tiled SVS/TIFF), OpenSlide, TiffSlide, then a plain image reader.
+        backend: ``auto`` tries the direct tile reader (tiled SVS/TIFF), OpenSlide, TiffSlide, then a
+            plain image reader.
         probe: decode a few tiles now so a truncated or corrupt file fails here, not mid-job.
 
     Raises:

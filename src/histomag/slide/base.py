@@ -326,6 +326,18 @@ class Slide(ABC):
             out[cy0 - ly:cy1 - ly, cx0 - lx:cx1 - lx] = part
         return out
 
+    def _decode_factor(self, level: int, scale: float) -> int:
+        """By how much coarser than ``level`` this backend can decode directly (1: it cannot).
+
+        ``scale`` is the level's pixels per output pixel of the read. Backends that can (JPEG's
+        DCT-domain scaling) return 2, 4 or 8 and implement :meth:`_read_scaled_padded`.
+        """
+        return 1
+
+    def _read_scaled_padded(self, lx: int, ly: int, level: int, width: int, height: int, factor: int) -> np.ndarray:
+        """A region of ``level`` decoded ``factor`` times coarser; coordinates in those coarser pixels."""
+        raise NotImplementedError
+
     def best_level(self, target: Resolution) -> int:
         """The coarsest level whose resolution is at or finer than ``target`` (within tolerance)."""
         base = self.resolution
@@ -345,11 +357,23 @@ class Slide(ABC):
         """
         sx, sy = self.pixel_scale
         ds = self.level_downsamples[level]
+        # a backend that decodes coarser than the level directly (JPEG's DCT scaling) reads a virtual level
+        factor = self._decode_factor(level, min(width / sx / ds / out_w, height / sy / ds / out_h))
+        lw, lh = self.level_dimensions[level]
+        while factor > 1 and not (_on_grid(left / sx / ds, factor) and _on_grid(top / sy / ds, factor)
+                                  and (left + width) / sx / ds <= lw // factor * factor + 1e-6
+                                  and (top + height) / sy / ds <= lh // factor * factor + 1e-6):
+            # the coarser grid must start where the read starts (or it shifts the image) and must not
+            # need the level's last, partial block of pixels
+            factor //= 2
+        ds *= factor
         fl, ft, fr, fb = left / sx / ds, top / sy / ds, (left + width) / sx / ds, (top + height) / sy / ds
         # integer-aligned enclosing region at that level
         lx0, ly0 = math.floor(fl), math.floor(ft)
         lx1, ly1 = math.ceil(fr), math.ceil(fb)
-        region = self._read_level_padded(lx0, ly0, level, max(1, lx1 - lx0), max(1, ly1 - ly0))
+        w, h = max(1, lx1 - lx0), max(1, ly1 - ly0)
+        region = (self._read_level_padded(lx0, ly0, level, w, h) if factor == 1
+                  else self._read_scaled_padded(lx0, ly0, level, w, h, factor))
         box = (fl - lx0, ft - ly0, fr - lx0, fb - ly0)
         rw, rh = region.shape[1], region.shape[0]
         if (rw, rh) == (out_w, out_h) and all(abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, rw, rh))):
@@ -438,6 +462,11 @@ class Slide(ABC):
         scale = max(mpp / self.resolution.mpp, 1.0)
         out = (max(1, round(W / scale)), max(1, round(H / scale)))
         return self.read_rect(0, 0, W, H, out)
+
+
+def _on_grid(position: float, factor: int) -> bool:
+    """Whether ``position`` (level pixels) is a whole multiple of ``factor``."""
+    return abs(position / factor - round(position / factor)) < 1e-6
 
 
 def slide_id_from_path(path: Path) -> str:
