@@ -86,8 +86,11 @@ def main() -> None:
           f"{len(slide.level_dimensions)} level(s); {len(fields)} fields of {args.patch} px at {top:g}x "
           f"+ {small} px at {top / 2:g}x")
 
+    from histomag.slide.tiles import SHARED_CACHE
+
     def ours(backend):
         def make():
+            SHARED_CACHE.clear()  # the direct path's tile cache is per process: a fresh handle starts it cold
             handle = open_slide(path, backend=backend)
             return lambda f: read_tuple(handle, spec, f)
         return make
@@ -157,9 +160,10 @@ def coarse_reads(path: Path, fields: list, top: float) -> None:
     """
     from histomag.slide import open_slide
 
-    from histomag.slide.tiles import TileSlide
+    from histomag.slide.tiles import SHARED_CACHE, TileSlide
 
     def opener(backend):
+        SHARED_CACHE.clear()  # every handle starts with a cold tile cache
         if backend == "tiles+dct":
             return lambda: TileSlide(path, dct_scaling=True)
         return lambda: open_slide(path, backend=backend)
