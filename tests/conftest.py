@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MemorySlide, textured
+from helpers import TILE, MemorySlide, manifest_by_id, textured
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -46,3 +46,24 @@ def dask_cluster():
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                       silence_logs=50) as lc:
             yield lc
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory) -> Path:
+    """Three small synthetic slides with label masks (read only by the tests that use them)."""
+    from histomag.synth.cohort import make_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    make_cohort(root, n_slides=3, seed=5, size_px=1536)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference(cohort: Path, tmp_path_factory) -> Path:
+    """``cohort`` tiled with ``TILE`` by one process, never interrupted: what every other way must equal."""
+    from histomag.cli.main import run
+
+    out = tmp_path_factory.mktemp("reference") / "ds"
+    assert run(["tile", str(cohort), "--out", str(out), *TILE]) == 0
+    assert len(manifest_by_id(out)) > 100
+    return out

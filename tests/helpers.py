@@ -13,6 +13,8 @@ from histomag.data.atomic import atomic_write_csv
 from histomag.data.folder import image_column, manifest_columns
 from histomag.slide.base import Slide, SlideMetadata
 
+#: `tile` options of the small same-fov datasets the resume and cohort tests compare (40x@128 + 20x@64)
+TILE = ["--mags", "40,20", "--size", "128", "--overlap", "0", "-q"]
 #: diameter of the synthetic nuclei in µm (real nuclei are ~5-10 µm across)
 NUCLEUS_UM = 7.0
 

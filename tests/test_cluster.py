@@ -11,37 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_same_dataset, manifest_by_id
+from helpers import TILE, assert_same_dataset
 from histomag.cli.main import run
 from histomag.cluster import ClusterError, Shard, check_shared, map_tasks, parse_shard
 from histomag.errors import ConfigError
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
-TILE = ["--mags", "40,20", "--size", "128", "--overlap", "0", "-q"]
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    from histomag.synth.cohort import make_cohort
-
-    root = tmp_path_factory.mktemp("cohort")
-    make_cohort(root, n_slides=3, seed=5, size_px=1536)
-    return root
-
-
-@pytest.fixture(scope="module")
-def reference(cohort: Path, tmp_path_factory) -> Path:
-    """The batch tiled by one process."""
-    out = tmp_path_factory.mktemp("reference") / "ds"
-    assert run(["tile", str(cohort), "--out", str(out), *TILE]) == 0
-    assert len(manifest_by_id(out)) > 100
-    return out
-
-
-@pytest.fixture
-def cluster(dask_cluster):
-    return dask_cluster
 
 
 def test_shard_parsing_and_assignment() -> None:
@@ -93,15 +69,15 @@ def test_an_unreachable_scheduler_is_one_line_before_any_work(cohort: Path, tmp_
     assert not out.exists()
 
 
-def test_cluster_tiling_equals_a_one_process_run(cohort: Path, reference: Path, cluster, tmp_path: Path) -> None:
+def test_cluster_tiling_equals_a_one_process_run(cohort: Path, reference: Path, dask_cluster, tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    assert run(["tile", str(cohort), "--out", str(out), *TILE, "--cluster", cluster.scheduler_address]) == 0
+    assert run(["tile", str(cohort), "--out", str(out), *TILE, "--cluster", dask_cluster.scheduler_address]) == 0
     assert_same_dataset(out, reference)
     assert (out / "slides.csv").read_text() == (reference / "slides.csv").read_text()
 
 
-def test_workers_that_cannot_see_the_files_are_refused(cluster, tmp_path: Path) -> None:
-    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+def test_workers_that_cannot_see_the_files_are_refused(dask_cluster, tmp_path: Path) -> None:
+    with distributed.Client(dask_cluster.scheduler_address, set_as_default=False) as client:
         check_shared(client, tmp_path)
         with pytest.raises(ClusterError, match="cannot see .*nowhere"):
             check_shared(client, tmp_path / "nowhere")
@@ -114,9 +90,9 @@ def _die_or_square(x: int, marker: str) -> int:
     return x * x
 
 
-def test_a_task_whose_worker_dies_is_resubmitted_once_then_reported(cluster, tmp_path: Path) -> None:
+def test_a_task_whose_worker_dies_is_resubmitted_once_then_reported(dask_cluster, tmp_path: Path) -> None:
     done, lost = {}, {}
-    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+    with distributed.Client(dask_cluster.scheduler_address, set_as_default=False) as client:
         map_tasks(client, _die_or_square, [(x, str(tmp_path / "died")) for x in range(5)],
                   on_done=done.__setitem__, on_lost=lost.__setitem__)
     assert done == {0: 0, 1: 1, 2: 4, 4: 16}  # 2 died once and was redone
@@ -124,24 +100,24 @@ def test_a_task_whose_worker_dies_is_resubmitted_once_then_reported(cluster, tmp
 
 
 def test_a_worker_killed_mid_slide_leaves_no_partial_tuple_and_the_slide_finishes(
-        cohort: Path, reference: Path, cluster, tmp_path: Path) -> None:
+        cohort: Path, reference: Path, dask_cluster, tmp_path: Path) -> None:
     """Kill every worker once tuples are being journalled; the scheduler's retry (here resubmission) finishes."""
     out = tmp_path / "ds"
     codes = []
     thread = threading.Thread(target=lambda: codes.append(
-        run(["tile", str(cohort), "--out", str(out), *TILE, "--cluster", cluster.scheduler_address])))
+        run(["tile", str(cohort), "--out", str(out), *TILE, "--cluster", dask_cluster.scheduler_address])))
     thread.start()
     end = time.monotonic() + 60
     parts = out / "parts"
     while time.monotonic() < end and not (parts.is_dir() and any(p.stat().st_size > 200 for p in parts.glob("*.csv"))):
         time.sleep(0.01)
-    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+    with distributed.Client(dask_cluster.scheduler_address, set_as_default=False) as client:
         pids = client.run(os.getpid)
     for pid in pids.values():
         os.kill(pid, signal.SIGKILL)
     thread.join(timeout=120)
     assert not thread.is_alive()
-    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+    with distributed.Client(dask_cluster.scheduler_address, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=60)  # the nannies restart them (for the tests that follow)
     with open(out / "slides.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -149,7 +125,7 @@ def test_a_worker_killed_mid_slide_leaves_no_partial_tuple_and_the_slide_finishe
     if failed:  # lost twice (both kills hit it): reported, and the same command finishes it
         assert codes == [1 if len(failed) < len(rows) else 2]
         assert all("lost on the Dask cluster" in r["error"] for r in failed)
-        assert run(["tile", str(cohort), "--out", str(out), *TILE, "--cluster", cluster.scheduler_address]) == 0
+        assert run(["tile", str(cohort), "--out", str(out), *TILE, "--cluster", dask_cluster.scheduler_address]) == 0
     else:
         assert codes == [0]
     assert_same_dataset(out, reference)
@@ -179,11 +155,11 @@ def test_audit_shards_merged_equal_a_one_process_audit(images: Path, tmp_path: P
     assert not (tmp_path / "sharded" / "shards").exists()
 
 
-def test_cluster_audit_equals_a_local_audit(cluster, images: Path, tmp_path: Path, capsys) -> None:
+def test_cluster_audit_equals_a_local_audit(dask_cluster, images: Path, tmp_path: Path, capsys) -> None:
     folder = images
     assert run(["audit", str(folder), "--out", str(tmp_path / "local"), "-q"]) == 1
     assert run(["audit", str(folder), "--out", str(tmp_path / "remote"), "-q", "--cluster",
-                cluster.scheduler_address]) == 1
+                dask_cluster.scheduler_address]) == 1
     local = (tmp_path / "local" / "audit.csv").read_text()
     assert (tmp_path / "remote" / "audit.csv").read_text() == local
     assert local.count("\n") == 5 and "broken.png" in local

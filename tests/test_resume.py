@@ -17,14 +17,13 @@ import pytest
 from PIL import Image
 
 import histomag
-from helpers import assert_same_dataset, manifest_by_id, textured
+from helpers import TILE, assert_same_dataset, manifest_by_id, textured
 from histomag.cli.main import run
 from histomag.data.folder import DatasetFolder, image_column, manifest_columns
 from histomag.data.runlock import FolderLock
 from histomag.errors import FolderInUseError
 
 SRC = Path(histomag.__file__).resolve().parents[1]
-TILE = ["--mags", "40,20", "--size", "128", "--overlap", "0", "-q"]
 MAGS = (40.0, 20.0)
 
 
@@ -72,24 +71,6 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 def _journal_rows(out: Path) -> int:
     return sum(max(0, p.read_bytes().count(b"\n") - 1) for p in (out / "parts").glob("*.csv")) \
         if (out / "parts").is_dir() else 0
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    from histomag.synth.cohort import make_cohort
-
-    root = tmp_path_factory.mktemp("cohort")
-    make_cohort(root, n_slides=3, seed=5, size_px=1536)
-    return root
-
-
-@pytest.fixture(scope="module")
-def reference(cohort: Path, tmp_path_factory) -> Path:
-    """The same command, never interrupted."""
-    out = tmp_path_factory.mktemp("reference") / "ds"
-    assert run(["tile", str(cohort), "--out", str(out), *TILE]) == 0
-    assert len(manifest_by_id(out)) > 100
-    return out
 
 
 @pytest.mark.parametrize("workers", [2, 1])

@@ -143,18 +143,14 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-#: the magnification model of this (Dask worker) process, loaded once per checkpoint
-_remote_estimator: dict[str | None, Any] = {}
-
-
 def _audit_remote(path: str, checkpoint: str | None, n_crops: int) -> tuple[dict[str, Any], bytes | None]:
     """A Dask task: one file, with the model loaded once per worker process."""
+    from histomag.cluster import held_by_worker
     from histomag.train.maginfer import load_estimator
 
-    if checkpoint not in _remote_estimator:
-        _remote_estimator.clear()
-        _remote_estimator[checkpoint] = load_estimator(Path(checkpoint) if checkpoint else None)
-    return audit_one(Path(path), _remote_estimator[checkpoint], n_crops)
+    estimator = held_by_worker("magnification model", checkpoint,
+                               lambda: load_estimator(Path(checkpoint) if checkpoint else None))
+    return audit_one(Path(path), estimator, n_crops)
 
 
 def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None], model: str) -> str:

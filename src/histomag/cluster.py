@@ -121,6 +121,23 @@ def _visible(paths: list[str]) -> list[bool]:
     return [os.path.exists(p) for p in paths]
 
 
+#: what this (worker) process keeps loaded between tasks: kind -> (key, object)
+_held: dict[str, tuple[Any, Any]] = {}
+
+
+def held_by_worker(kind: str, key: Any, load: Callable[[], T]) -> T:
+    """The object of ``kind`` for ``key``, loaded once per worker process (a model, a run's folds).
+
+    One object per kind is kept: a task with another key replaces it, so a long-lived worker does
+    not accumulate models.
+    """
+    held = _held.get(kind)
+    if held is None or held[0] != key:
+        _held.pop(kind, None)  # let the old one go before the new one loads
+        _held[kind] = held = (key, load())
+    return held[1]
+
+
 def map_tasks(client: Any, fn: Callable[..., T], args: Sequence[tuple], *, on_done: Callable[[int, T], None],
               on_lost: Callable[[int, str], None], resubmits: int = RESUBMITS) -> None:
     """Run ``fn(*args[i])`` for every ``i`` on the cluster; call ``on_done(i, result)`` as each finishes.

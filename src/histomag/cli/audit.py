@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import CLUSTER_HELP, cluster_client
-from histomag.errors import ConfigError
+from histomag.cli.options import CLUSTER_HELP, cluster_client, shard_option
 
 
 @app.command()
@@ -33,20 +32,14 @@ def audit(
 
     if out.exists() and not out.is_dir():
         raise InputPathError(f"{out} is a file; give a folder for the audit")
-    from histomag.cluster import parse_shard
-
-    the_shard = parse_shard(shard) if shard else None
-    if the_shard and cluster:
-        raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
+    the_shard = shard_option(shard, cluster)
     items = expand_image_paths(paths)
     estimator = load_estimator(checkpoint)
     if the_shard is not None:
-        from histomag.data.shards import shard_folder, write_shard_info
+        from histomag.data.shards import start_shard
 
-        batch = [str(p) for p in items]
-        items = the_shard.take(items)
-        out = shard_folder(out, the_shard)
-        write_shard_info(out, the_shard, batch, kind="audit", model=estimator.source)
+        items, out = start_shard(out, the_shard, items, [str(p) for p in items], kind="audit",
+                                 model=estimator.source)
     with cluster_client(cluster) as client:
         rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet, client=client,
                            checkpoint=checkpoint, keep_thumbs=the_shard is not None)

@@ -77,6 +77,17 @@ def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoi
     return out, failed
 
 
+def shard_option(shard: str | None, cluster: str | None) -> Any:
+    """``--shard K/N`` as a :class:`~histomag.cluster.Shard` (None without one); it excludes ``--cluster``."""
+    if not shard:
+        return None
+    from histomag.cluster import parse_shard
+
+    if cluster:
+        raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
+    return parse_shard(shard)
+
+
 #: help of every command's ``--cluster`` option
 CLUSTER_HELP = ("Dask scheduler address (e.g. tcp://HOST:8786): one task per file on its workers, which must see the "
                 "files and the output under the same paths. Needs the [dask] extra.")

@@ -9,8 +9,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import CLUSTER_HELP, cluster_client, resolve_job_mpps
-from histomag.errors import ConfigError
+from histomag.cli.options import CLUSTER_HELP, cluster_client, resolve_job_mpps, shard_option
 
 
 @app.command()
@@ -58,7 +57,6 @@ def tile(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Tile slides into a dataset folder: one PNG per magnification per tuple plus manifest.csv."""
-    from histomag.cluster import parse_shard
     from histomag.data.folder import TileSettings
     from histomag.data.sources import slide_jobs
     from histomag.data.tiler import tile_slides
@@ -66,24 +64,20 @@ def tile(
     from histomag.tiling import make_tuple_spec
 
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
-    the_shard = parse_shard(shard) if shard else None
-    if the_shard and cluster:
-        raise ConfigError("--shard and --cluster exclude each other: a cluster takes the whole batch")
+    the_shard = shard_option(shard, cluster)
     with cluster_client(cluster) as client:  # an unreachable scheduler: one line here, before any work
         make_tuple_spec(magnifications, size, mode)  # validate early  # type: ignore[arg-type]
         jobs, notes = slide_jobs(slides, labels=labels, labels_dir=labels_dir, patients=patients,
                                  group_block=group_block)
         for message in notes:
             print(f"note: {message}", file=sys.stderr)
+        batch = [j.path for j in jobs]
         if the_shard is not None:
-            from histomag.data.shards import shard_folder, write_shard_info
+            from histomag.data.shards import start_shard
 
-            batch = [j.path for j in jobs]
-            jobs = the_shard.take(jobs)
-            out = shard_folder(out, the_shard)
-            write_shard_info(out, the_shard, batch)
+            jobs, out = start_shard(out, the_shard, jobs, batch)
         jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty,
-                                              batch=batch if the_shard else None)
+                                              batch=batch)
         settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                                 n_random=n_random, seed=seed, min_tissue=min_tissue,
                                 tissue_threshold=tissue_threshold, label_fraction=label_fraction,

@@ -142,9 +142,8 @@ class DatasetFolder:
             {k: v for k, v in settings.items() if k != "version"}
         if self.settings_path.exists():
             old = self.read_settings()
-            diff = [k for k in RESUME_KEYS if _norm(old.get(k, RESUME_DEFAULTS.get(k))) != _norm(new.get(k))]
-            if diff:
-                k = diff[0]
+            k = first_difference(old, new)
+            if k:
                 raise DatasetError(
                     f"{self.root} already holds a dataset made with {k}={old.get(k)!r} (now {new.get(k)!r}); "
                     "use another --out folder or delete it"
@@ -316,6 +315,15 @@ def _written_here(path: Path, slide_id: str) -> bool:
     ours = (name.startswith(f"{slide_id}_") and name.endswith(IMAGE_SUFFIXES)) or \
         (name.startswith(f".{slide_id}_") and name.endswith(".tmp"))
     return ours and path.is_file()
+
+
+def first_difference(old: dict, new: dict) -> str | None:
+    """The first setting (of :data:`RESUME_KEYS`) two ``dataset.json`` contents disagree on, or None.
+
+    A key that ``old`` lacks means what it meant before it existed (:data:`RESUME_DEFAULTS`).
+    """
+    return next((k for k in RESUME_KEYS if _norm(old.get(k, RESUME_DEFAULTS.get(k)))
+                 != _norm(new.get(k, RESUME_DEFAULTS.get(k)))), None)
 
 
 def _norm(value: object) -> object:

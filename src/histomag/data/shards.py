@@ -16,14 +16,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from histomag.cluster import Shard
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
-from histomag.data.folder import RESUME_DEFAULTS, RESUME_KEYS, DatasetFolder, manifest_columns
+from histomag.data.folder import DatasetFolder, first_difference, manifest_columns
 from histomag.data.tiler import SLIDE_COLUMNS
 from histomag.errors import DatasetError
 
+T = TypeVar("T")
 SHARDS_DIR = "shards"
 SHARD_FILE = "shard.json"
 
@@ -44,6 +45,17 @@ def write_shard_info(folder: Path, shard: Shard, batch: Sequence[str], kind: str
             raise DatasetError(f"{folder} holds shard {old.get('shard')}/{old.get('of')} of another batch; give every "
                                "copy the same files in the same order, or use another --out")
     atomic_write_json(path, info)
+
+
+def start_shard(out: Path, shard: Shard, items: Sequence[T], batch: Sequence[str], kind: str = "tile",
+                **extra: object) -> tuple[list[T], Path]:
+    """This copy's share of ``items`` and the folder it writes (``shard.json`` recorded there).
+
+    ``batch`` names the whole batch in order (the paths of ``items``), for the merge.
+    """
+    folder = shard_folder(out, shard)
+    write_shard_info(folder, shard, batch, kind, **extra)
+    return shard.take(items), folder
 
 
 def shard_kind(root: str | Path) -> str:
@@ -122,10 +134,10 @@ def merge_shards(root: str | Path, *, partial: bool = False) -> MergeSummary:
         folder = DatasetFolder(root, run_token=token)
         settings = [_read_json(f / "dataset.json") for f in finished]
         for f, s in zip(finished[1:], settings[1:]):
-            diff = [k for k in RESUME_KEYS if s.get(k, RESUME_DEFAULTS.get(k)) != settings[0].get(k, RESUME_DEFAULTS.get(k))]
-            if diff:
-                raise DatasetError(f"{f.name} was tiled with {diff[0]}={s.get(diff[0])!r}, {finished[0].name} with "
-                                   f"{settings[0].get(diff[0])!r}; re-run the shards with the same options")
+            k = first_difference(settings[0], s)
+            if k:
+                raise DatasetError(f"{f.name} was tiled with {k}={s.get(k)!r}, {finished[0].name} with "
+                                   f"{settings[0].get(k)!r}; re-run the shards with the same options")
         folder.prepare(settings[0])
         rows = []
         for f in finished:

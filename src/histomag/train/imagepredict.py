@@ -89,18 +89,21 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
             if bar:
                 bar.advance(task, 1)  # type: ignore[arg-type]
 
+        todo = []
+        for i, job in enumerate(jobs):
+            if failed and str(job.path) in failed:  # stopped already: reported in its row, not read
+                done(i, (ImageResult(str(job.path), label=job.label or "", error=failed[str(job.path)]), [], False))
+            else:
+                todo.append(i)
         if client is None:
-            for i, job in enumerate(jobs):
-                done(i, _predict_job(loaded, job, (failed or {}).get(str(job.path)), batch_size, num_workers))
+            for i in todo:
+                done(i, _predict_job(loaded, jobs[i], batch_size, num_workers))
         else:
             from histomag.cluster import check_shared, map_tasks
 
             run_abs = str(Path(run_dir).resolve())
-            remote = [replace(j, path=str(Path(j.path).resolve())) for j in jobs]
+            remote = [replace(jobs[i], path=str(Path(jobs[i].path).resolve())) for i in todo]
             check_shared(client, Path(run_abs), *(Path(j.path) for j in remote))
-            todo = [i for i, j in enumerate(jobs) if not (failed and str(j.path) in failed)]
-            for i in set(range(len(jobs))) - set(todo):
-                done(i, _predict_job(loaded, jobs[i], failed[str(jobs[i].path)], batch_size, num_workers))  # type: ignore[index]
 
             def back(k: int, outcome: tuple[ImageResult, list[list], bool]) -> None:
                 i = todo[k]
@@ -114,7 +117,7 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
                                      error=f"{Path(jobs[i].path).name}: lost on the Dask cluster after retries "
                                            f"({reason}); re-run to predict it"), [], False))
 
-            map_tasks(client, _predict_job_remote, [(run_abs, fold, remote[i], batch_size) for i in todo],
+            map_tasks(client, _predict_job_remote, [(run_abs, fold, job, batch_size) for job in remote],
                       on_done=back, on_lost=lost)
     tuple_rows: list[list] = []
     upsample = []
@@ -158,15 +161,12 @@ def _load_run(run_dir: str | Path, fold: int | None) -> _LoadedRun:
                       tuple_transform(models[0].input_mean, models[0].input_std, train=False), list(run.class_names))
 
 
-def _predict_job(loaded: _LoadedRun, job, failed: str | None, batch_size: int | None,
+def _predict_job(loaded: _LoadedRun, job, batch_size: int | None,
                  num_workers: int) -> tuple[ImageResult, list[list], bool]:
     """One image: its result, its ``tuples.csv`` rows, and whether it failed for want of resolution."""
     from histomag.data.tuples import SlideTupleDataset
 
     res = ImageResult(str(job.path), label=job.label or "")
-    if failed:
-        res.error = failed
-        return res, [], False
     try:
         data = SlideTupleDataset([job], loaded.settings, magnifications=loaded.config.magnifications,  # type: ignore[attr-defined]
                                  classes=loaded.names, labelled_only=False, transform=loaded.transform)
@@ -181,18 +181,13 @@ def _predict_job(loaded: _LoadedRun, job, failed: str | None, batch_size: int | 
     return res, rows, False
 
 
-#: runs loaded by this (Dask worker) process, so each worker loads a run's models once
-_remote_runs: dict[tuple[str, int | None], _LoadedRun] = {}
-
-
 def _predict_job_remote(run_dir: str, fold: int | None, job, batch_size: int | None
                         ) -> tuple[ImageResult, list[list], bool]:
     """A Dask task: one image, with the run loaded once per worker process."""
-    key = (run_dir, fold)
-    if key not in _remote_runs:
-        _remote_runs.clear()
-        _remote_runs[key] = _load_run(run_dir, fold)
-    return _predict_job(_remote_runs[key], job, None, batch_size, 0)
+    from histomag.cluster import held_by_worker
+
+    loaded = held_by_worker("dmsl run", (run_dir, fold), lambda: _load_run(run_dir, fold))
+    return _predict_job(loaded, job, batch_size, 0)
 
 
 def _predict_image(data, res: ImageResult, models: list, names: list[str], batch_size: int,
