@@ -35,6 +35,25 @@ def test_index_with_anisotropic_pixels_is_squared(tmp_path):
     assert src.group == tmp_path.name
 
 
+def test_index_may_list_slides_and_its_mpp_wins(cohort, tmp_path, monkeypatch):
+    """A slide in an index CSV is read by the slide readers (not decoded whole by PIL), at the index's mpp."""
+    import histomag.data.magsources as ms
+
+    monkeypatch.setattr(ms, "MAX_SLIDE_PIXELS", 1000 * 1000)   # a large slide is read as a centred window
+    slide = sorted(cohort.glob("*.svs"))[0]
+    idx = _write_index(tmp_path, [f"{slide},synthetic,0.5", f"{slide.with_name('x.png')},synthetic,0.5"],
+                       "image,group,mpp")
+    entries = read_index(idx)
+    src = load_source(entries[0])
+    # metadata says 0.25 µm/px; the index says 0.5: the index wins, pixels are the slide's own level 0
+    assert src.mpp == pytest.approx(0.5) and src.group == "synthetic" and src.rgb.shape == (1000, 1000, 3)
+    with pytest.raises(DatasetError, match="x.png"):
+        load_source(entries[1])
+    # without an mpp in the index, the slide's metadata is used
+    (meta,) = collect_entries([slide])
+    assert load_source(meta).mpp == pytest.approx(0.25)
+
+
 def test_index_errors_name_row_and_column(tmp_path):
     idx = _write_index(tmp_path, ["a.png,0.5,", "b.png,0.5,0.5"], "image,mpp_x,mpp_y")
     with pytest.raises(DatasetError, match=r"row 2: has mpp_x but no mpp_y"):

@@ -167,15 +167,19 @@ def load_source(entry: SourceEntry) -> RealSource:
     Raises:
         HistomagError: unreadable file, unknown resolution, no tissue.
     """
-    if entry.mpp_x is not None and entry.mpp_y is not None:
+    plain = Path(entry.path).suffix.lower() in PLAIN_IMAGE_SUFFIXES
+    given = entry.mpp_x is not None and entry.mpp_y is not None
+    if given and plain:
         rgb, mpp = load_rgb_square(entry.path, entry.mpp_x, entry.mpp_y)
-    elif Path(entry.path).suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+    elif plain:
         raise DatasetError(f"{entry.path}: a plain image has no trustworthy resolution; list it in an index CSV "
                            "with its mpp")
     else:
+        # a slide: read through the slide readers (never decoded whole), the index's mpp winning over metadata
         from histomag.slide import open_slide
 
-        with open_slide(entry.path) as slide:
+        override = (entry.mpp_x, entry.mpp_y) if given else None
+        with open_slide(entry.path, mpp=override) as slide:
             res = slide.resolution  # raises MissingResolutionError without metadata
             W, H = slide.dimensions
             side_w, side_h = W, H
