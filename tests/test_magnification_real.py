@@ -31,8 +31,8 @@ def cv_and_model(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("realcv")
     common = ["--preset", "tiny", "--epoch-size", "32", "--epochs", "1", "--patience", "3", "-q"]
     assert run(["magnification", "train", str(sources / "index.csv"), "--out", str(out / "run")] + common) == 0
-    assert run(["magnification", "cv", str(sources / "index.csv"), "--out", str(out / "cv"), "--n-crops", "4"]
-               + common) == 0
+    assert run(["magnification", "cv", str(sources / "index.csv"), "--out", str(out / "cv"), "--n-crops", "4",
+                "--seed", "7"] + common) == 0
     assert run(["magnification", "export", str(out / "run"), "--cv", str(out / "cv"), "--out",
                 str(out / "model.pt")]) == 0
     return out
@@ -54,6 +54,7 @@ def test_cv_leaves_whole_groups_out(cv_and_model):
     for k in (0, 1):  # each fold's model never saw the group it predicts
         cfg = json.loads((cv_and_model / "cv" / f"fold-{k}" / "config.json").read_text())
         held = cfg["held_out"]
+        assert cfg["seed"] == 7   # --seed reaches every fold
         assert all(r["group"] in held for r in rows if r["fold"] == str(k)) and not set(held) & set(cfg["sources"])
     with open(cv_and_model / "cv" / "metrics_per_group.csv", newline="") as fh:
         metrics_rows = list(csv.DictReader(fh))

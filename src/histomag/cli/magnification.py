@@ -172,6 +172,8 @@ def cv(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     patience: Optional[int] = typer.Option(None, "--patience", help=PATIENCE_HELP),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Per fold."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the crops drawn and the initial weights "
+                                       "(repeat a CV with other seeds to see its noise)."),
     level: float = typer.Option(0.9, "--level", help="Nominal coverage of the calibrated interval."),
     n_crops: int = typer.Option(16, "--n-crops", help="Tissue crops per held-out image."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -181,7 +183,8 @@ def cv(
     from histomag.train.magreal import cross_validate_sources
 
     config = make_preset(preset, **{k: v for k, v in {"epochs": epochs, "patience": patience,
-                                                      "max_time_minutes": max_minutes}.items() if v is not None})
+                                                      "max_time_minutes": max_minutes, "seed": seed}.items()
+                                     if v is not None})
     folds = [[g.strip() for g in f.split(",") if g.strip()] for f in hold_out] if hold_out else None
     summary = cross_validate_sources(_load_real_sources(sources, quiet), out, config, folds=folds, level=level,
                                      training=_training(acquisition, epoch_size),
