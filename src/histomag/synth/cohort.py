@@ -9,7 +9,10 @@ Per slide ``synth-000``, ``synth-001``, ...:
   class regions outlined.
 
 In ``out_dir``: ``cohort.csv`` (``slide_id, patient_id, path, label_mask, mpp, objective_power,
-width, height``; paths relative to ``out_dir``) and ``classes.json`` (class id -> name).
+width, height``; paths relative to ``out_dir``), ``classes.json`` (class id -> name) and
+``index.csv`` (``image, group, mpp``, every slide in the group ``synthetic``): an index CSV, so the
+cohort can join real sources of known resolution as one more group, e.g.
+``histomag magnification cv real/index.csv synth/index.csv ...``.
 Every file is written to a temporary name in the same folder and moved into place.
 """
 
@@ -34,6 +37,9 @@ from histomag.synth.tiff import write_pyramidal_tiff
 #: outline colours of class ids 1, 2, 3 in the overview-labels PNG.
 OUTLINE_COLOURS = ((0, 170, 0), (230, 30, 30), (20, 60, 230), (230, 160, 0))
 COHORT_CSV = "cohort.csv"
+INDEX_CSV = "index.csv"
+#: the group of every synthetic slide in ``index.csv`` (one group, however many slides)
+SYNTHETIC_GROUP = "synthetic"
 CLASSES_JSON = "classes.json"
 
 
@@ -125,7 +131,7 @@ def write_slide(out_dir: Path, slide_id: str, tissue: SynthTissue, *, compressio
 
 
 def write_cohort_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
-    """``cohort.csv`` (atomic)."""
+    """``cohort.csv`` and the index CSV ``index.csv`` (each atomic)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(SlideRecord)], lineterminator="\n")
     writer.writeheader()
@@ -136,6 +142,8 @@ def write_cohort_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
         writer.writerow(row)
     path = Path(out_dir) / COHORT_CSV
     atomic_write_bytes(path, buf.getvalue().encode())
+    index = "image,group,mpp\n" + "".join(f"{r.path},{SYNTHETIC_GROUP},{r.mpp:.6g}\n" for r in records)
+    atomic_write_bytes(Path(out_dir) / INDEX_CSV, index.encode())
     return path
 
 
@@ -152,7 +160,7 @@ def make_cohort(out_dir: str | os.PathLike, *, n_slides: int, seed: int, size_px
                 mpp: float = 0.25, classes: Sequence[str] = ("normal", "tumor"),
                 progress: Callable[[int], None] | None = None, slides_per_patient: int = 1,
                 compression: str = "jpeg", quality: int = 90) -> list[SlideRecord]:
-    """Render and write ``n_slides`` synthetic slides plus ``cohort.csv`` and ``classes.json``.
+    """Render and write ``n_slides`` synthetic slides plus ``cohort.csv``, ``index.csv`` and ``classes.json``.
 
     Args:
         out_dir: folder to write into (created if missing).
