@@ -15,7 +15,7 @@ steers its own correction:
 Where the ruler found too few nuclei, every method falls back to the CNN, as the estimator does.
 Prints the median relative error of mpp per held-out group and pooled. Run from the repository root::
 
-    python benchmarks/magnification_stacking.py magcv [magcv14 ...]
+    PYTHONPATH=src python benchmarks/magnification_stacking.py magcv [magcv14 ...]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from histomag.train.magreal import magnification_metrics
 
 METHODS = ("cnn_tta", "ruler", "geomean", "cnn_recal", "stack", "weighted")
 
@@ -49,51 +51,51 @@ def load(run: Path) -> dict[str, np.ndarray]:
             "true": col("true_magnification"), "cnn": col("predicted_tta"), "ruler": col("predicted_nuclei")}
 
 
-def rel_error(true_log: np.ndarray, pred_log: np.ndarray) -> np.ndarray:
-    """|mpp_pred / mpp_true − 1| from log magnifications (mpp ∝ 1 / magnification)."""
-    return np.abs(np.exp(true_log - pred_log) - 1.0)
+def median_rel_error(true_log: np.ndarray, pred_log: np.ndarray) -> float:
+    """Median |mpp_pred / mpp_true − 1|, by the definition ``histomag magnification cv`` reports."""
+    return magnification_metrics(np.exp(true_log), np.exp(pred_log))["median_rel_error"]
+
+
+def _group_median(true_log: np.ndarray, pred_log: np.ndarray, groups: np.ndarray) -> float:
+    """Median over groups of each group's median relative error (groups count equally)."""
+    return float(np.median([median_rel_error(true_log[groups == g], pred_log[groups == g]) for g in np.unique(groups)]))
 
 
 def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(X, y, rcond=None)[0]
 
 
-def _group_median(err: np.ndarray, groups: np.ndarray) -> float:
-    return float(np.median([np.median(err[groups == g]) for g in np.unique(groups)]))
-
-
 def nested_predictions(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each method's log-prediction for every row, fitted on the other folds only."""
+    """Each method's log-prediction for every row; the fitted ones are fitted on the other folds only.
+
+    Where the ruler failed (NaN), every method that uses it gives the CNN's prediction instead.
+    """
     cnn, ruler, true = d["cnn"], d["ruler"], d["true"]
     has_ruler = np.isfinite(ruler)
-    out = {m: np.full(true.shape, np.nan) for m in METHODS}
+    out = {"cnn_tta": cnn.copy(), "ruler": np.where(has_ruler, ruler, cnn),
+           "geomean": np.where(has_ruler, (cnn + ruler) / 2, cnn)}
+    out.update({m: np.full(true.shape, np.nan) for m in ("cnn_recal", "stack", "weighted")})
+    grid = np.linspace(0, 1, 21)
     for fold in np.unique(d["fold"]):
         te = d["fold"] == fold
         tr = ~te & has_ruler
-        both = te & has_ruler
-        out["cnn_tta"][te] = cnn[te]
-        out["ruler"][te] = np.where(has_ruler[te], ruler[te], cnn[te])
-        out["geomean"][te] = np.where(has_ruler[te], (cnn[te] + ruler[te]) / 2, cnn[te])
         a, b = _lstsq(np.c_[np.ones(int((~te).sum())), cnn[~te]], true[~te])
         out["cnn_recal"][te] = a + b * cnn[te]
         a, b, c = _lstsq(np.c_[np.ones(int(tr.sum())), cnn[tr], ruler[tr]], true[tr])
-        out["stack"][te] = np.where(has_ruler[te], a + b * cnn[te] + c * np.where(both[te], ruler[te], 0), cnn[te])
-        grid = np.linspace(0, 1, 21)
-        scores = [_group_median(rel_error(true[tr], w * cnn[tr] + (1 - w) * ruler[tr]), d["group"][tr]) for w in grid]
+        out["stack"][te] = np.where(has_ruler[te], a + b * cnn[te] + c * ruler[te], cnn[te])
+        scores = [_group_median(true[tr], w * cnn[tr] + (1 - w) * ruler[tr], d["group"][tr]) for w in grid]
         w = grid[int(np.argmin(scores))]
-        out["weighted"][te] = np.where(has_ruler[te], w * cnn[te] + (1 - w) * np.where(both[te], ruler[te], 0), cnn[te])
+        out["weighted"][te] = np.where(has_ruler[te], w * cnn[te] + (1 - w) * ruler[te], cnn[te])
     return out
 
 
 def table(d: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Median relative error of mpp per method, per held-out group and pooled (``all``)."""
-    preds = nested_predictions(d)
     res: dict[str, dict[str, float]] = defaultdict(dict)
-    for m, p in preds.items():
-        err = rel_error(d["true"], p)
+    for m, p in nested_predictions(d).items():
         for g in np.unique(d["group"]):
-            res[m][str(g)] = float(np.median(err[d["group"] == g]))
-        res[m]["all"] = float(np.median(err))
+            res[m][str(g)] = median_rel_error(d["true"][d["group"] == g], p[d["group"] == g])
+        res[m]["all"] = median_rel_error(d["true"], p)
     return res
 
 

@@ -131,7 +131,7 @@ def write_slide(out_dir: Path, slide_id: str, tissue: SynthTissue, *, compressio
 
 
 def write_cohort_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
-    """``cohort.csv`` and the index CSV ``index.csv`` (each atomic)."""
+    """``cohort.csv`` (atomic)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(SlideRecord)], lineterminator="\n")
     writer.writeheader()
@@ -142,8 +142,17 @@ def write_cohort_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
         writer.writerow(row)
     path = Path(out_dir) / COHORT_CSV
     atomic_write_bytes(path, buf.getvalue().encode())
-    index = "image,group,mpp\n" + "".join(f"{r.path},{SYNTHETIC_GROUP},{r.mpp:.6g}\n" for r in records)
-    atomic_write_bytes(Path(out_dir) / INDEX_CSV, index.encode())
+    return path
+
+
+def write_index_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
+    """``index.csv`` (atomic): the slides as an index CSV of sources at known resolution, one group."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", "group", "mpp"])
+    writer.writerows([r.path, SYNTHETIC_GROUP, f"{r.mpp:.6g}"] for r in records)
+    path = Path(out_dir) / INDEX_CSV
+    atomic_write_bytes(path, buf.getvalue().encode())
     return path
 
 
@@ -194,7 +203,8 @@ def make_cohort(out_dir: str | os.PathLike, *, n_slides: int, seed: int, size_px
         records.append(write_slide(out, f"synth-{i:03d}", tissue, compression=compression, quality=quality,
                                    patient_id=f"patient-{i // int(slides_per_patient):03d}"))
         del tissue
-        write_cohort_csv(out, records)  # kept current, so an interrupted run leaves a valid table
+        write_cohort_csv(out, records)  # kept current, so an interrupted run leaves valid tables
+        write_index_csv(out, records)
         if progress is not None:
             progress(i + 1)
     return records
