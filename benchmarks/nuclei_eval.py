@@ -22,6 +22,13 @@ written anywhere). Run from the repository root::
 ``--ablation`` also runs the variants the design was chosen from (no hole filling, no chroma
 smoothing, an Otsu + watershed segmentation, other summary statistics of the nuclear diameters)
 and prints one summary line each.
+
+``--cues`` asks whether a scale-free property of the nuclei can predict a field's true nuclear
+size (tumour nuclei are larger, and more irregular and crowded): for the spread of the diameters
+(IQR / median) and the packing (nuclei x size² / tissue area) it prints how each changes at /2 and
+/4, its correlation with the implied µm inside every group, and the leave-one-group-out error of
+``log µm = a + b·cue`` fitted on the other groups (each group weighted equally) beside the constant
+prior.
 """
 
 from __future__ import annotations
@@ -322,10 +329,79 @@ def ablation(bach_per_class: int) -> None:
               f"{_carcinoma_over_normal(res):.2f} | {np.mean([r['med_err'] for r in nat]):.1%}")
 
 
+CUES = ("spread", "packing")
+
+
+def cue_values(rgb: np.ndarray) -> dict[str, float]:
+    """Size (px) and the scale-free cues of one image."""
+    from histomag.nuclei import measure_nuclei
+    from histomag.tissue import tissue_mask_from_rgb
+
+    m = measure_nuclei(rgb)
+    tissue = max(tissue_mask_from_rgb(rgb).tissue_fraction, 0.05)
+    return dict(size=m.size_px, spread=m.spread, packing=m.n_nuclei * m.size_px ** 2 / (rgb.shape[0] * rgb.shape[1] * tissue))
+
+
+def logo_cue_errors(rows: list[dict], cues: tuple[str, ...]) -> dict[str, float]:
+    """Per held-out group, the median relative mpp error of ``log µm = a + b·cues`` (or of the
+    median of the other groups' medians when ``cues`` is empty) fitted on the other groups."""
+    out = {}
+    for g in GROUPS:
+        train = [r for r in rows if r["group"] != g]
+        test = [r for r in rows if r["group"] == g]
+        if not test:
+            continue
+        y = np.log([r["um"] for r in train])
+        if cues:
+            counts = defaultdict(int)
+            for r in train:
+                counts[r["group"]] += 1
+            w = np.sqrt([1.0 / counts[r["group"]] for r in train])
+            x = np.column_stack([np.ones(len(train))] + [[r[c] for r in train] for c in cues])
+            beta = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+            pred = np.column_stack([np.ones(len(test))] + [[r[c] for r in test] for c in cues]) @ beta
+        else:
+            medians = [np.median([math.log(r["um"]) for r in train if r["group"] == h]) for h in GROUPS if h != g]
+            pred = np.full(len(test), np.median(medians))
+        est = np.exp(pred) / np.array([r["size"] for r in test])
+        out[g] = float(np.median(np.abs(est / np.array([r["mpp"] for r in test]) - 1.0)))
+    return out
+
+
+def cues(bach_per_class: int) -> None:
+    from histomag.errors import NoTissueError
+
+    rows = []
+    for source in (monuseg(), cpm15(), bach(bach_per_class), cmu1(), os1()):
+        for group, name, rgb, mpp in source:
+            for factor in SCALES.get(group, (1,))[:3]:
+                try:
+                    v = cue_values(downsample(rgb, factor))
+                except NoTissueError:
+                    continue
+                rows.append(dict(v, group=group, name=name, factor=factor, mpp=mpp * factor, um=v["size"] * mpp * factor))
+    native = [r for r in rows if r["factor"] == NATIVE]
+    print("\ncues: is a scale-free property of the nuclei a clue to their true size?")
+    for c in CUES:
+        by = {(r["group"], r["name"], r["factor"]): r[c] for r in rows}
+        ratios = {f: np.median([by[(g, n, f)] / by[(g, n, NATIVE)] for (g, n, ff) in by
+                                if ff == f and (g, n, NATIVE) in by]) for f in (2, 4)}
+        corr = {g: np.corrcoef([r[c] for r in native if r["group"] == g],
+                               np.log([r["um"] for r in native if r["group"] == g]))[0, 1]
+                for g in GROUPS if sum(r["group"] == g for r in native) > 5}
+        print(f"  {c:8s} vs native at /2 {ratios[2]:.2f}, /4 {ratios[4]:.2f} (MoNuSeg, CMU-1); correlation with "
+              f"log implied µm inside groups: " + ", ".join(f"{g} {v:+.2f}" for g, v in corr.items()))
+    for cs in ((), ("spread",), ("packing",), CUES):
+        e = logo_cue_errors(native, cs)
+        print(f"  LOGO, {' + '.join(cs) or 'constant prior':16s}: mean median error {np.mean(list(e.values())):.1%} ("
+              + ", ".join(f"{g} {v:.1%}" for g, v in e.items()) + ")")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bach-per-class", type=int, default=15, help="BACH images per class (4 classes)")
     ap.add_argument("--ablation", action="store_true", help="also run the variants the design was chosen from")
+    ap.add_argument("--cues", action="store_true", help="also test scale-free cues to the true nuclear size")
     args = ap.parse_args()
     if not DATA.is_dir():
         print(f"{DATA} is absent: nothing to evaluate (the real data lives beside the repository, never in it)")
@@ -342,6 +418,8 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.ablation:
         ablation(args.bach_per_class)
+    if args.cues:
+        cues(args.bach_per_class)
 
 
 if __name__ == "__main__":
