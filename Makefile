@@ -36,12 +36,15 @@ MAG_FOLDS := --hold-out bach --hold-out cpm15-20x,cpm15-40x --hold-out monuseg -
 # docs/magnification-real.md, fourth session; not yet how the shipped file was made).
 SYNTH ?= 0
 MAG_SYNTH := $(if $(filter 1,$(SYNTH)),build/synth/index.csv)
+# `make default-model EPOCHS=N` trains every fold and the final model for N epochs (preset: 4).
+EPOCHS ?=
+MAG_EPOCHS := $(if $(EPOCHS),--epochs $(EPOCHS))
 
 build/synth/index.csv: $(STAMP)
 	$(BIN)/histomag synth --out build/synth --slides 4 --size 4096 --classes normal,tumor,lymphoid -q
 
 .PHONY: default-model
 default-model: $(STAMP) $(MAG_SYNTH)
-	$(BIN)/histomag magnification cv $(MAG_SOURCES) $(MAG_SYNTH) $(MAG_FOLDS) --out build/magcv -q
-	$(BIN)/histomag magnification train $(MAG_SOURCES) $(MAG_SYNTH) --out build/magfinal -q
+	$(BIN)/histomag magnification cv $(MAG_SOURCES) $(MAG_SYNTH) $(MAG_FOLDS) $(MAG_EPOCHS) --out build/magcv -q
+	$(BIN)/histomag magnification train $(MAG_SOURCES) $(MAG_SYNTH) $(MAG_EPOCHS) --out build/magfinal -q
 	$(BIN)/histomag magnification export build/magfinal --cv build/magcv --out src/histomag/weights/magnifier-small.pt
