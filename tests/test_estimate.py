@@ -115,3 +115,17 @@ def test_interval_ignores_a_spread_that_does_not_track_the_error():
     pred = true * np.exp(rng.normal(0, 0.2, true.size))
     cal = IntervalCalibration.fit(true, pred, mad)
     assert not cal.scaled and cal.q == pytest.approx(0.2 * 1.645, rel=0.1)
+
+
+def test_cv_coverage_opens_below_the_ruler_floor_as_inference_does():
+    """A 1.25x view the ruler reads as 3.3x (its floor) counts as covered; a 20x view read as 30x does not."""
+    from histomag.estimate import IntervalCalibration
+    from histomag.train.magreal import summarise_predictions
+
+    rows = [dict(group="g", true_magnification=t, predicted_nuclei=p, log_mad_nuclei=0.0)
+            for t, p in ((1.25, 3.3), (20.0, 30.0))]
+    cal = IntervalCalibration(q=0.2, scaled=False)
+    (g, _all) = summarise_predictions(rows, cal, "nuclei")
+    assert g["coverage"] == 0.5
+    cnn_rows = [dict(group="g", true_magnification=1.25, predicted_magnification=3.3, log_mad=0.0)]
+    assert summarise_predictions(cnn_rows, cal, "cnn")[0]["coverage"] == 0.0   # the CNN's interval is its own

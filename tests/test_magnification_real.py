@@ -138,3 +138,26 @@ def test_nuclei_ruler_and_combination_through_the_estimator():
     assert alone.magnification > 0 and alone.interval is None
     with pytest.raises(NoTissueError):  # empty glass: no answer at all
         Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(np.full((400, 400, 3), 250, np.uint8))
+
+
+def test_ruler_at_its_floor_opens_the_interval_downwards_and_says_so():
+    """Nuclei of about 2 px (2.9x) read as about 2.2 px whatever their size: the interval must reach 1x."""
+    from histomag.estimate import LOWEST_MAGNIFICATION, IntervalCalibration, ruler_floor_magnification
+    from histomag.train.magconfig import build_magnifier, preset
+    from histomag.train.maginfer import Estimator
+
+    config = preset("tiny")
+    model = build_magnifier(config, weights=None).eval()
+    cal = IntervalCalibration(q=0.2, scaled=False)
+    coarse = nuclei_image(800, 800, 3.5, np.random.default_rng(4))  # 7 µm nuclei = 2 px
+    for method in ("nuclei", "combined"):
+        est = Estimator(model, config, cal, "test", method=method, fallback=None).estimate_rgb(coarse)
+        assert est.caveat and "floor" in est.caveat and "floor" in est.describe()
+        assert est.interval[0] == LOWEST_MAGNIFICATION < est.magnification < est.interval[1]
+        assert json.loads(json.dumps(est.to_dict()))["caveat"] == est.caveat
+    ruler = Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(coarse)
+    assert ruler.magnification < ruler_floor_magnification()
+    fine = Estimator(model, config, cal, "test", method="nuclei").estimate_rgb(
+        nuclei_image(800, 800, 0.5, np.random.default_rng(3)))
+    assert fine.caveat is None and "caveat" not in fine.to_dict()
+    assert fine.interval[1] / fine.interval[0] == pytest.approx(np.exp(0.4), rel=1e-6)

@@ -22,7 +22,7 @@ from histomag.estimate import verdict
 from histomag.progress import progress_bar
 
 AUDIT_COLUMNS = ["path", "verdict", "metadata_mpp", "mpp_source", "estimated_mpp", "mpp_low", "mpp_high",
-                 "estimated_magnification", "interval_level", "n_crops", "error"]
+                 "estimated_magnification", "interval_level", "n_crops", "caveat", "error"]
 THUMB_SIDE = 160
 THUMBS_DIR = "thumbs"
 
@@ -57,7 +57,7 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
         row.update(verdict=verdict(meta_mpp, est), estimated_mpp=round(est.mpp, 5),
                    mpp_low=round(lo, 5) if lo != "" else "", mpp_high=round(hi, 5) if hi != "" else "",
                    estimated_magnification=round(est.magnification, 3),
-                   interval_level=est.level if est.interval else "", n_crops=est.n_crops)
+                   interval_level=est.level if est.interval else "", n_crops=est.n_crops, caveat=est.caveat or "")
     except HistomagError as exc:
         row["error"] = str(exc)
     return row, thumb
@@ -172,12 +172,12 @@ def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None],
                 else row.get("mpp_source", "") or "—"),
             esc(f"{row['estimated_mpp']:.4g}" if row.get("estimated_mpp") not in ("", None) else "—"),
             esc(interval),
-            esc(row.get("error", "")),
+            esc(row.get("error", "") or row.get("caveat", "")),
         ])
     counts = {v: sum(r["verdict"] == v for r in rows) for v in colour}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     body = (f"<p>{len(rows)} files: {esc(summary)}. Estimates by the {esc(model)}; a verdict of "
             "<i>likely wrong</i> means the metadata lies outside the estimate's calibrated interval.</p>"
-            + table(["thumbnail", "file", "verdict", "metadata µm/px", "estimated µm/px", "interval µm/px", "error"],
+            + table(["thumbnail", "file", "verdict", "metadata µm/px", "estimated µm/px", "interval µm/px", "error or caveat"],
                     cells, raw=True))
     return page("histomag resolution audit", [Section("audit", "Resolution per file", body)], subtitle=summary)

@@ -35,6 +35,9 @@ DISAGREEMENT = 0.25
 #: the smallest log-spread an interval is scaled by (a single crop, or crops that all agree)
 MIN_LOG_SPREAD = 0.03
 
+#: the lowest magnification an estimate's interval reaches down to when the ruler is at its floor
+LOWEST_MAGNIFICATION = 1.0
+
 
 @dataclass(frozen=True)
 class IntervalCalibration:
@@ -101,6 +104,8 @@ class MagnificationEstimate:
         log_mad: median absolute deviation of the crops' log-magnifications.
         interval: ``(low, high)`` magnification interval at ``level`` (None: no calibration).
         level: the interval's nominal coverage.
+        caveat: a one-line warning about this estimate (e.g. the nuclei-size ruler at its floor),
+            or None.
     """
 
     magnification: float
@@ -109,6 +114,7 @@ class MagnificationEstimate:
     log_mad: float = 0.0
     interval: tuple[float, float] | None = None
     level: float = 0.9
+    caveat: str | None = None
 
     @property
     def mpp(self) -> float:
@@ -137,6 +143,8 @@ class MagnificationEstimate:
             out.update(interval_level=self.level, relative_uncertainty=round(self.relative_uncertainty, 4),  # type: ignore[arg-type]
                        magnification_interval=[round(v, 3) for v in self.interval],
                        mpp_interval=[round(lo, 5), round(hi, 5)])
+        if self.caveat:
+            out["caveat"] = self.caveat
         return out
 
     def describe(self) -> str:
@@ -145,7 +153,8 @@ class MagnificationEstimate:
         if self.interval is not None:
             lo, hi = self.mpp_interval  # type: ignore[misc]
             text += f"; {self.level:.0%} interval {lo:.3g}-{hi:.3g} µm/px"
-        return text + f", {self.n_crops} crops)"
+        text += f", {self.n_crops} crops)"
+        return f"{text}; {self.caveat}" if self.caveat else text
 
 
 def spread_crops(mask: TissueMask, width: int, height: int, crop: int, n_crops: int, min_tissue: float,
@@ -330,6 +339,35 @@ def slide_nuclei_crops(slide: Slide, mask: TissueMask | None = None) -> list[np.
 def rgb_nuclei_crops(rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None) -> list[np.ndarray]:
     """The crops the nuclei-size ruler measures on an image in memory."""
     return rgb_tissue_crops(rgb, NUCLEI_CROP, NUCLEI_N_CROPS, min_tissue=NUCLEI_MIN_TISSUE, name=name, mask=mask)
+
+
+def ruler_floor_magnification() -> float:
+    """The magnification below which the nuclei-size ruler is at its floor (:data:`histomag.nuclei.FLOOR_PX`)."""
+    from histomag.nuclei import FLOOR_PX, NUCLEUS_SIZE_UM
+
+    return DEFAULT_POWER_MPP * FLOOR_PX / NUCLEUS_SIZE_UM
+
+
+def floor_low_bound(log_low: Any, ruler_magnification: Any) -> Any:
+    """The interval's lower log-magnification bound, taken down to :data:`LOWEST_MAGNIFICATION` where
+    the ruler's estimate is at its floor (vectorised; used by inference and by the CV's coverage)."""
+    at_floor = np.asarray(ruler_magnification, dtype=float) < ruler_floor_magnification()
+    return np.where(at_floor, np.minimum(log_low, math.log(LOWEST_MAGNIFICATION)), log_low)
+
+
+def open_below_ruler_floor(est: MagnificationEstimate, ruler: MagnificationEstimate) -> MagnificationEstimate:
+    """``est`` with its interval open down to :data:`LOWEST_MAGNIFICATION` and a caveat, when the
+    nuclei-size ruler's estimate ``ruler`` is at its floor (nuclei of about 3 px or less: a field
+    at 2x and one at 4x look alike to it); otherwise ``est`` unchanged."""
+    floor = ruler_floor_magnification()
+    if ruler.magnification >= floor:
+        return est
+    caveat = (f"nuclei are at the ruler's {floor:.2g}x floor (about 3 px): the magnification may be lower, "
+              f"down to {LOWEST_MAGNIFICATION:g}x")
+    interval = est.interval
+    if interval is not None:
+        interval = (float(min(interval[0], LOWEST_MAGNIFICATION)), interval[1])
+    return dataclasses.replace(est, interval=interval, caveat=caveat)
 
 
 def combine_estimates(a: MagnificationEstimate, b: MagnificationEstimate,

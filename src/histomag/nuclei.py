@@ -50,6 +50,10 @@ NUCLEUS_SIZE_UM: float = 6.87
 
 #: fewer nuclei than this and no size is given.
 MIN_NUCLEI = 20
+#: the ruler's floor: nuclei measured at or below this many px may be smaller still (the pixel grid
+#: blurs them: +6% at 3 px, +10% at 2 px, and below about 2.5 px every size reads as about 2.2 px),
+#: so a field this coarse can be of any lower magnification.
+FLOOR_PX = 3.0
 #: the reference blob response (haematoxylin optical density) below which an image has no nuclei.
 MIN_CONTRAST = 0.01
 #: larger images are measured on a known-factor downsample (or on a full-resolution window).

@@ -184,7 +184,7 @@ class Estimator:
             name: the file, for messages.
         """
         from histomag.errors import NoTissueError
-        from histomag.estimate import combine_estimates, nuclei_estimate, with_interval
+        from histomag.estimate import combine_estimates, nuclei_estimate, open_below_ruler_floor, with_interval
 
         if self.method == "cnn":
             return cnn(self.calibration)
@@ -193,8 +193,8 @@ class Estimator:
         except NoTissueError:  # too few nuclei: the CNN alone, with its own interval
             return cnn(self.fallback)
         if self.method == "nuclei":
-            return with_interval(nuc, self.calibration)
-        return combine_estimates(cnn(None), nuc, self.calibration)
+            return open_below_ruler_floor(with_interval(nuc, self.calibration), nuc)
+        return open_below_ruler_floor(combine_estimates(cnn(None), nuc, self.calibration), nuc)
 
     def estimate_slide(self, slide: Any, n_crops: int = 32) -> MagnificationEstimate:
         """Estimate of a slide or image file opened with :func:`histomag.slide.open_slide`."""

@@ -37,6 +37,7 @@ from histomag.estimate import (
     IntervalCalibration,
     combine,
     combine_estimates,
+    floor_low_bound,
     nuclei_estimate,
     rgb_nuclei_crops,
     rgb_predictions,
@@ -46,6 +47,8 @@ from histomag.train.magconfig import MagnifierConfig
 #: inference variants compared in CV: name -> (magnification column, log-spread column)
 METHODS = {"cnn": ("predicted_magnification", "log_mad"), "cnn_tta": ("predicted_tta", "log_mad_tta"),
            "nuclei": ("predicted_nuclei", "log_mad_nuclei"), "combined": ("predicted_combined", "log_mad_combined")}
+#: variants that use the nuclei-size ruler, whose intervals open below its floor
+RULER_METHODS = ("nuclei", "combined")
 #: test-time scales of the ``cnn_tta`` variant
 TTA_SCALES = (1.0, 2.0)
 PREDICTION_COLUMNS = ["fold", "group", "source_id", "organ", "true_magnification", "predicted_magnification",
@@ -224,6 +227,8 @@ def summarise_predictions(rows: Sequence[dict[str, Any]], calibration: IntervalC
         if calibration is not None:
             mad = np.array([float(r[spread]) for r in mine])
             lo, hi = calibration.bounds(np.log(pred), mad)
+            if method in RULER_METHODS:  # as inference does: open below the ruler's floor
+                lo = floor_low_bound(lo, np.array([float(r["predicted_nuclei"]) for r in mine]))
             row["coverage"] = float(np.mean((np.log(true) >= lo) & (np.log(true) <= hi)))
             row["median_interval_width"] = float(np.median(np.exp(hi - lo) - 1.0))
         out.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
