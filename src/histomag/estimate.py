@@ -366,7 +366,7 @@ def open_below_ruler_floor(est: MagnificationEstimate, ruler: MagnificationEstim
               f"down to {LOWEST_MAGNIFICATION:g}x")
     interval = est.interval
     if interval is not None:
-        interval = (float(min(interval[0], LOWEST_MAGNIFICATION)), interval[1])
+        interval = (float(math.exp(floor_low_bound(math.log(interval[0]), ruler.magnification))), interval[1])
     return dataclasses.replace(est, interval=interval, caveat=caveat)
 
 
