@@ -147,12 +147,10 @@ def write_cohort_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
 
 def write_index_csv(out_dir: Path, records: Sequence[SlideRecord]) -> Path:
     """``index.csv`` (atomic): the slides as an index CSV of sources at known resolution, one group."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image", "group", "mpp"])
-    writer.writerows([r.path, SYNTHETIC_GROUP, f"{r.mpp:.6g}"] for r in records)
+    from histomag.data.atomic import atomic_write_csv
+
     path = Path(out_dir) / INDEX_CSV
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_csv(path, ["image", "group", "mpp"], ([r.path, SYNTHETIC_GROUP, f"{r.mpp:.6g}"] for r in records))
     return path
 
 
