@@ -38,7 +38,7 @@ import csv
 import math
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -353,9 +353,7 @@ def logo_cue_errors(rows: list[dict], cues: tuple[str, ...]) -> dict[str, float]
             continue
         y = np.log([r["um"] for r in train])
         if cues:
-            counts = defaultdict(int)
-            for r in train:
-                counts[r["group"]] += 1
+            counts = Counter(r["group"] for r in train)
             w = np.sqrt([1.0 / counts[r["group"]] for r in train])
             x = np.column_stack([np.ones(len(train))] + [[r[c] for r in train] for c in cues])
             beta = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
