@@ -25,7 +25,7 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
 
-# The magnification model shipped in src/histomag/weights (needs ../shared/data; ~1 h on 2 idle CPU cores):
+# The magnification model shipped in src/histomag/magnification/weights (needs ../shared/data; ~1 h on 2 idle CPU cores):
 # leave-groups-out CV (its held-out errors calibrate the interval), a final model on every source, export.
 D := ../shared/data
 MAG_SOURCES := $(D)/monuseg/index.csv $(D)/cpm15/index.csv $(D)/bach/index.csv \
@@ -47,4 +47,4 @@ build/synth/index.csv: $(STAMP)
 default-model: $(STAMP) $(MAG_SYNTH)
 	$(BIN)/histomag magnification cv $(MAG_SOURCES) $(MAG_SYNTH) $(MAG_FOLDS) $(MAG_EPOCHS) --out build/magcv -q
 	$(BIN)/histomag magnification train $(MAG_SOURCES) $(MAG_SYNTH) $(MAG_EPOCHS) --out build/magfinal -q
-	$(BIN)/histomag magnification export build/magfinal --cv build/magcv --out src/histomag/weights/magnifier-small.pt
+	$(BIN)/histomag magnification export build/magfinal --cv build/magcv --out src/histomag/magnification/weights/magnifier-small.pt

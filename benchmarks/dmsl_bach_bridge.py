@@ -4,7 +4,7 @@ For every fold of a cross-validated DMSL run tiled from BACH's index CSV, the fo
 the images of its *test* groups (never seen in training) three times, reading each image at
 
 * ``true``: the index's resolution (0.56 µm wide x 0.42 µm tall, squared to 0.56 µm/px);
-* ``estimated``: what the magnification model recovers from the pixels (``histomag.train.maginfer``,
+* ``estimated``: what the magnification model recovers from the pixels (``histomag.magnification.infer``,
   the shipped default unless ``--checkpoint``), from the file as a user has it (no anisotropy
   known); an estimate whose interval is wider than ``--max-uncertainty`` is refused, as
   ``histomag dmsl predict --mpp estimate`` refuses it, and counts as not predicted;
@@ -36,7 +36,7 @@ SETTINGS = ("true", "estimated", "estimated-anyway", "assumed-40x")
 def test_images(run_dir: Path, index: Path, fold: int, group_block: int) -> list:
     """The index rows (as tile jobs) of the groups fold ``fold`` tested."""
     from histomag.data.index import block_groups, read_index
-    from histomag.data.tiler import SlideJob
+    from histomag.tiling.jobs import SlideJob
 
     split = json.loads((run_dir / "folds" / str(fold) / "split.json").read_text())
     rows, _ = block_groups(read_index(index, require_label=True), group_block)
@@ -74,9 +74,9 @@ def main() -> None:
     parser.add_argument("--group-block", type=int, default=10)
     args = parser.parse_args()
 
-    from histomag.train.cv import read_run
-    from histomag.train.imagepredict import predict_images
-    from histomag.train.maginfer import load_estimator
+    from histomag.dmsl.cv import read_run
+    from histomag.dmsl.predict import predict_images
+    from histomag.magnification.infer import load_estimator
 
     run = read_run(args.run)
     args.out.mkdir(parents=True, exist_ok=True)

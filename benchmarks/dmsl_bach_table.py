@@ -22,7 +22,7 @@ import numpy as np
 
 def image_level(fold_dir: Path, classes: list[str]) -> dict[str, float]:
     """Accuracy, macro F1 and macro AUC of one fold's test images (mean of their tuples' probabilities)."""
-    from histomag.train.clsmetrics import classification_metrics
+    from histomag.dmsl.metrics import classification_metrics
 
     with open(fold_dir / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

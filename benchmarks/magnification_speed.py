@@ -58,7 +58,7 @@ def main() -> None:
 
     from torchvision.models import resnet18
 
-    from histomag.train.maginfer import load_estimator
+    from histomag.magnification.infer import load_estimator
 
     rgb, name = load_image(args.image)
     est = load_estimator()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histomag.train.magreal import magnification_metrics
+from histomag.magnification.cv import magnification_metrics
 
 METHODS = ("cnn_tta", "ruler", "geomean", "cnn_recal", "stack", "weighted")
 

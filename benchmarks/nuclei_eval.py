@@ -2,7 +2,7 @@
 
 For every image (MoNuSeg; CPM-15 native 20x and 40x tiles; a BACH subset, squared first; tissue
 crops of the CMU-1 and OS-1 slides) it measures the typical nuclear diameter in px with
-:func:`histomag.nuclei.measure_nuclei` and prints, per source group and scale:
+:func:`histomag.magnification.rulers.nuclei.measure_nuclei` and prints, per source group and scale:
 
 * the implied nuclear diameter ``size_px * true_mpp`` in µm (median, and the robust spread
   across images, IQR / median), and, for downsampled copies (MoNuSeg / 2, 4, 8, 16 and CMU-1
@@ -271,7 +271,7 @@ def otsu_watershed_size(rgb: np.ndarray) -> float:
     from skimage.segmentation import watershed
 
     from histomag.errors import NoTissueError
-    from histomag.nuclei import haematoxylin
+    from histomag.magnification.rulers.nuclei import haematoxylin
 
     hd = haematoxylin(rgb)
     mask = ndi.binary_fill_holes(hd > threshold_otsu(hd))
@@ -289,7 +289,7 @@ def otsu_watershed_size(rgb: np.ndarray) -> float:
 
 
 def ablation(bach_per_class: int) -> None:
-    import histomag.nuclei as nuc
+    import histomag.magnification.rulers.nuclei as nuc
 
     def ours(img: np.ndarray) -> float:
         return nuc.measure_nuclei(img).size_px
@@ -334,7 +334,7 @@ CUES = ("spread", "packing")
 
 def cue_values(rgb: np.ndarray) -> dict[str, float]:
     """Size (px) and the scale-free cues of one image."""
-    from histomag.nuclei import measure_nuclei
+    from histomag.magnification.rulers.nuclei import measure_nuclei
     from histomag.tissue import tissue_mask_from_rgb
 
     m = measure_nuclei(rgb)
@@ -404,7 +404,7 @@ def main() -> None:
     if not DATA.is_dir():
         print(f"{DATA} is absent: nothing to evaluate (the real data lives beside the repository, never in it)")
         return
-    from histomag.nuclei import measure_nuclei
+    from histomag.magnification.rulers.nuclei import measure_nuclei
 
     t0 = time.perf_counter()
     res = collect(lambda img: measure_nuclei(img).size_px, args.bach_per_class)

@@ -66,7 +66,7 @@ def main() -> None:
     import openslide
 
     from histomag.slide import open_slide
-    from histomag.tiling import make_tuple_spec, plan_fields, read_tuple
+    from histomag.tiling.fields import make_tuple_spec, plan_fields, read_tuple
     from histomag.tissue import tissue_mask
 
     tmp = tempfile.TemporaryDirectory()
@@ -246,7 +246,7 @@ def decode_limit(path: Path, fields: list, openslide_rate: float) -> None:
 
 def end_to_end(path: Path, top: float, args: argparse.Namespace, extraction: float) -> None:
     """`histomag tile` (plan, read, encode, atomic writes, journal, manifest) per image format, one worker."""
-    import histomag.data.tiler as tiler
+    import histomag.tiling.jobs as tiler
     from histomag.data.folder import TileSettings
 
     for fmt in ("png", "jpeg", "webp"):

@@ -1,6 +1,6 @@
 """DMSL training throughput: real data loading vs. the model-only ceiling, in one run.
 
-Builds a tiled dataset folder (``histomag.synth.make_cohort`` + ``histomag.data.tiler.tile_slides``;
+Builds a tiled dataset folder (``histomag.synth.make_cohort`` + ``histomag.tiling.jobs.tile_slides``;
 a folder of rendered tuples when the synthetic-cohort module is unavailable), then runs the same
 Lightning optimisation steps twice:
 
@@ -68,7 +68,7 @@ def build_dataset(work: Path, mags: tuple[float, ...], size: int, n_slides: int,
         return render_folder(data, mags, size, min_tuples), "rendered tuples (histomag.synth.make_cohort unavailable)", None
     from histomag.data.folder import TileSettings
     from histomag.data.sources import slide_jobs
-    from histomag.data.tiler import tile_slides
+    from histomag.tiling.jobs import tile_slides
     from histomag.data.tuples import SlideSource
 
     cohort = work / "cohort"
@@ -88,7 +88,7 @@ def render_folder(root: Path, mags: tuple[float, ...], size: int, n: int) -> Pat
 
     from histomag.data.atomic import atomic_write_csv, atomic_write_png
     from histomag.data.folder import image_column, manifest_columns
-    from histomag.tiling import downsample_area
+    from histomag.tiling.fields import downsample_area
 
     mags = tuple(sorted(mags, reverse=True))
     rng = np.random.default_rng(0)
@@ -177,8 +177,8 @@ def main() -> int:
 
     from histomag.data.tuples import TupleDataset, tuple_transform
     from histomag.resolution import parse_magnifications
-    from histomag.train.common import make_loader
-    from histomag.train.dmsl import DMSLConfig, DMSLTask
+    from histomag.fitloop import make_loader
+    from histomag.dmsl.fit import DMSLConfig, DMSLTask
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # after the import, which sets them to INFO
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -197,7 +197,7 @@ def main() -> int:
         built = time.perf_counter() - t0
         config = DMSLConfig(mode=args.mode, backbone=args.backbone, magnifications=mags, batch_size=args.batch_size,
                             num_workers=args.workers)
-        from histomag.models import create_backbone
+        from histomag.backbones import create_backbone
 
         backbone = create_backbone(args.backbone)
         dataset = TupleDataset(data, mags, transform=tuple_transform(backbone.input_mean, backbone.input_std,

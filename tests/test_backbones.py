@@ -11,8 +11,9 @@ import torchvision
 from torch import nn
 
 from histomag.errors import CheckpointError, ConfigError, InputPathError
-from histomag.models import Registry, create_backbone, imagenet_checkpoint_path, list_backbones
-from histomag.models.backbones import BACKBONES
+from histomag.backbones import create_backbone, imagenet_checkpoint_path, list_backbones
+from histomag.registry import Registry
+from histomag.backbones import BACKBONES
 
 TORCHVISION_NAMES = [
     "inception_v3",

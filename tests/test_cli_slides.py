@@ -114,7 +114,7 @@ def test_cmu_tiles_at_20x_and_10x(capsys, shared_data, tmp_path):
     a = np.asarray(Image.open(out / r["image_20x"]))
     b = np.asarray(Image.open(out / r["image_10x"]))
     assert a.shape == (300, 300, 3) and b.shape == (150, 150, 3)
-    from histomag.tiling import downsample_area
+    from histomag.tiling.fields import downsample_area
 
     assert np.abs(downsample_area(a, 150).astype(int) - b.astype(int)).max() <= 1
     # 40x is above this 20x scan: refused with the fix named

@@ -15,20 +15,20 @@ from helpers import make_tuple_folder
 from histomag.data.atomic import atomic_write_json
 from histomag.data.tuples import TupleDataset, tuple_transform
 from histomag.errors import CheckpointError, ConfigError
-from histomag.train.clsmetrics import (
+from histomag.dmsl.metrics import (
     MissingClassWarning,
     classification_metrics,
     evaluate_predictions,
     patient_level,
     summarise,
 )
-from histomag.train.cv import (
+from histomag.dmsl.cv import (
     carve_validation,
     evaluate_cv_run,
     patient_folds,
     subsample,
 )
-from histomag.train.dmsl import DMSLConfig, fit_fold, load_task, predict_probs
+from histomag.dmsl.fit import DMSLConfig, fit_fold, load_task, predict_probs
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -200,7 +200,7 @@ def test_resume_continues_from_the_checkpoint_epoch_and_global_step(data: Path, 
 
 
 def test_sim_weight_warms_up_linearly_and_old_configs_had_no_warm_up() -> None:
-    from histomag.train.dmsl import sim_weight
+    from histomag.dmsl.fit import sim_weight
 
     assert [sim_weight(0.5, 2, e) for e in (0, 0.5, 1, 2, 5)] == [0.0, 0.125, 0.25, 0.5, 0.5]
     assert sim_weight(0.5, 0, 0) == 0.5
@@ -234,7 +234,7 @@ def test_training_ramps_the_sim_weight_and_validates_with_the_full_weight(data: 
 
 
 def test_mscn_on_same_fov_tuples_warns(data: Path, tmp_path: Path) -> None:
-    from histomag.train.cv import cross_validate
+    from histomag.dmsl.cv import cross_validate
 
     with pytest.raises(ConfigError, match="unknown backbone 'nope'; valid names: .*tiny"):
         cross_validate(data, tmp_path / "x", _config(backbone="nope"))
@@ -244,7 +244,7 @@ def test_mscn_on_same_fov_tuples_warns(data: Path, tmp_path: Path) -> None:
 
 def test_single_mode_uses_one_magnification_of_the_folder_and_max_tuples_caps_slides(data: Path,
                                                                                      tmp_path: Path) -> None:
-    from histomag.train.cv import cross_validate
+    from histomag.dmsl.cv import cross_validate
 
     result = cross_validate(data, tmp_path / "run", _config(mode="single", magnifications=(20.0,), max_tuples=4),
                             progress=False)

@@ -5,7 +5,7 @@ import pytest
 
 from helpers import MemorySlide, textured
 from histomag.errors import NoTissueError
-from histomag.estimate import MagnificationEstimate, disagreement, estimate_magnification, tissue_crops
+from histomag.magnification.estimate import MagnificationEstimate, disagreement, estimate_magnification, tissue_crops
 
 
 def _slide(mpp=0.25, power=40.0):
@@ -62,7 +62,7 @@ def test_small_image_gives_one_whole_crop():
 
 
 def test_interval_calibration_covers_at_its_level():
-    from histomag.estimate import IntervalCalibration
+    from histomag.magnification.estimate import IntervalCalibration
 
     rng = np.random.default_rng(0)
 
@@ -81,7 +81,7 @@ def test_interval_calibration_covers_at_its_level():
 
 
 def test_estimate_carries_interval_and_verdict():
-    from histomag.estimate import IntervalCalibration, combine, verdict
+    from histomag.magnification.estimate import IntervalCalibration, combine, verdict
 
     cal = IntervalCalibration(q=2.0, level=0.9, floor=0.05)
     est = combine([19.0, 20.0, 21.0, 20.0], cal)
@@ -95,7 +95,7 @@ def test_estimate_carries_interval_and_verdict():
 
 
 def test_crops_spread_over_the_whole_tissue():
-    from histomag.estimate import rgb_tissue_crops
+    from histomag.magnification.estimate import rgb_tissue_crops
 
     rgb = np.full((1024, 1024, 3), 245, np.uint8)
     rgb[:, :512] = (150, 80, 160)   # tissue on the left half only
@@ -107,7 +107,7 @@ def test_crops_spread_over_the_whole_tissue():
 
 
 def test_interval_ignores_a_spread_that_does_not_track_the_error():
-    from histomag.estimate import IntervalCalibration
+    from histomag.magnification.estimate import IntervalCalibration
 
     rng = np.random.default_rng(1)
     true = np.exp(rng.uniform(np.log(2), np.log(40), 3000))
@@ -119,8 +119,8 @@ def test_interval_ignores_a_spread_that_does_not_track_the_error():
 
 def test_cv_coverage_opens_below_the_ruler_floor_as_inference_does():
     """A 1.25x view the ruler reads as 3.3x (its floor) counts as covered; a 20x view read as 30x does not."""
-    from histomag.estimate import IntervalCalibration
-    from histomag.train.magreal import summarise_predictions
+    from histomag.magnification.estimate import IntervalCalibration
+    from histomag.magnification.cv import summarise_predictions
 
     rows = [dict(group="g", true_magnification=t, predicted_nuclei=p, log_mad_nuclei=0.0)
             for t, p in ((1.25, 3.3), (20.0, 30.0))]

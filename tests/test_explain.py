@@ -14,8 +14,8 @@ from PIL import Image
 from helpers import make_tuple_folder
 
 from histomag.errors import CheckpointError, ConfigError
-from histomag.explain import fold_test_data
-from histomag.explain.gradcam import (
+from histomag.dmsl.explain import fold_test_data
+from histomag.dmsl.explain.gradcam import (
     HEADER_H,
     LABEL_W,
     LINE_H,
@@ -27,7 +27,7 @@ from histomag.explain.gradcam import (
     tuple_cams,
     tuple_probs,
 )
-from histomag.explain.similarity_stats import (
+from histomag.dmsl.explain.similarity_stats import (
     BIN_LABELS,
     bin_counts,
     pair_similarity,
@@ -37,7 +37,7 @@ from histomag.explain.similarity_stats import (
     similarity_scores,
     similarity_table,
 )
-from histomag.models.dmsl import MultiMagNet
+from histomag.dmsl.network import MultiMagNet
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,8 +46,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two 2-fold runs of the tiny backbone (with and without SIM) on dots-vs-rings tuples (~6 s)."""
-    from histomag.train.cv import cross_validate
-    from histomag.train.dmsl import DMSLConfig
+    from histomag.dmsl.cv import cross_validate
+    from histomag.dmsl.fit import DMSLConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("explain")
@@ -183,7 +183,7 @@ def test_pies_write_a_decodable_png(tmp_path: Path) -> None:
     rows = []
     for run, mode, counts in (("DMSL", "sim", {"n": 10, "correct": [0, 1, 2, 5], "wrong": [1, 1, 0, 0]}),
                               ("MM", "mm", {"n": 10, "correct": [1, 3, 3, 1], "wrong": [0, 2, 0, 0]})):
-        from histomag.explain.similarity_stats import table_rows
+        from histomag.dmsl.explain.similarity_stats import table_rows
 
         rows += table_rows(run, mode, counts)
     assert [r["count"] for r in rows[:5]] == [8, 0, 1, 2, 5] and rows[4]["share"] == pytest.approx(0.5)

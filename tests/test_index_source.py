@@ -217,7 +217,7 @@ def test_predict_images_finer_than_the_data_is_one_line(final_run: tuple[Path, P
 
 
 def test_a_class_in_one_group_is_warned_about() -> None:
-    from histomag.train.cv import warn_thin_classes
+    from histomag.dmsl.cv import warn_thin_classes
 
     with pytest.warns(UserWarning, match="rare appear in fewer than 2 patients/groups"):
         assert warn_thin_classes(["a", "a", "rare", "b", "b"], ["P1", "P2", "P1", "P1", "P3"]) == ["rare"]

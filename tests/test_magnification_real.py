@@ -63,7 +63,7 @@ def test_cv_leaves_whole_groups_out(cv_and_model):
     for key in ("median_rel_error", "within_10", "acc_1", "bias", "coverage"):
         assert key in metrics["all"]
     summary = json.loads((cv_and_model / "cv" / "summary.json").read_text())
-    from histomag.train.magreal import METHODS
+    from histomag.magnification.cv import METHODS
 
     chosen = METHODS[summary["method"]][0]
     assert summary["interval"]["q"] > 0 and summary["interval"]["n"] == sum(bool(r[chosen]) for r in rows)
@@ -72,7 +72,7 @@ def test_cv_leaves_whole_groups_out(cv_and_model):
 
 
 def test_exported_model_is_small_and_gives_intervals(cv_and_model, sources, tmp_path, capsys):
-    from histomag.train.maginfer import load_estimator
+    from histomag.magnification.infer import load_estimator
 
     model = cv_and_model / "model.pt"
     assert model.stat().st_size < 20e6
@@ -118,9 +118,9 @@ def test_audit_reports_every_file_and_goes_on(cv_and_model, sources, tmp_path, c
 
 def test_nuclei_ruler_and_combination_through_the_estimator():
     from histomag.errors import NoTissueError
-    from histomag.estimate import IntervalCalibration
-    from histomag.train.magconfig import build_magnifier, preset
-    from histomag.train.maginfer import Estimator
+    from histomag.magnification.estimate import IntervalCalibration
+    from histomag.magnification.config import build_magnifier, preset
+    from histomag.magnification.infer import Estimator
 
     config = preset("tiny")
     model = build_magnifier(config, weights=None).eval()
@@ -142,9 +142,9 @@ def test_nuclei_ruler_and_combination_through_the_estimator():
 
 def test_ruler_at_its_floor_opens_the_interval_downwards_and_says_so():
     """Nuclei of about 2 px (2.9x) read as about 2.2 px whatever their size: the interval must reach 1x."""
-    from histomag.estimate import LOWEST_MAGNIFICATION, IntervalCalibration, ruler_floor_magnification
-    from histomag.train.magconfig import build_magnifier, preset
-    from histomag.train.maginfer import Estimator
+    from histomag.magnification.estimate import LOWEST_MAGNIFICATION, IntervalCalibration, ruler_floor_magnification
+    from histomag.magnification.config import build_magnifier, preset
+    from histomag.magnification.infer import Estimator
 
     config = preset("tiny")
     model = build_magnifier(config, weights=None).eval()

@@ -14,7 +14,7 @@ from PIL import Image
 from helpers import make_magset, write_set
 
 from histomag.errors import CheckpointError, ConfigError, DatasetError
-from histomag.train.magdata import (
+from histomag.magnification.data import (
     PAD_FILL,
     MagnificationDataset,
     crop_boxes,
@@ -22,7 +22,7 @@ from histomag.train.magdata import (
     pad_to_size,
     read_manifest,
 )
-from histomag.train.magmetrics import (
+from histomag.magnification.metrics import (
     level_metrics,
     magnification_metrics,
     scatter_plot,
@@ -183,7 +183,7 @@ def test_metric_files_and_scatter(tmp_path: Path) -> None:
 
 
 def test_presets_and_overrides() -> None:
-    from histomag.train.magnification import PRESETS, MagnifierConfig, preset
+    from histomag.magnification.fit import PRESETS, MagnifierConfig, preset
 
     assert set(PRESETS) >= {"paper", "cpu-small", "tiny"}
     paper = PRESETS["paper"]
@@ -205,8 +205,8 @@ def test_presets_and_overrides() -> None:
 
 
 def test_tiny_regressor_separates_10x_from_40x_and_evaluates(magset: Path, tmp_path: Path) -> None:
-    from histomag.train.magmetrics import evaluate_run
-    from histomag.train.magnification import load_magnifier, predict_images, preset, train_magnifier
+    from histomag.magnification.metrics import evaluate_run
+    from histomag.magnification.fit import load_magnifier, predict_magnifications, preset, train_magnifier
 
     cfg = preset("tiny", epochs=8)
     run = train_magnifier(magset, tmp_path / "run", cfg, progress=False)
@@ -221,12 +221,12 @@ def test_tiny_regressor_separates_10x_from_40x_and_evaluates(magset: Path, tmp_p
     assert loaded == cfg and not model.training
     test = read_manifest(magset, "test")
     images = [np.asarray(Image.open(r.image).convert("RGB")) for r in test]
-    pred = np.array(predict_images(model, images, cfg.crop, n_crops=4))
+    pred = np.array(predict_magnifications(model, images, cfg.crop, n_crops=4))
     true = np.array([r.magnification for r in test])
     assert pred[true == 40].mean() - pred[true == 10].mean() > 10
     assert pred[true == 40].min() > pred[true == 10].max()  # fully separated
     # predictions are per image: a different grouping of images gives the same values
-    assert predict_images(model, images[:3], cfg.crop, n_crops=4) == pytest.approx(pred[:3].tolist(), abs=1e-4)
+    assert predict_magnifications(model, images[:3], cfg.crop, n_crops=4) == pytest.approx(pred[:3].tolist(), abs=1e-4)
 
     metrics = evaluate_run(run, split="test", n_crops=4)
     assert metrics["overall"]["n"] == len(test)
@@ -236,7 +236,7 @@ def test_tiny_regressor_separates_10x_from_40x_and_evaluates(magset: Path, tmp_p
 
 
 def test_resume_continues_from_last_checkpoint(magset: Path, tmp_path: Path) -> None:
-    from histomag.train.magnification import preset, train_magnifier
+    from histomag.magnification.fit import preset, train_magnifier
 
     cfg = preset("tiny", epochs=1, calibration_batches=1)
     run = train_magnifier(magset, tmp_path / "run", cfg, progress=False)
@@ -259,8 +259,8 @@ def test_resume_continues_from_last_checkpoint(magset: Path, tmp_path: Path) -> 
 
 
 def test_classifier_baseline_trains_and_compares_with_the_regressor(tmp_path: Path) -> None:
-    from histomag.train.magmetrics import compare_runs
-    from histomag.train.magnification import load_magnifier, preset, train_classifier, train_magnifier
+    from histomag.magnification.metrics import compare_runs
+    from histomag.magnification.fit import load_magnifier, preset, train_classifier, train_magnifier
 
     data = make_magset(tmp_path / "set", mags=(4, 10, 20, 40), counts={"train": 4, "val": 2, "test": 2}, size=72)
     cfg = preset("tiny", epochs=1)
@@ -282,7 +282,7 @@ def test_classifier_baseline_trains_and_compares_with_the_regressor(tmp_path: Pa
 
 
 def test_load_magnifier_errors_are_one_line(tmp_path: Path) -> None:
-    from histomag.train.magnification import load_magnifier
+    from histomag.magnification.fit import load_magnifier
 
     run = tmp_path / "run"
     run.mkdir()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from histomag.errors import ConfigError
-from histomag.models.magnifier import (
+from histomag.magnification.network import (
     AdaptiveScaling,
     MagnificationClassifier,
     MagnificationRegressor,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from helpers import textured
 from histomag.cli.main import run
-from histomag.data.magset import MagSetSettings, Source, assign_splits, build_magnification_set, collect_sources
+from histomag.magnification.magset import MagSetSettings, Source, assign_splits, build_magnification_set, collect_sources
 
 
 def _pink(h, w, seed=0):
@@ -97,7 +97,7 @@ def test_builder_is_reproducible_across_processes(tmp_path):
     import sys
 
     Image.fromarray(_pink(600, 600, 3)).save(tmp_path / "a.png")
-    code = ("import sys; from pathlib import Path; from histomag.data.magset import *; "
+    code = ("import sys; from pathlib import Path; from histomag.magnification.magset import *; "
             "build_magnification_set([Source(sys.argv[1], 'a', '', 0.25)], Path(sys.argv[2]), "
             "MagSetSettings(magnifications=(10.0, 20.0), regions_um=(100.0,), regions_per_size=2, "
             "val_fraction=0, test_fraction=0), progress=False)")

@@ -5,15 +5,15 @@ import pytest
 from PIL import Image
 
 from helpers import nuclei_image
-from histomag.data.acquisition import AcquisitionSettings, resample, simulate_acquisition
-from histomag.data.magsources import (
+from histomag.magnification.acquisition import AcquisitionSettings, resample, simulate_acquisition
+from histomag.magnification.sources import (
     RealSource,
     ScaleSampleDataset,
     collect_entries,
     eval_views,
     load_source,
     nominal_magnification,
-    read_index,
+    read_index_entries,
 )
 from histomag.errors import ConfigError, DatasetError
 
@@ -28,7 +28,7 @@ def test_index_with_anisotropic_pixels_is_squared(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(nuclei_image(400, 300, 0.5, rng)).save(tmp_path / "a.png")
     idx = _write_index(tmp_path, ["a.png,0.56,0.42"], "image,mpp_x,mpp_y")
-    (entry,) = read_index(idx)
+    (entry,) = read_index_entries(idx)
     src = load_source(entry)
     # 400 rows of 0.42 µm = 168 µm = 300 rows of 0.56 µm; width untouched
     assert src.mpp == pytest.approx(0.56) and src.rgb.shape == (300, 300, 3)
@@ -37,13 +37,13 @@ def test_index_with_anisotropic_pixels_is_squared(tmp_path):
 
 def test_index_may_list_slides_and_its_mpp_wins(cohort, tmp_path, monkeypatch):
     """A slide in an index CSV is read by the slide readers (not decoded whole by PIL), at the index's mpp."""
-    import histomag.data.magsources as ms
+    import histomag.magnification.sources as ms
 
     monkeypatch.setattr(ms, "MAX_SLIDE_PIXELS", 1000 * 1000)   # a large slide is read as a centred window
     slide = sorted(cohort.glob("*.svs"))[0]
     idx = _write_index(tmp_path, [f"{slide},synthetic,0.5", f"{slide.with_name('x.png')},synthetic,0.5"],
                        "image,group,mpp")
-    entries = read_index(idx)
+    entries = read_index_entries(idx)
     src = load_source(entries[0])
     # metadata says 0.25 µm/px; the index says 0.5: the index wins, pixels are the slide's own level 0
     assert src.mpp == pytest.approx(0.5) and src.group == "synthetic" and src.rgb.shape == (1000, 1000, 3)
@@ -57,22 +57,22 @@ def test_index_may_list_slides_and_its_mpp_wins(cohort, tmp_path, monkeypatch):
 def test_index_errors_name_row_and_column(tmp_path):
     idx = _write_index(tmp_path, ["a.png,0.5,", "b.png,0.5,0.5"], "image,mpp_x,mpp_y")
     with pytest.raises(DatasetError, match=r"row 2: has mpp_x but no mpp_y"):
-        read_index(idx)
+        read_index_entries(idx)
     idx = _write_index(tmp_path, ["a.png,-1"], "image,mpp")
     with pytest.raises(DatasetError, match=r"row 2: column 'mpp' is '-1'"):
-        read_index(idx)
+        read_index_entries(idx)
     idx = _write_index(tmp_path, ["a.png,abc"], "image,mpp")
     with pytest.raises(DatasetError, match="not a number"):
-        read_index(idx)
+        read_index_entries(idx)
     idx = _write_index(tmp_path, ["a.png"], "image,organ")
     with pytest.raises(DatasetError, match="needs a resolution column"):
-        read_index(idx)
+        read_index_entries(idx)
 
 
 def test_groups_split_by_scan_resolution(tmp_path):
     idx = _write_index(tmp_path, ["a.png,,20", "b.png,,40", "c.png,0.2456,", "d.png,0.2527,"],
                        "image,mpp,magnification")
-    groups = [e.group for e in read_index(idx)]
+    groups = [e.group for e in read_index_entries(idx)]
     name = tmp_path.name
     assert groups == [f"{name}-20x", f"{name}-40x", f"{name}-40x", f"{name}-40x"]
     assert nominal_magnification(39.6) == 40 and nominal_magnification(44.0) == 40 and nominal_magnification(18) == 20
@@ -160,6 +160,6 @@ def test_acquisition_settings_are_checked():
 
 
 def test_bach_images_load_square(shared_data):
-    entries = [e for e in read_index(shared_data / "bach" / "index.csv")][:2]
+    entries = [e for e in read_index_entries(shared_data / "bach" / "index.csv")][:2]
     src = load_source(entries[0])
     assert src.mpp == pytest.approx(0.56) and src.rgb.shape[:2] == (1152, 1536) and src.group == "bach"

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from histomag.errors import ConfigError
-from histomag.models import DMSLLoss, MultiMagNet, SimilarityLoss, channel_max_maps
-from histomag.models.similarity import DEFAULT_SIM_FORM, NORMALISED_FORMS, SIM_FORMS
+from histomag.dmsl.network import MultiMagNet
+from histomag.dmsl.similarity import DMSLLoss, SimilarityLoss, channel_max_maps
+from histomag.dmsl.similarity import DEFAULT_SIM_FORM, NORMALISED_FORMS, SIM_FORMS
 
 N_CLASSES = 3
 

@@ -10,8 +10,9 @@ import torch
 from helpers import make_tuple_folder
 
 from histomag.errors import ConfigError
-from histomag.models import DMSLLoss, MultiMagNet
-from histomag.models.modes import MODE_SPECS, ModeSpec, get_mode, mode_names, register_mode
+from histomag.dmsl.network import MultiMagNet
+from histomag.dmsl.similarity import DMSLLoss
+from histomag.dmsl.modes import MODE_SPECS, ModeSpec, get_mode, mode_names, register_mode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,8 +39,8 @@ def test_builtin_modes_are_registered_with_their_parts() -> None:
 
 
 def test_a_registered_toy_mode_builds_trains_and_is_named_in_tables(toy_mode: ModeSpec, tmp_path: Path) -> None:
-    from histomag.train.cv import cross_validate
-    from histomag.train.dmsl import DMSLConfig
+    from histomag.dmsl.cv import cross_validate
+    from histomag.dmsl.fit import DMSLConfig
 
     net = MultiMagNet("tiny", 2, (40, 20), mode=toy_mode.name)
     assert len(net.heads) == 1 and net.heads[0].in_features == 2 * net.branches[0].num_features

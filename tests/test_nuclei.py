@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-import histomag.nuclei as nuclei
+import histomag.magnification.rulers.nuclei as nuclei
 from histomag.errors import ConfigError, NoTissueError
-from histomag.nuclei import NUCLEUS_SIZE_UM, NucleiMeasurement, haematoxylin, measure_nuclei, mpp_from_nuclei
+from histomag.magnification.rulers.nuclei import NUCLEUS_SIZE_UM, NucleiMeasurement, haematoxylin, measure_nuclei, mpp_from_nuclei
 
 PINK = (235, 190, 215)
 PURPLE = (90, 50, 140)

@@ -140,7 +140,7 @@ def test_objective_power_outside_range_is_not_used():
 
 
 def test_index_csv_with_implausible_mpp_is_refused(tmp_path):
-    from histomag.data.magset import read_index_csv
+    from histomag.magnification.magset import read_index_csv
 
     index = tmp_path / "index.csv"
     index.write_text("image,organ,mpp\na.png,breast,0.25\nb.png,breast,352.8\n")
@@ -176,7 +176,7 @@ def test_tile_with_override_on_72dpi_tiff_works(boxes72, tmp_path, capsys):
 
 # ----- plan checks in the library ---------------------------------------------------------------
 def test_plan_checks_magnifications_before_the_tissue_mask(monkeypatch):
-    import histomag.data.tiler as tiler
+    import histomag.tiling.jobs as tiler
     from histomag.data.folder import TileSettings
 
     def no_mask(*a, **k):
@@ -190,7 +190,7 @@ def test_plan_checks_magnifications_before_the_tissue_mask(monkeypatch):
 
 
 def test_field_count_is_arithmetic_and_bounded():
-    from histomag.tiling import check_plan_size, count_fields, make_tuple_spec, max_fields, plan_fields
+    from histomag.tiling.fields import check_plan_size, count_fields, make_tuple_spec, max_fields, plan_fields
     from histomag.tissue import TissueMask
 
     slide = MemorySlide(textured(512, 768), mpp=0.25)
@@ -209,7 +209,7 @@ def test_field_count_is_arithmetic_and_bounded():
 
 
 def test_a_huge_member_size_is_refused():
-    from histomag.tiling import make_tuple_spec
+    from histomag.tiling.fields import make_tuple_spec
 
     with pytest.raises(ConfigError) as e:
         make_tuple_spec([40, 20], 100_000)
@@ -218,7 +218,7 @@ def test_a_huge_member_size_is_refused():
 
 def test_streaming_dataset_refuses_the_runaway_plan(boxes72):
     from histomag.data.folder import TileSettings
-    from histomag.data.tiler import SlideJob
+    from histomag.tiling.jobs import SlideJob
     from histomag.data.tuples import SlideTupleDataset
 
     settings = TileSettings((20.0, 10.0), 64, allow_upsample=False)

@@ -37,7 +37,7 @@ DMSL_CONFIG = {"mode": "sim", "backbone": "tiny", "weights": "none", "magnificat
 def make_dmsl_run(run: Path, *, classes: tuple[str, ...] = CLASSES, folds: int = 3, skill: float = 1.5,
                   predictions: bool = True, seed: int = 0, **config) -> Path:
     """A DMSL run folder as ``histomag dmsl train`` leaves it (no checkpoints)."""
-    from histomag.train.clsmetrics import evaluate_predictions, markdown_table, metrics_csv_rows, summarise, table_rows
+    from histomag.dmsl.metrics import evaluate_predictions, markdown_table, metrics_csv_rows, summarise, table_rows
 
     cfg = {**DMSL_CONFIG, "folds": folds, **config}
     rng = np.random.default_rng(seed)
@@ -77,7 +77,7 @@ def make_dmsl_run(run: Path, *, classes: tuple[str, ...] = CLASSES, folds: int =
 
 def make_mag_run(run: Path, kind: str = "regressor", seed: int = 0) -> Path:
     """A magnification run folder after ``histomag magnification train`` and ``evaluate``."""
-    from histomag.train.magmetrics import magnification_metrics, scatter_plot, write_metrics
+    from histomag.magnification.metrics import magnification_metrics, scatter_plot, write_metrics
 
     rng = np.random.default_rng(seed)
     levels = [4.0, 10.0, 20.0, 40.0]
@@ -124,7 +124,7 @@ def make_cams(folder: Path, n: int = 3, wide: bool = False) -> Path:
 
 def make_similarity(folder: Path) -> Path:
     """A ``histomag dmsl similarity`` folder: similarity.csv and similarity_pies.png."""
-    from histomag.explain.similarity_stats import TABLE_COLUMNS, bin_counts, pie_chart, table_rows
+    from histomag.dmsl.explain.similarity_stats import TABLE_COLUMNS, bin_counts, pie_chart, table_rows
 
     rng = np.random.default_rng(3)
     rows = []
@@ -413,12 +413,12 @@ def test_a_report_of_really_trained_runs(tmp_path: Path) -> None:
     from helpers import make_magset
     from helpers import make_tuple_folder
 
-    from histomag.explain.gradcam import run_cams
-    from histomag.explain.similarity_stats import write_similarity
-    from histomag.train.cv import cross_validate
-    from histomag.train.dmsl import DMSLConfig
-    from histomag.train.magmetrics import evaluate_run
-    from histomag.train.magnification import preset, train_magnifier
+    from histomag.dmsl.explain.gradcam import run_cams
+    from histomag.dmsl.explain.similarity_stats import write_similarity
+    from histomag.dmsl.cv import cross_validate
+    from histomag.dmsl.fit import DMSLConfig
+    from histomag.magnification.metrics import evaluate_run
+    from histomag.magnification.fit import preset, train_magnifier
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

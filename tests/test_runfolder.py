@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from histomag.errors import CheckpointError
-from histomag.runfolder import RUN_VERSION, RunFolder
+from histomag.dmsl.runfolder import RUN_VERSION, RunFolder
 
 
 def _meta(**changes) -> dict:

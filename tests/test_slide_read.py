@@ -5,7 +5,7 @@ import pytest
 
 from helpers import MemorySlide, textured
 from histomag.errors import ConfigError, MissingResolutionError, UpsampleError
-from histomag.tiling import downsample_area
+from histomag.tiling.fields import downsample_area
 
 
 def test_same_fov_20x_equals_area_downsample_of_40x(memory_slide):

@@ -96,7 +96,7 @@ def test_reads_equal_a_reference_square_resample(aniso, raw):
     np.testing.assert_array_equal(aniso.read_native(236, 136, 128, 128), ref[136:264, 236:364])
     # a coarser read comes from a coarser level and still matches the area downsample of the reference
     lo = aniso.read((256.0, 256.0), 64, mpp=2.0)
-    from histomag.tiling import downsample_area
+    from histomag.tiling.fields import downsample_area
 
     ref_lo = downsample_area(ref[128:384, 128:384], 64)
     assert np.abs(lo.astype(int) - ref_lo.astype(int)).max() <= 2
@@ -188,7 +188,7 @@ def test_tiff_with_different_x_and_y_resolution(tmp_path, backend):
 
 
 def test_labels_in_file_pixels_map_to_square_coordinates(tmp_path, aniso):
-    from histomag.data.tiler import load_labels
+    from histomag.tiling.jobs import load_labels
 
     labels = np.zeros((1024, 512), np.uint8)  # file pixels: the top half (in µm) is class 1
     labels[:512] = 1

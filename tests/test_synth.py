@@ -234,9 +234,9 @@ def test_cohort_writes_slides_masks_overviews_and_tables(tmp_path):
     assert not np.array_equal(a, b)
     assert not list(tmp_path.glob(".*tmp"))
     # index.csv: the cohort as magnification sources, one group at the slides' own resolution
-    from histomag.data.magsources import load_source, read_index
+    from histomag.magnification.sources import load_source, read_index_entries
 
-    entries = read_index(tmp_path / "index.csv")
+    entries = read_index_entries(tmp_path / "index.csv")
     assert [(Path(e.path).name, e.group, e.mpp_x) for e in entries] == [
         ("synth-000.svs", "synthetic", 0.25), ("synth-001.svs", "synthetic", 0.25)]
     src = load_source(entries[1])

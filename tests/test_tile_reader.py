@@ -12,7 +12,7 @@ import tifffile
 from histomag.errors import UnreadableSlideError
 from histomag.slide import open_slide
 from histomag.slide.tiles import TileCache, TileSlide
-from histomag.tiling import Field, make_tuple_spec, read_tuple
+from histomag.tiling.fields import Field, make_tuple_spec, read_tuple
 
 
 @pytest.fixture(scope="module")

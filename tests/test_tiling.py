@@ -11,9 +11,9 @@ from PIL import Image
 from helpers import MemorySlide, nuclei_image, textured
 from histomag.cli.main import run
 from histomag.data.folder import DatasetFolder, TileSettings, manifest_columns
-from histomag.data.tiler import SlideJob, patient_id_for, tile_slides
+from histomag.tiling.jobs import SlideJob, patient_id_for, tile_slides
 from histomag.errors import ConfigError, DatasetError
-from histomag.tiling import Field, make_tuple_spec, plan_fields, read_tuple
+from histomag.tiling.fields import Field, make_tuple_spec, plan_fields, read_tuple
 from histomag.tissue import TissueMask
 
 

@@ -156,7 +156,7 @@ def slide_with_labels(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_slide_dataset_plans_labelled_tuples_and_reads_them_lazily(slide_with_labels) -> None:
     from histomag.data.folder import TileSettings
-    from histomag.data.tiler import SlideJob
+    from histomag.tiling.jobs import SlideJob
 
     path, lab = slide_with_labels
     settings = TileSettings((40.0, 20.0), 128, overlap=0.5, min_tissue=0.5, tissue_mpp=2.0)
@@ -181,8 +181,8 @@ def test_slide_dataset_plans_labelled_tuples_and_reads_them_lazily(slide_with_la
 def test_training_streams_tuples_straight_from_slides(slide_with_labels, tmp_path: Path) -> None:
     """No pre-extraction: a model trains on tuples read lazily from the slide in 2 loader workers."""
     from histomag.data.folder import TileSettings
-    from histomag.data.tiler import SlideJob
-    from histomag.train.dmsl import DMSLConfig, fit_fold, load_task, predict_probs
+    from histomag.tiling.jobs import SlideJob
+    from histomag.dmsl.fit import DMSLConfig, fit_fold, load_task, predict_probs
 
     path, lab = slide_with_labels
     settings = TileSettings((40.0, 20.0), 64, overlap=0.0, min_tissue=0.5, tissue_mpp=2.0)

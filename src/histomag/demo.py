@@ -89,7 +89,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
     with _timed(result, "tile 40x+20x"):
         from histomag.data.sources import expand_slides, find_labels, read_patients_beside
         from histomag.data.folder import TileSettings
-        from histomag.data.tiler import SlideJob, tile_slides
+        from histomag.tiling.jobs import SlideJob, tile_slides
 
         slides = expand_slides([cohort])
         patients = read_patients_beside(cohort)
@@ -101,8 +101,8 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
         n_tuples = sum(r.tuples_written + r.tuples_resumed for r in tile_results)
         log.info("demo: %d tuples from %d slides", n_tuples, len(slides))
 
-    from histomag.train.cv import cross_validate, evaluate_cv_run
-    from histomag.train.dmsl import DMSLConfig
+    from histomag.dmsl.cv import cross_validate, evaluate_cv_run
+    from histomag.dmsl.fit import DMSLConfig
 
     for mode, mags in plan.modes:
         name = f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}"
@@ -142,9 +142,9 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
 
 
 def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress: bool) -> Path:
-    from histomag.data.magset import MagSetSettings, Source, build_magnification_set
-    from histomag.train.magconfig import preset
-    from histomag.train.magnification import train_magnifier
+    from histomag.magnification.magset import MagSetSettings, Source, build_magnification_set
+    from histomag.magnification.config import preset
+    from histomag.magnification.fit import train_magnifier
 
     magset, run = out / "magset", out / "magnifier"
     if not (magset / "manifest.csv").is_file():
@@ -157,7 +157,7 @@ def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress
         with _timed(None, "training the magnification regressor", bar=progress):
             train_magnifier(magset, run, preset(plan.mag_preset, epochs=plan.mag_epochs, seed=plan.seed),
                             progress=False)
-    from histomag.train.magmetrics import evaluate_run
+    from histomag.magnification.metrics import evaluate_run
 
     evaluate_run(run, magset, "val", progress=False)
     return run
@@ -169,9 +169,9 @@ def _snapshot_stage(out: Path, plan: DemoPlan, slide_path: Path, run: Path) -> l
     from PIL import Image
 
     from histomag.slide import open_slide
-    from histomag.tiling import make_tuple_spec, plan_fields
+    from histomag.tiling.fields import make_tuple_spec, plan_fields
     from histomag.tissue import tissue_mask
-    from histomag.train.maginfer import Estimator, load_magnifier
+    from histomag.magnification.infer import Estimator, load_magnifier
 
     folder = out / "snapshots"
     folder.mkdir(exist_ok=True)
@@ -195,8 +195,8 @@ def _snapshot_stage(out: Path, plan: DemoPlan, slide_path: Path, run: Path) -> l
 
 
 def _explain_stage(out: Path, plan: DemoPlan, tiles: Path) -> None:
-    from histomag.explain.gradcam import run_cams
-    from histomag.explain.similarity_stats import write_similarity
+    from histomag.dmsl.explain.gradcam import run_cams
+    from histomag.dmsl.explain.similarity_stats import write_similarity
 
     sim_runs = {name: out / "runs" / name for mode, mags in plan.modes if mode in ("sim", "mm")
                 for name in [f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}"]}

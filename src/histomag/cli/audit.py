@@ -25,10 +25,11 @@ def audit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Per file: metadata mpp (or none), estimate with its interval, verdict ok / missing / likely wrong."""
-    from histomag.audit import audit_files
-    from histomag.data.magsources import expand_image_paths
+    from histomag.magnification.audit import audit_files
+    from histomag.magnification.sources import expand_image_paths
     from histomag.errors import InputPathError
-    from histomag.train.maginfer import load_estimator
+    from histomag.magnification.infer import load_estimator
+    from histomag.report.audit import render_audit
 
     if out.exists() and not out.is_dir():
         raise InputPathError(f"{out} is a file; give a folder for the audit")
@@ -42,7 +43,7 @@ def audit(
                                  model=estimator.source)
     with cluster_client(cluster) as client:
         rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet, client=client,
-                           checkpoint=checkpoint, keep_thumbs=the_shard is not None)
+                           checkpoint=checkpoint, keep_thumbs=the_shard is not None, render=render_audit)
     bad = [r for r in rows if r["verdict"] == "error"]
     for r in bad:
         error(r["error"])

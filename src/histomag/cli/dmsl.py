@@ -75,8 +75,8 @@ def train(
 ) -> int:
     """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
     from histomag.resolution import parse_magnifications
-    from histomag.train.cv import cross_validate
-    from histomag.train.dmsl import DMSLConfig
+    from histomag.dmsl.cv import cross_validate
+    from histomag.dmsl.fit import DMSLConfig
 
     config = DMSLConfig(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
@@ -134,7 +134,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Recompute the metrics from the saved predictions (or checkpoints) and print the table."""
-    from histomag.train.cv import evaluate_cv_run
+    from histomag.dmsl.cv import evaluate_cv_run
 
     result = evaluate_cv_run(run, progress=not quiet)
     print(result.table, end="")
@@ -162,7 +162,7 @@ def predict(
 ) -> int:
     """Class probabilities per tuple; a heatmap for one slide; per image (images.csv) for image collections."""
     from histomag.errors import InputPathError
-    from histomag.train.cv import predict_folder, predict_slide
+    from histomag.dmsl.cv import predict_folder, predict_slide
 
     out_dir = out or run / "predict"
     for target in targets:
@@ -203,8 +203,8 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
                     quiet: bool, client: object | None = None) -> int:
     from histomag.cli.options import resolve_job_mpps
     from histomag.data.sources import expand_slides, index_jobs
-    from histomag.data.tiler import SlideJob
-    from histomag.train.imagepredict import predict_images
+    from histomag.tiling.jobs import SlideJob
+    from histomag.dmsl.predict import predict_images
 
     jobs, _ = index_jobs([t for t in targets if t.suffix.lower() == ".csv"], group_block=0)
     jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
@@ -241,7 +241,7 @@ def cam(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
     """Grad-CAM panels: every magnification x input / low-level / high-level layer, per test tuple."""
-    from histomag.explain.gradcam import run_cams
+    from histomag.dmsl.explain.gradcam import run_cams
 
     paths = run_cams(run, data, out, n=n, class_name=class_name, fold=fold, cell=cell, progress=not quiet)
     print(f"{len(paths)} Grad-CAM panels -> {out} (index: {out / 'cams.csv'})")
@@ -258,7 +258,7 @@ def similarity(
 ) -> int:
     """Similarity S = (corr + 1) / 2 of the branches' features, binned for correct and wrong tuples (Fig. 4)."""
     from histomag.errors import ConfigError
-    from histomag.explain.similarity_stats import write_similarity
+    from histomag.dmsl.explain.similarity_stats import write_similarity
 
     if len(paths) < 2:
         raise ConfigError("give one or more run folders and then the dataset folder: RUN [RUN...] DATA")

@@ -39,8 +39,8 @@ def info(
 
 
 def _estimate(slide, checkpoint: Optional[Path], n_crops: int) -> dict:
-    from histomag.estimate import disagreement
-    from histomag.train.maginfer import load_estimator
+    from histomag.magnification.estimate import disagreement
+    from histomag.magnification.infer import load_estimator
 
     estimator = load_estimator(checkpoint)
     est = estimator.estimate_slide(slide, n_crops)

@@ -52,7 +52,7 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> int:
     """Cut regions at native resolution and downsample them to every magnification (Hagni40 recipe)."""
-    from histomag.data.magset import MagSetSettings, build_magnification_set, collect_sources
+    from histomag.magnification.magset import MagSetSettings, build_magnification_set, collect_sources
 
     settings = MagSetSettings(
         magnifications=_mag_range(mags),
@@ -71,7 +71,7 @@ def build(
 
 def _acquisition(text: str):
     """``full``, ``off`` or ``no-PART`` (e.g. ``no-jpeg``) -> AcquisitionSettings."""
-    from histomag.data.acquisition import AcquisitionSettings
+    from histomag.magnification.acquisition import AcquisitionSettings
     from histomag.errors import ConfigError
 
     if text == "full":
@@ -86,7 +86,7 @@ def _acquisition(text: str):
 def _training(acquisition: str, epoch_size: int):
     """Online sampling settings; validation crops are an eighth of an epoch (32 to 256)."""
     from histomag.errors import ConfigError
-    from histomag.train.magreal import SourceTraining
+    from histomag.magnification.cv import SourceTraining
 
     if epoch_size < 8:
         raise ConfigError(f"--epoch-size {epoch_size}: draw at least 8 crops per epoch")
@@ -100,7 +100,7 @@ def _is_magset(paths: list[Path]) -> bool:
 
 def _load_real_sources(paths: list[Path], quiet: bool):
     from histomag.cli.app import error as say_error
-    from histomag.data.magsources import collect_entries, load_sources
+    from histomag.magnification.sources import collect_entries, load_sources
     from histomag.errors import DatasetError
 
     sources, errors = load_sources(collect_entries(paths), progress=not quiet)
@@ -137,8 +137,8 @@ def train(
 ) -> None:
     """Train the magnification regressor (Huber loss, AdamW, LR halved on plateau, best-on-val checkpoint)."""
     from histomag.errors import ConfigError
-    from histomag.train.magconfig import MODEL_TYPE_CLASSIFIER, MODEL_TYPE_REGRESSOR, preset as make_preset
-    from histomag.train.magnification import train_magnifier
+    from histomag.magnification.config import MODEL_TYPE_CLASSIFIER, MODEL_TYPE_REGRESSOR, preset as make_preset
+    from histomag.magnification.fit import train_magnifier
 
     if model not in ("regressor", "classifier"):
         raise ConfigError(f"--model {model!r}: use regressor or classifier")
@@ -152,7 +152,7 @@ def train(
     if on_set:
         run = train_magnifier(data[0], out, config, progress=not quiet)
     else:
-        from histomag.train.magreal import train_on_sources
+        from histomag.magnification.cv import train_on_sources
 
         sources = _load_real_sources(data, quiet)
         run = train_on_sources(sources, out, config, progress=not quiet,
@@ -179,8 +179,8 @@ def cv(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Leave-groups-out CV: per held-out group relative error, ACC_k, bias, interval coverage."""
-    from histomag.train.magconfig import preset as make_preset
-    from histomag.train.magreal import cross_validate_sources
+    from histomag.magnification.config import preset as make_preset
+    from histomag.magnification.cv import cross_validate_sources
 
     config = make_preset(preset, **{k: v for k, v in {"epochs": epochs, "patience": patience,
                                                       "max_time_minutes": max_minutes, "seed": seed}.items()
@@ -203,9 +203,9 @@ def export(
 ) -> None:
     """Write a slim model file (weights + config + interval calibration) for predict/info/tile."""
     from histomag.errors import InputPathError
-    from histomag.estimate import IntervalCalibration
-    from histomag.train.maginfer import export_model
-    from histomag.train.magreal import read_cv_summary
+    from histomag.magnification.estimate import IntervalCalibration
+    from histomag.magnification.infer import export_model
+    from histomag.magnification.cv import read_cv_summary
 
     calibration = None
     if cv_dir is not None:
@@ -234,7 +234,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """ACC_0.5/1/5, relative error, per magnification and organ, confusion matrix, scatter PNG."""
-    from histomag.train.magmetrics import evaluate_run
+    from histomag.magnification.metrics import evaluate_run
 
     metrics = evaluate_run(run, data, split, n_crops=n_crops, out_dir=out, progress=not quiet)
     overall = metrics.get("overall", metrics)
@@ -257,10 +257,10 @@ def predict(
     """Print one JSON object per image: path, magnification, mpp, interval, n_crops (or an error)."""
     import json
 
-    from histomag.train.maginfer import load_estimator
+    from histomag.magnification.infer import load_estimator
 
     estimator = load_estimator(checkpoint)
-    from histomag.data.magsources import expand_image_paths
+    from histomag.magnification.sources import expand_image_paths
 
     items = expand_image_paths(paths)
     failures = 0

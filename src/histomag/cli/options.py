@@ -28,7 +28,7 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max
             raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25), mpp-x,mpp-y for pixels that "
                               "are not square (e.g. --mpp 0.56,0.42) or --mpp estimate") from None
         return {str(p): value for p in paths}, {}
-    from histomag.train.maginfer import estimate_resolutions
+    from histomag.magnification.infer import estimate_resolutions
 
     values, failed, warnings = estimate_resolutions(paths, checkpoint, max_uncertainty)
     for message in warnings:

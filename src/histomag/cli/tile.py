@@ -59,9 +59,9 @@ def tile(
     """Tile slides into a dataset folder: one PNG per magnification per tuple plus manifest.csv."""
     from histomag.data.folder import TileSettings
     from histomag.data.sources import slide_jobs
-    from histomag.data.tiler import tile_slides
+    from histomag.tiling.jobs import tile_slides
     from histomag.resolution import parse_magnifications
-    from histomag.tiling import make_tuple_spec
+    from histomag.tiling.fields import make_tuple_spec
 
     magnifications = parse_magnifications(mags)  # raises on an empty or malformed list
     the_shard = shard_option(shard, cluster)
@@ -121,9 +121,10 @@ def merge(
     from histomag.data.shards import merge_shards, shard_kind
 
     if shard_kind(out) == "audit":
-        from histomag.audit import merge_audit_shards
+        from histomag.magnification.audit import merge_audit_shards
+        from histomag.report.audit import render_audit
 
-        rows = merge_audit_shards(out, partial=partial)
+        rows = merge_audit_shards(out, partial=partial, render=render_audit)
         bad = sum(r["verdict"] == "error" for r in rows)
         print(f"merged the audit of {len(rows)} files ({bad} unreadable) -> {out / 'audit.csv'}, {out / 'audit.html'}")
         return 1 if bad else 0

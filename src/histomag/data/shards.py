@@ -21,7 +21,7 @@ from typing import Sequence, TypeVar
 from histomag.cluster import Shard
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.data.folder import DatasetFolder, first_difference, manifest_columns
-from histomag.data.tiler import SLIDE_COLUMNS
+from histomag.tiling.jobs import SLIDE_COLUMNS
 from histomag.errors import DatasetError
 
 T = TypeVar("T")

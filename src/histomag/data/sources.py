@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from histomag.data.tiler import SlideJob
+from histomag.tiling.jobs import SlideJob
 from histomag.errors import ConfigError, InputPathError
 from histomag.slide import SLIDE_AND_IMAGE_SUFFIXES
 from histomag.slide.base import slide_id_from_path

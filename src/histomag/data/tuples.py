@@ -320,12 +320,12 @@ class SlideTupleDataset(Dataset[Item]):
     """Tuples read lazily from slides with a tile plan (no images written).
 
     The plan is made in ``__init__`` (each slide is opened once for its tissue mask and labels);
-    ``__getitem__`` reads one tuple with :func:`histomag.tiling.read_tuple`. Slide handles are
+    ``__getitem__`` reads one tuple with :func:`histomag.tiling.fields.read_tuple`. Slide handles are
     opened lazily, one per slide per process, cached, and never pickled, so each DataLoader
     worker opens its own.
 
     Args:
-        slides: :class:`~histomag.data.tiler.SlideJob` objects or slide paths.
+        slides: :class:`~histomag.tiling.jobs.SlideJob` objects or slide paths.
         settings: tile settings (magnifications, size, mode, placement, overlap, tissue, labels).
         magnifications: members to return, in this order; default ``settings.magnifications``
             (highest first); a subset of them is allowed.
@@ -338,7 +338,7 @@ class SlideTupleDataset(Dataset[Item]):
     def __init__(self, slides: Sequence[Any], settings: TileSettings, *,
                  magnifications: Sequence[float] | None = None, transform: TupleTransform | None = None,
                  classes: Sequence[str] | None = None, labelled_only: bool = True) -> None:
-        from histomag.data.tiler import SlideJob
+        from histomag.tiling.jobs import SlideJob
 
         self.jobs = [s if isinstance(s, SlideJob) else SlideJob(str(s)) for s in slides]
         self.settings = settings
@@ -362,13 +362,13 @@ class SlideTupleDataset(Dataset[Item]):
         self._pid = os.getpid()
 
     def _spec(self, power_mpp: float):  # noqa: ANN202 - TupleSpec
-        from histomag.tiling import make_tuple_spec
+        from histomag.tiling.fields import make_tuple_spec
 
         s = self.settings
         return make_tuple_spec(s.magnifications, s.size, s.mode, power_mpp=power_mpp)  # type: ignore[arg-type]
 
     def _plan(self, slide_index: int, job: Any, labelled_only: bool) -> list[PlannedTuple]:
-        from histomag.data.tiler import patient_id_for, plan_slide
+        from histomag.tiling.jobs import patient_id_for, plan_slide
         from histomag.slide import open_slide
 
         s = self.settings
@@ -449,7 +449,7 @@ class SlideTupleDataset(Dataset[Item]):
 
     def load(self, index: int) -> list[Tensor]:
         """The untransformed members of tuple ``index`` (float, [0, 1])."""
-        from histomag.tiling import Field, read_tuple
+        from histomag.tiling.fields import Field, read_tuple
 
         rec = self.records[index]
         slide = self._slide(rec.slide_index)
@@ -484,7 +484,7 @@ class SlideSource:
 
     @classmethod
     def from_json(cls, data: dict) -> SlideSource:
-        from histomag.data.tiler import SlideJob
+        from histomag.tiling.jobs import SlideJob
 
         jobs = []
         for j in data["jobs"]:

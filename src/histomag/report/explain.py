@@ -88,7 +88,7 @@ def gradcam_section(folders: Sequence[tuple[str, Path]]) -> Section:
 # ----- similarity -------------------------------------------------------------------------------
 def _similarity_table(rows: Sequence[dict[str, str]]) -> str:
     """One line per run and correctness group: total, then count and in-group share per S bin."""
-    from histomag.explain.similarity_stats import BIN_LABELS
+    from histomag.dmsl.explain.similarity_stats import BIN_LABELS
 
     lines = []
     order: list[tuple[str, str, str]] = []
@@ -116,7 +116,7 @@ def _similarity_table(rows: Sequence[dict[str, str]]) -> str:
 
 def similarity_section(folders: Sequence[tuple[str, Path]]) -> Section:
     """Similarity pies and table of each folder (``(label, folder)``)."""
-    from histomag.explain.similarity_stats import pie_chart
+    from histomag.dmsl.explain.similarity_stats import pie_chart
 
     title = "Similarity of the magnification branches"
     body, shown = [], 0

@@ -1,6 +1,6 @@
 """Matplotlib figures of the report, returned as PNG bytes (Agg canvas, no pyplot state).
 
-ROC curves follow the metric conventions of :mod:`histomag.train.clsmetrics`: with two classes
+ROC curves follow the metric conventions of :mod:`histomag.dmsl.metrics`: with two classes
 the positive class is index 1; with more, one curve per class (one-vs-rest).
 """
 
@@ -44,9 +44,9 @@ def level_sets(folds: Sequence[Any]) -> dict[str, list[tuple[int, np.ndarray, np
     """``{"patch" | "patient": [(fold, labels, probs), ...]}`` from :class:`FoldPredictions`.
 
     The patient level averages each ``(patient, label)`` group's probabilities
-    (:func:`histomag.train.clsmetrics.patient_level`), as the metrics do.
+    (:func:`histomag.dmsl.metrics.patient_level`), as the metrics do.
     """
-    from histomag.train.clsmetrics import patient_level
+    from histomag.dmsl.metrics import patient_level
 
     out: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {"patch": [], "patient": []}
     for f in folds:
@@ -238,7 +238,7 @@ def level_bars_png(levels: Sequence[str], series: Sequence[tuple[str, Sequence[f
 
 def scatter_png(true: np.ndarray, pred: np.ndarray, title: str) -> bytes:
     """True-vs-predicted magnification scatter (the one ``histomag magnification evaluate`` draws)."""
-    from histomag.train.magmetrics import scatter_plot
+    from histomag.magnification.metrics import scatter_plot
 
     with tempfile.TemporaryDirectory() as tmp:
         path = scatter_plot(true, pred, Path(tmp) / "scatter.png", title=title)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from histomag.errors import CheckpointError
-from histomag.runfolder import FoldPredictions, RunFolder
+from histomag.dmsl.runfolder import FoldPredictions, RunFolder
 
 __all__ = ["DMSLRun", "FoldPredictions", "MagRun", "Run", "load_run", "unique_names"]
 
@@ -59,7 +59,7 @@ class DMSLRun:
     @property
     def label(self) -> str:
         """Method, backbone and magnification combination, e.g. ``DMSL (tiny) 40x+20x``."""
-        from histomag.models.modes import mode_method
+        from histomag.dmsl.modes import mode_method
 
         c = self.config
         mags = "+".join(f"{float(m):g}x" for m in c.get("magnifications", []))

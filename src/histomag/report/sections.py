@@ -140,7 +140,7 @@ def settings_section(dmsl: Sequence[DMSLRun], mag: Sequence[MagRun]) -> Section:
 # ----- metrics table ----------------------------------------------------------------------------
 def metrics_section(dmsl: Sequence[DMSLRun]) -> Section:
     """Table III of the paper for every DMSL run: mean ± std over folds, patch and patient level."""
-    from histomag.train.clsmetrics import TABLE_COLUMNS, TABLE_KEYS, table_rows
+    from histomag.dmsl.metrics import TABLE_COLUMNS, TABLE_KEYS, table_rows
 
     if not dmsl:
         return _no_dmsl("metrics", "Metrics", "no DMSL runs were given")
@@ -194,7 +194,7 @@ def metrics_section(dmsl: Sequence[DMSLRun]) -> Section:
 
 
 def _fold_details(run: DMSLRun) -> str:
-    from histomag.train.clsmetrics import TABLE_KEYS
+    from histomag.dmsl.metrics import TABLE_KEYS
 
     rows = []
     for k, fold in enumerate(run.metrics.get("folds", []), start=1):
@@ -312,7 +312,7 @@ def fraction_groups(dmsl: Sequence[DMSLRun]) -> list[list[DMSLRun]]:
 
 def data_fraction_section(dmsl: Sequence[DMSLRun]) -> Section:
     """Metrics versus the share of training data used (the paper's Fig. 3)."""
-    from histomag.train.clsmetrics import TABLE_KEYS
+    from histomag.dmsl.metrics import TABLE_KEYS
 
     title = "Data-fraction curve"
     groups = fraction_groups(dmsl)

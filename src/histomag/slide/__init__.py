@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from histomag.errors import ConfigError, InputPathError, UnreadableSlideError
-from histomag.models.registry import Registry
+from histomag.registry import Registry
 from histomag.slide.base import MppOverride, MppSource, Slide, SlideMetadata, slide_id_from_path
 
 log = logging.getLogger(__name__)

@@ -2,15 +2,15 @@
 
 Diao et al., IEEE JBHI 2023, Figs. 4-6 and Eq. (4):
 
-- :mod:`histomag.explain.gradcam` — Grad-CAM of every branch at its first conv (low level) and
+- :mod:`histomag.dmsl.explain.gradcam` — Grad-CAM of every branch at its first conv (low level) and
   last feature block (high level), overlaid on the tuple's members (``histomag dmsl cam``).
-- :mod:`histomag.explain.similarity_stats` — the similarity ``S = (corr + 1) / 2`` of the
+- :mod:`histomag.dmsl.explain.similarity_stats` — the similarity ``S = (corr + 1) / 2`` of the
   branches' pooled features, binned for correctly and wrongly classified tuples, as a CSV table
   and nested pie charts (``histomag dmsl similarity``).
 
 Both work on a fold's *test* tuples (``RUN/folds/K/split.json``) with that fold's checkpoint, so
 what they show is out of sample. :func:`fold_test_data` is the shared loader; heavy modules
-(torch, Lightning) are imported inside functions so ``import histomag.explain`` stays cheap.
+(torch, Lightning) are imported inside functions so ``import histomag.dmsl.explain`` stays cheap.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class FoldData:
 
     Attributes:
         fold: fold number (1-based).
-        task: the fold's :class:`~histomag.train.dmsl.DMSLTask` (eval mode).
+        task: the fold's :class:`~histomag.dmsl.fit.DMSLTask` (eval mode).
         dataset: the fold's test tuples with the evaluation transform.
         class_names: class names in index order.
         mode: the run's mode (``sim``, ``mm``, ``single``, ``mscn``).
@@ -78,7 +78,7 @@ def fold_test_data(run_dir: str | Path, data_dir: str | Path | None, fold: int) 
             message names the file and the command that makes it).
         DatasetError: ``data_dir`` lacks test tuples of the fold.
     """
-    from histomag.train.cv import fold_test_set, read_run
+    from histomag.dmsl.cv import fold_test_set, read_run
 
     run = read_run(run_dir)
     fold_numbers(run, fold)

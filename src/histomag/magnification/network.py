@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from histomag.errors import ConfigError
-from histomag.models.backbones import Backbone, create_backbone
+from histomag.backbones import Backbone, create_backbone
 
 MODEL_TYPE_REGRESSOR = "magnification-regressor"
 MODEL_TYPE_CLASSIFIER = "magnification-classifier"
@@ -147,8 +147,8 @@ class MagnificationRegressor(nn.Module):
     in the middle of the range and moves in magnification units at Adam's step size.
 
     Args:
-        backbone: backbone name (see :func:`~histomag.models.backbones.list_backbones`).
-        weights: backbone weights, as for :func:`~histomag.models.backbones.create_backbone`.
+        backbone: backbone name (see :func:`~histomag.backbones.list_backbones`).
+        weights: backbone weights, as for :func:`~histomag.backbones.create_backbone`.
         target: ``"linear"`` regresses the magnification, ``"log"`` its natural logarithm.
         mag_range: ``(low, high)`` magnifications the model is meant for; predictions are clamped
             to it and it centres the output.
@@ -159,7 +159,7 @@ class MagnificationRegressor(nn.Module):
         dropout: dropout on the pooled features, in ``[0, 1)``.
 
     Attributes:
-        backbone: the :class:`~histomag.models.backbones.Backbone`.
+        backbone: the :class:`~histomag.backbones.Backbone`.
         fc1, act, fc2, asm, fc3: the head's layers in order.
         model_type: ``"magnification-regressor"``.
     """
@@ -242,12 +242,12 @@ class MagnificationClassifier(nn.Module):
 
     Args:
         backbone: backbone name.
-        weights: backbone weights, as for :func:`~histomag.models.backbones.create_backbone`.
+        weights: backbone weights, as for :func:`~histomag.backbones.create_backbone`.
         levels: the magnification levels (classes), e.g. ``(4, 10, 20, 40)``; sorted on input.
         dropout: dropout on the pooled features, in ``[0, 1)``.
 
     Attributes:
-        backbone: the :class:`~histomag.models.backbones.Backbone`.
+        backbone: the :class:`~histomag.backbones.Backbone`.
         fc: ``nn.Linear(num_features, len(levels))``.
         levels: the sorted levels as a tuple of floats.
         model_type: ``"magnification-classifier"``.

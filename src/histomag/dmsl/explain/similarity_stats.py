@@ -10,7 +10,7 @@ Scores are binned into ``[0, 0.25]``, ``(0.25, 0.5]``, ``(0.5, 0.75]`` and ``(0.
 paper's 0-0.25, 0.26-0.5, 0.51-0.75, 0.76-1) separately for correctly and wrongly classified
 tuples. A run's tuples are every fold's test tuples, each scored by its own fold's model.
 
-Feature widths: the branches of a :class:`~histomag.models.dmsl.MultiMagNet` share one backbone
+Feature widths: the branches of a :class:`~histomag.dmsl.network.MultiMagNet` share one backbone
 architecture, so their pooled vectors have one width. Where widths differ, ``feature="pooled"``
 refuses (ConfigError) and ``feature="channel-max"`` compares what the SIM loss compares instead:
 each branch's channel-wise maximum map, pooled to the smallest common spatial size.
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from histomag.errors import ConfigError
-from histomag.models.modes import mode_description
+from histomag.dmsl.modes import mode_description
 
 BIN_EDGES: tuple[float, float, float] = (0.25, 0.5, 0.75)
 BIN_LABELS: tuple[str, str, str, str] = ("0-0.25", "0.26-0.5", "0.51-0.75", "0.76-1")
@@ -97,7 +97,7 @@ def pair_similarity(features: Sequence[Any], feature: str = "pooled") -> np.ndar
     if len(features) < 2:
         raise ConfigError("similarity needs a model with two or more magnification branches")
     if feature == "channel-max":
-        from histomag.models.similarity import channel_max_maps
+        from histomag.dmsl.similarity import channel_max_maps
 
         features = channel_max_maps([torch.as_tensor(f) for f in features])
     vecs = [torch.as_tensor(f).detach().flatten(1).double().cpu().numpy() for f in features]
@@ -113,7 +113,7 @@ def similarity_scores(model: Any, dataset: Any, *, feature: str = "pooled", batc
     """``S`` and correctness of every tuple of a labelled dataset.
 
     Args:
-        model: a ``DMSLTask`` or :class:`~histomag.models.dmsl.MultiMagNet` with >= 2 branches.
+        model: a ``DMSLTask`` or :class:`~histomag.dmsl.network.MultiMagNet` with >= 2 branches.
         dataset: tuples with the evaluation transform (``(members, label, index)`` items).
         feature: ``"pooled"`` (Eq. 4 on pooled vectors) or ``"channel-max"``.
         batch_size, num_workers: DataLoader settings.
@@ -124,7 +124,7 @@ def similarity_scores(model: Any, dataset: Any, *, feature: str = "pooled", batc
     """
     import torch
 
-    from histomag.train.common import make_loader
+    from histomag.fitloop import make_loader
 
     net = getattr(model, "model", model).eval()
     if net.n_inputs < 2:
@@ -149,8 +149,8 @@ def run_similarity(run_dir: str | Path, data_dir: str | Path | None = None, *, f
         ``{"mode", "scores", "correct", "tuple_ids", "labels", "folds"}`` (arrays/lists in
         fold order).
     """
-    from histomag.explain import fold_numbers, fold_test_data
-    from histomag.train.cv import read_run
+    from histomag.dmsl.explain import fold_numbers, fold_test_data
+    from histomag.dmsl.cv import read_run
 
     if feature not in FEATURES:
         raise ConfigError(f"unknown feature {feature!r}; valid: {', '.join(FEATURES)}")

@@ -7,7 +7,7 @@ logit would explain a branch in isolation, ignoring the fusion that makes the pr
 log (rather than ``p(c)``) keeps gradients from vanishing where ``p(c)`` saturates.
 
 pytorch-grad-cam expects a one-input model, so :class:`BranchCAMModel` presents a
-:class:`~histomag.models.dmsl.MultiMagNet` as one: the member of branch ``i`` is the input, the
+:class:`~histomag.dmsl.network.MultiMagNet` as one: the member of branch ``i`` is the input, the
 other members' feature maps are computed once (no grad) and held fixed. Only branch ``i`` runs
 inside the hooked forward, so a shared backbone's layer fires its hooks once.
 
@@ -36,7 +36,7 @@ MARGIN, LABEL_W, HEADER_H, LINE_H = 6, 110, 18, 16
 
 def _net(model: nn.Module) -> nn.Module:
     """The MultiMagNet inside a DMSLTask (or the model itself)."""
-    from histomag.models.dmsl import MultiMagNet
+    from histomag.dmsl.network import MultiMagNet
 
     inner = getattr(model, "model", model)
     if not isinstance(inner, MultiMagNet):
@@ -86,7 +86,7 @@ def tuple_cams(model: nn.Module, members: Sequence[Tensor], target: int | None =
     """Grad-CAM maps of one tuple for every branch and layer.
 
     Args:
-        model: a :class:`~histomag.models.dmsl.MultiMagNet` or a ``DMSLTask`` holding one
+        model: a :class:`~histomag.dmsl.network.MultiMagNet` or a ``DMSLTask`` holding one
             (put in eval mode).
         members: the tuple's normalised members, ``(3, H_m, W_m)`` or ``(1, 3, H_m, W_m)`` each.
         target: class index to explain; None: the fused prediction.
@@ -297,11 +297,11 @@ def run_cams(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Pa
         CheckpointError: the run folder lacks config.json, the fold's split.json or checkpoint.
     """
     from histomag.data.atomic import atomic_write_csv, atomic_write_png
-    from histomag.explain import check_class, fold_test_data
+    from histomag.dmsl.explain import check_class, fold_test_data
     from histomag.progress import progress_bar
     from histomag.resolution import format_magnification
-    from histomag.train.cv import read_run
-    from histomag.train.dmsl import predict_probs
+    from histomag.dmsl.cv import read_run
+    from histomag.dmsl.fit import predict_probs
 
     if n < 1:
         raise ConfigError(f"--n {n} must be >= 1")

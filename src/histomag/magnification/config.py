@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from histomag.errors import ConfigError
-from histomag.models.magnifier import (
+from histomag.magnification.network import (
     DEFAULT_LEVELS,
     HIDDEN_ACTIVATIONS,
     MODEL_TYPE_CLASSIFIER,
@@ -29,7 +29,7 @@ from histomag.models.magnifier import (
 )
 
 CHECKPOINT_FORMAT = 1
-TRAIN_HINT = "histomag magnification train DATA --out RUN"
+MAG_TRAIN_HINT = "histomag magnification train DATA --out RUN"
 MONITORS = ("val_loss", "val_mae")
 #: config fields that define the network; a resumed run must keep them
 ARCHITECTURE_FIELDS = ("model_type", "backbone", "target", "mag_range", "hidden_activation", "target_variance",
@@ -62,7 +62,7 @@ class MagnifierConfig:
         monitor: validation metric for the best checkpoint and the scheduler (``val_loss``/``val_mae``).
         calibration_batches: before each validation, recompute the ASM running scale and the
             BatchNorm statistics over this many training batches with the current weights
-            (:func:`~histomag.models.magnifier.recalibrate_statistics`; the paper's way of fixing
+            (:func:`~histomag.magnification.network.recalibrate_statistics`; the paper's way of fixing
             the ASM scale); 0 keeps the running averages accumulated during training.
         num_workers: DataLoader worker processes.
         seed: seed for weights, sampling and augmentation.
@@ -178,7 +178,7 @@ class MagnifierConfig:
 #: CPU-s per training image (decode + augment + step), ~0.03 per validation image, so ~2 s per 100
 #: images per epoch on 2 cores: 3k images (70/15/15 split) ~15 min, 5k ~24 min.
 #: ``real-small``: the compact ``small`` ResNet on 128 px crops drawn online from real sources with
-#: randomised acquisition (:mod:`histomag.train.magreal`), log target; the shipped default model.
+#: randomised acquisition (:mod:`histomag.magnification.cv`), log target; the shipped default model.
 #: ``tiny``: the tiny backbone on 64 px crops, for tests and demos (seconds).
 PRESETS: dict[str, MagnifierConfig] = {
     "paper": MagnifierConfig(preset="paper", backbone="resnet50", hidden_activation="none", crop=224,

@@ -14,7 +14,7 @@ A fold folder holds::
 Multi-GPU and multi-node training go through Lightning's strategies: ``devices``,
 ``num_nodes`` and ``strategy`` are passed to the Trainer unchanged.
 
-Cross-validation and the run folder are in :mod:`histomag.train.cv`.
+Cross-validation and the run folder are in :mod:`histomag.dmsl.cv`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from histomag.errors import CheckpointError, ConfigError
-from histomag.models.dmsl import FUSIONS, MultiMagNet
-from histomag.models.modes import ModeSpec, get_mode
-from histomag.models.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
-from histomag.runfolder import MODEL_TYPE, TRAIN_HINT
-from histomag.train.common import (
+from histomag.dmsl.network import FUSIONS, MultiMagNet
+from histomag.dmsl.modes import ModeSpec, get_mode
+from histomag.dmsl.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
+from histomag.dmsl.runfolder import MODEL_TYPE, DMSL_TRAIN_HINT
+from histomag.fitloop import (
     checkpoint_callbacks,
     default_precision,
     ensure_best,
@@ -69,7 +69,7 @@ class DMSLConfig:
         batch_size, lr: Adam's batch size and learning rate (paper: 32, 1e-3).
         alpha, beta: weights of CE and SIM (paper: 0.5, 0.5 with its raw SIM; default 0.5, 0.1).
         sim_form: ``"dist"`` (default), ``"corr"``, ``"l1"`` or ``"paper"`` (see
-            :class:`~histomag.models.similarity.SimilarityLoss`).
+            :class:`~histomag.dmsl.similarity.SimilarityLoss`).
         sim_warmup: epochs over which the SIM weight rises linearly from 0 to ``beta`` (per
             batch); 0: full ``beta`` from the start (the paper). Validation always uses ``beta``,
             so the monitored validation loss means the same thing in every epoch.
@@ -84,7 +84,7 @@ class DMSLConfig:
         num_workers: DataLoader worker processes.
         devices, num_nodes, strategy, accelerator: passed to ``lightning.Trainer``.
         precision: Lightning precision; None: ``16-mixed`` on a GPU, else ``32-true``.
-        shared_backbone, fusion, dropout: :class:`~histomag.models.dmsl.MultiMagNet` options.
+        shared_backbone, fusion, dropout: :class:`~histomag.dmsl.network.MultiMagNet` options.
         augment: flips, 90° rotations, colour jitter (identical for a tuple's members).
         max_time: per-fold wall-clock limit, ``"DD:HH:MM:SS"``, or None.
         max_tuples: at most this many tuples per slide (seeded choice), or None.
@@ -154,7 +154,7 @@ class DMSLConfig:
 
     @property
     def spec(self) -> ModeSpec:
-        """The registered :class:`~histomag.models.modes.ModeSpec` of ``mode``."""
+        """The registered :class:`~histomag.dmsl.modes.ModeSpec` of ``mode``."""
         return get_mode(self.mode)
 
     def replace(self, **changes: Any) -> DMSLConfig:
@@ -206,7 +206,7 @@ def _mags(mags: Sequence[float]) -> str:
 
 def check_backbone(name: str) -> None:
     """Raise the registry's :class:`ConfigError` (listing valid names) for an unknown backbone."""
-    from histomag.models.backbones import BACKBONES, TIMM_PREFIX
+    from histomag.backbones import BACKBONES, TIMM_PREFIX
 
     if not name.startswith(TIMM_PREFIX):
         BACKBONES.get(name)
@@ -416,11 +416,11 @@ def load_task(path: str | Path, map_location: str | torch.device = "cpu") -> DMS
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; make it with: {TRAIN_HINT}")
+        raise CheckpointError(f"{path} is missing; make it with: {DMSL_TRAIN_HINT}")
     ckpt, meta = read_checkpoint(path, map_location)
     if meta is None or meta.get("model_type") != MODEL_TYPE:
         kind = meta.get("model_type") if meta else "unknown"
-        raise CheckpointError(f"{path} is not a DMSL checkpoint (model type {kind}); use one written by: {TRAIN_HINT}")
+        raise CheckpointError(f"{path} is not a DMSL checkpoint (model type {kind}); use one written by: {DMSL_TRAIN_HINT}")
     task = DMSLTask(meta["config"], meta["class_names"], weights=None)
     result = task.load_state_dict(ckpt.get("state_dict", {}), strict=False)
     if result.missing_keys or result.unexpected_keys:

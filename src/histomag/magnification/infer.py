@@ -5,7 +5,7 @@ rebuilt from the config stored in it.
 
 Example:
     >>> model, cfg = load_magnifier("runs/mag")  # doctest: +SKIP
-    >>> predict_images(model, [rgb_array], cfg.crop, n_crops=5)  # doctest: +SKIP
+    >>> predict_magnifications(model, [rgb_array], cfg.crop, n_crops=5)  # doctest: +SKIP
     [19.6]
 """
 
@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from histomag.errors import CheckpointError, ConfigError, InputPathError
-from histomag.estimate import IntervalCalibration, MagnificationEstimate, estimate_from_rgb, estimate_magnification
-from histomag.models.magnifier import MODEL_TYPES, MagnificationClassifier
-from histomag.train.common import read_checkpoint
-from histomag.train.magconfig import TRAIN_HINT, MagnifierConfig, build_magnifier
-from histomag.train.magdata import (
+from histomag.magnification.estimate import IntervalCalibration, MagnificationEstimate, estimate_from_rgb, estimate_magnification
+from histomag.magnification.network import MODEL_TYPES, MagnificationClassifier
+from histomag.fitloop import read_checkpoint
+from histomag.magnification.config import MAG_TRAIN_HINT, MagnifierConfig, build_magnifier
+from histomag.magnification.data import (
     as_rgb_uint8,
     crop_boxes,
     pad_to_size,
@@ -51,13 +51,13 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
     """
     path = Path(run_or_ckpt)
     if not path.exists():
-        raise InputPathError(f"{path} does not exist; pass a run folder or .ckpt file made by: {TRAIN_HINT}")
+        raise InputPathError(f"{path} does not exist; pass a run folder or .ckpt file made by: {MAG_TRAIN_HINT}")
     if path.is_dir():
         if which not in ("best", "last"):
             raise ConfigError(f"which must be 'best' or 'last', got {which!r}")
         ckpt_path = path / "checkpoints" / f"{which}.ckpt"
         if not ckpt_path.is_file():
-            raise CheckpointError(f"run folder {path} has no checkpoints/{which}.ckpt; make it with: {TRAIN_HINT}")
+            raise CheckpointError(f"run folder {path} has no checkpoints/{which}.ckpt; make it with: {MAG_TRAIN_HINT}")
     else:
         ckpt_path = path
     ckpt, meta = read_checkpoint(ckpt_path, map_location)
@@ -65,13 +65,13 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
     if model_type not in MODEL_TYPES or not isinstance(meta.get("config"), dict):  # type: ignore[union-attr]
         raise CheckpointError(
             f"{ckpt_path} is not a magnification-model checkpoint (model type {model_type or 'unknown'}); "
-            f"use one written by: {TRAIN_HINT}"
+            f"use one written by: {MAG_TRAIN_HINT}"
         )
     config = MagnifierConfig.from_dict(meta["config"])  # type: ignore[index]
     model = build_magnifier(config, weights=None)
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
-        raise CheckpointError(f"{ckpt_path} holds no state_dict; use a checkpoint written by: {TRAIN_HINT}")
+        raise CheckpointError(f"{ckpt_path} holds no state_dict; use a checkpoint written by: {MAG_TRAIN_HINT}")
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -83,12 +83,12 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
 
 
 @torch.no_grad()
-def predict_images(model: nn.Module, images: Sequence[np.ndarray], crop: int, n_crops: int = 5,
+def predict_magnifications(model: nn.Module, images: Sequence[np.ndarray], crop: int, n_crops: int = 5,
                    batch_size: int = 32) -> list[float]:
     """Magnification of each image from up to ``n_crops`` crops, in eval mode (batch-independent).
 
     Every image is padded to ``crop`` where smaller (never scaled), cut into up to ``n_crops``
-    crops spread over it (:func:`~histomag.train.magdata.crop_boxes`, centre first) and
+    crops spread over it (:func:`~histomag.magnification.data.crop_boxes`, centre first) and
     predicted crop by crop; the regressor's answer is the median over the crops, the
     classifier's the level with the highest mean probability.
 
@@ -137,12 +137,12 @@ def predict_images(model: nn.Module, images: Sequence[np.ndarray], crop: int, n_
 
 
 def crop_predictor(model: nn.Module, crop: int):
-    """A batch-independent predictor of one magnification per crop (for :mod:`histomag.estimate`)."""
-    return lambda crops: predict_images(model, crops, crop, n_crops=1)
+    """A batch-independent predictor of one magnification per crop (for :mod:`histomag.magnification.estimate`)."""
+    return lambda crops: predict_magnifications(model, crops, crop, n_crops=1)
 
 
 #: the magnification model shipped with histomag (used when no checkpoint is given)
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "magnifier-small.pt"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "magnifier-small.pt"
 DEFAULT_MODEL_HINT = ("reinstall histomag (the package ships weights/magnifier-small.pt), or pass a model made by: "
                       "histomag magnification train SOURCES --out RUN")
 
@@ -156,8 +156,8 @@ class Estimator:
         config: its config (``crop`` is the input size).
         calibration: the interval calibration from leave-groups-out CV (None: no interval).
         source: where it was loaded from.
-        tta: test-time scales (see :func:`histomag.estimate.estimate_from_rgb`), as calibrated.
-        method: ``cnn`` (the network), ``nuclei`` (the nuclei-size ruler, :mod:`histomag.nuclei`) or
+        tta: test-time scales (see :func:`histomag.magnification.estimate.estimate_from_rgb`), as calibrated.
+        method: ``cnn`` (the network), ``nuclei`` (the nuclei-size ruler, :mod:`histomag.magnification.rulers.nuclei`) or
             ``combined`` (the geometric mean of both), as chosen by cross-validation.
         fallback: the CNN's own calibration, used when the ruler finds too few nuclei (fewer than
             20): then the CNN alone answers, with this interval.
@@ -184,7 +184,7 @@ class Estimator:
             name: the file, for messages.
         """
         from histomag.errors import NoTissueError
-        from histomag.estimate import combine_estimates, nuclei_estimate, open_below_ruler_floor, with_interval
+        from histomag.magnification.estimate import combine_estimates, nuclei_estimate, open_below_ruler_floor, with_interval
 
         if self.method == "cnn":
             return cnn(self.calibration)
@@ -198,7 +198,7 @@ class Estimator:
 
     def estimate_slide(self, slide: Any, n_crops: int = 32) -> MagnificationEstimate:
         """Estimate of a slide or image file opened with :func:`histomag.slide.open_slide`."""
-        from histomag.estimate import slide_nuclei_crops, slide_tissue_mask
+        from histomag.magnification.estimate import slide_nuclei_crops, slide_tissue_mask
 
         mask = slide_tissue_mask(slide)  # read once, shared by the network's and the ruler's crops
         return self._estimate(
@@ -225,7 +225,7 @@ class Estimator:
 
     def estimate_rgb(self, rgb: np.ndarray, n_crops: int = 32, name: str = "image") -> MagnificationEstimate:
         """Estimate of a square-pixel image in memory."""
-        from histomag.estimate import rgb_nuclei_crops
+        from histomag.magnification.estimate import rgb_nuclei_crops
 
         rgb = as_rgb_uint8(rgb)
         return self._estimate(
@@ -339,4 +339,4 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        raise CheckpointError(f"run folder {run_dir} has no readable config.json; make it with: {TRAIN_HINT}") from None
+        raise CheckpointError(f"run folder {run_dir} has no readable config.json; make it with: {MAG_TRAIN_HINT}") from None

@@ -5,7 +5,7 @@ unknown name raises :class:`~histomag.errors.ConfigError` whose one-line message
 valid name, so a typo in a config file is answered with the choices.
 
 Example:
-    >>> from histomag.models.registry import Registry
+    >>> from histomag.registry import Registry
     >>> HEADS = Registry("head")
     >>> @HEADS.register("linear")
     ... def make_linear():

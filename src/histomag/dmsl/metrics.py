@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from histomag.models.modes import mode_method
+from histomag.dmsl.modes import mode_method
 
 METRICS: tuple[str, ...] = ("precision", "recall", "accuracy", "f1", "auc")
 TABLE_KEYS: tuple[tuple[str, str], ...] = (("PRE", "precision"), ("REC", "recall"), ("ACC", "accuracy"),

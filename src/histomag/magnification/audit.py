@@ -3,14 +3,14 @@
 Verdicts: ``ok`` (metadata inside the estimate's calibrated interval), ``likely wrong`` (outside it),
 ``missing`` (no usable resolution in the metadata), ``error`` (the file could not be read or shows
 no tissue; the others go on). Results go to ``DIR/audit.csv`` and a self-contained ``DIR/audit.html``
-with a thumbnail per file.
+with a thumbnail per file (rendered by :mod:`histomag.report.audit`, one floor up).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,15 @@ import numpy as np
 
 from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from histomag.errors import HistomagError
-from histomag.estimate import verdict
+from histomag.magnification.estimate import verdict
 from histomag.progress import progress_bar
 
 AUDIT_COLUMNS = ["path", "verdict", "metadata_mpp", "mpp_source", "estimated_mpp", "mpp_low", "mpp_high",
                  "estimated_magnification", "interval_level", "n_crops", "caveat", "error"]
 THUMB_SIDE = 160
 THUMBS_DIR = "thumbs"
+#: renders the audit page: (rows, thumbnails, model name) -> HTML
+Render = Callable[[Sequence[dict[str, Any]], Sequence[bytes | None], str], str]
 
 
 def _thumbnail(slide: Any) -> bytes | None:
@@ -65,8 +67,10 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
 
 def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n_crops: int = 32,
                 progress: bool = True, client: Any = None, checkpoint: Path | None = None,
-                keep_thumbs: bool = False) -> list[dict[str, Any]]:
-    """Audit every file and write ``audit.csv`` and ``audit.html`` into ``out_dir``; returns the rows.
+                keep_thumbs: bool = False, render: Render | None = None) -> list[dict[str, Any]]:
+    """Audit every file and write ``audit.csv`` (and ``audit.html`` with ``render``) into ``out_dir``; returns the rows.
+
+    ``render``: ``(rows, thumbnails, model name) -> HTML``, e.g. :func:`histomag.report.audit.render_audit`.
 
     ``keep_thumbs``: also keep each row's thumbnail as ``thumbs/NNNNNN.png`` (for a shard's merge).
 
@@ -105,12 +109,13 @@ def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n
             if thumb:
                 atomic_write_bytes(out_dir / THUMBS_DIR / f"{i:06d}.png", thumb)
     atomic_write_csv(out_dir / "audit.csv", AUDIT_COLUMNS, rows)
-    atomic_write_text(out_dir / "audit.html", render_audit(rows, thumbs, estimator.source))
+    if render is not None:
+        atomic_write_text(out_dir / "audit.html", render(rows, thumbs, estimator.source))
     return rows
 
 
-def merge_audit_shards(root: str | Path, *, partial: bool = False) -> list[dict[str, Any]]:
-    """Join the shards of ``audit --shard K/N`` into ``root/audit.csv`` and ``root/audit.html`` (batch order).
+def merge_audit_shards(root: str | Path, *, partial: bool = False, render: Render | None = None) -> list[dict[str, Any]]:
+    """Join an audit's shards into ``root/audit.csv`` (and ``root/audit.html`` with ``render``), in batch order.
 
     Raises:
         DatasetError: as :func:`histomag.data.shards.finished_shards`.
@@ -129,13 +134,14 @@ def merge_audit_shards(root: str | Path, *, partial: bool = False) -> list[dict[
     entries.sort(key=lambda e: position.get(e[0]["path"], len(position)))
     rows, thumbs = [e[0] for e in entries], [e[1] for e in entries]
     atomic_write_csv(root / "audit.csv", AUDIT_COLUMNS, rows)
-    atomic_write_text(root / "audit.html", render_audit(rows, thumbs, str(infos[0].get("model", "magnification model"))))
+    if render is not None:
+        atomic_write_text(root / "audit.html", render(rows, thumbs, str(infos[0].get("model", "magnification model"))))
     remove_shards(root, finished)
     return rows
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:
-    """An ``audit.csv`` row read back, its numbers as numbers (as :func:`render_audit` takes them)."""
+    """An ``audit.csv`` row read back, its numbers as numbers (as the HTML renderer takes them)."""
     out: dict[str, Any] = dict(row)
     for key in ("metadata_mpp", "estimated_mpp", "mpp_low", "mpp_high", "estimated_magnification"):
         if out.get(key) not in ("", None):
@@ -146,38 +152,8 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 def _audit_remote(path: str, checkpoint: str | None, n_crops: int) -> tuple[dict[str, Any], bytes | None]:
     """A Dask task: one file, with the model loaded once per worker process."""
     from histomag.cluster import held_by_worker
-    from histomag.train.maginfer import load_estimator
+    from histomag.magnification.infer import load_estimator
 
     estimator = held_by_worker("magnification model", checkpoint,
                                lambda: load_estimator(Path(checkpoint) if checkpoint else None))
     return audit_one(Path(path), estimator, n_crops)
-
-
-def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None], model: str) -> str:
-    """The audit as one self-contained HTML page."""
-    from histomag.report.html import page
-    from histomag.report.markup import esc, image, table
-    from histomag.report.sections import Section
-
-    colour = {"ok": "#1a7f37", "likely wrong": "#b35900", "missing": "#8250df", "error": "#cf222e"}
-    cells = []
-    for row, thumb in zip(rows, thumbs):
-        v = row["verdict"]
-        interval = (f"{row['mpp_low']:.3g}–{row['mpp_high']:.3g}" if row.get("mpp_low") not in ("", None) else "—")
-        cells.append([
-            image(thumb, Path(row["path"]).name, max_width=THUMB_SIDE) if thumb else "",
-            esc(Path(row["path"]).name),
-            f'<b style="color:{colour.get(v, "#000")}">{esc(v)}</b>',
-            esc(f"{row['metadata_mpp']:.4g} ({row.get('mpp_source', '')})" if row.get("metadata_mpp") not in ("", None)
-                else row.get("mpp_source", "") or "—"),
-            esc(f"{row['estimated_mpp']:.4g}" if row.get("estimated_mpp") not in ("", None) else "—"),
-            esc(interval),
-            esc(row.get("error", "") or row.get("caveat", "")),
-        ])
-    counts = {v: sum(r["verdict"] == v for r in rows) for v in colour}
-    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    body = (f"<p>{len(rows)} files: {esc(summary)}. Estimates by the {esc(model)}; a verdict of "
-            "<i>likely wrong</i> means the metadata lies outside the estimate's calibrated interval.</p>"
-            + table(["thumbnail", "file", "verdict", "metadata µm/px", "estimated µm/px", "interval µm/px", "error or caveat"],
-                    cells, raw=True))
-    return page("histomag resolution audit", [Section("audit", "Resolution per file", body)], subtitle=summary)

@@ -1,10 +1,10 @@
 """Magnification models trained on real sources with randomised acquisition, and their leave-sources-out evaluation.
 
 :func:`train_on_sources` trains a regressor on crops drawn online from real images
-(:class:`~histomag.data.magsources.ScaleSampleDataset`). :func:`cross_validate_sources` leaves whole
+(:class:`~histomag.magnification.sources.ScaleSampleDataset`). :func:`cross_validate_sources` leaves whole
 groups out (a dataset at one scan resolution, a slide): for each fold it trains on the other
 groups and predicts every held-out image at its own scale and box-downsampled, with the same
-whole-image inference users get (:func:`histomag.estimate.estimate_from_rgb`). The pooled
+whole-image inference users get (:func:`histomag.magnification.estimate.estimate_from_rgb`). The pooled
 held-out errors calibrate the interval every estimate carries (:class:`IntervalCalibration`).
 
 Layout of a CV folder::
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from histomag.data.acquisition import AcquisitionSettings
+from histomag.magnification.acquisition import AcquisitionSettings
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
-from histomag.data.magsources import RealSource, ScaleSampleDataset, eval_views
+from histomag.magnification.sources import RealSource, ScaleSampleDataset, eval_views
 from histomag.errors import ConfigError, HistomagError
-from histomag.estimate import (
+from histomag.magnification.estimate import (
     IntervalCalibration,
     combine,
     combine_estimates,
@@ -42,7 +42,7 @@ from histomag.estimate import (
     rgb_nuclei_crops,
     rgb_predictions,
 )
-from histomag.train.magconfig import MagnifierConfig
+from histomag.magnification.config import MagnifierConfig
 
 #: inference variants compared in CV: name -> (magnification column, log-spread column)
 METHODS = {"cnn": ("predicted_magnification", "log_mad"), "cnn_tta": ("predicted_tta", "log_mad_tta"),
@@ -73,7 +73,7 @@ class SourceTraining:
 def _datamodule(sources: Sequence[RealSource], training: SourceTraining) -> Callable[..., Any]:
     import lightning.pytorch as L
 
-    from histomag.train.common import make_loader
+    from histomag.fitloop import make_loader
 
     class SourceDataModule(L.LightningDataModule):
         def __init__(self, config: MagnifierConfig, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -107,7 +107,7 @@ def train_on_sources(sources: Sequence[RealSource], out_dir: str | Path, config:
                      training: SourceTraining = SourceTraining(), progress: bool = True, resume: bool = True,
                      describe: dict[str, Any] | None = None) -> Path:
     """Train a magnification regressor on crops drawn online from ``sources``; returns the run folder."""
-    from histomag.train.magnification import train_magnifier
+    from histomag.magnification.fit import train_magnifier
 
     if config.is_classifier:
         raise ConfigError("training on sources supports the regressor only; build a magnification set for the "
@@ -148,7 +148,7 @@ def predict_views(model: torch.nn.Module, config: MagnifierConfig, sources: Sequ
     Each view gets the plain estimate, the test-time-scale one (:data:`TTA_SCALES`; the ×1 crops
     are predicted once for both), the nuclei-size ruler's and the geometric mean of the last two.
     """
-    from histomag.train.maginfer import crop_predictor
+    from histomag.magnification.infer import crop_predictor
 
     predict = crop_predictor(model, config.crop)
     rows = []
@@ -246,7 +246,7 @@ def cross_validate_sources(sources: Sequence[RealSource], out_dir: str | Path, c
     Returns:
         The summary (also written to ``DIR/summary.json``).
     """
-    from histomag.train.maginfer import load_magnifier
+    from histomag.magnification.infer import load_magnifier
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

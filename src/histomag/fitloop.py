@@ -1,6 +1,6 @@
 """The fit loop's shared pieces: loaders, trainer settings, best/last checkpoints, a quiet Lightning, checkpoint reading.
 
-Both tasks (DMSL in :mod:`histomag.train.dmsl`, magnification in :mod:`histomag.train.magnification`)
+Both tasks (DMSL in :mod:`histomag.dmsl.fit`, magnification in :mod:`histomag.magnification.fit`)
 build their Lightning runs from these; each keeps only what is its own (model, data, metrics).
 """
 

@@ -3,12 +3,12 @@
 A :class:`ModeSpec` says everything the rest of histomag needs to know about a mode: whether the
 loss adds SIM, whether it takes one magnification or several, how its head(s) are built, which
 tuple layout it expects, and how tables and explanations name it. The network
-(:class:`~histomag.models.dmsl.MultiMagNet`), the loss, the training config, cross-validation,
+(:class:`~histomag.dmsl.network.MultiMagNet`), the loss, the training config, cross-validation,
 the metric tables and the similarity statistics read the spec, so a new mode built from these
 parts is one :func:`register_mode` call.
 
 Example:
-    >>> from histomag.models.modes import ModeSpec, get_mode, register_mode
+    >>> from histomag.dmsl.modes import ModeSpec, get_mode, register_mode
     >>> get_mode("sim").uses_sim
     True
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from histomag.errors import ConfigError
-from histomag.models.registry import Registry
+from histomag.registry import Registry
 
 Head = Literal["per-branch", "concat"]
 HEADS: tuple[str, ...] = ("per-branch", "concat")

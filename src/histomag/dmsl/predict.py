@@ -62,7 +62,7 @@ def predict_images(run_dir: str | Path, jobs: Sequence, out_dir: str | Path, *, 
 
     Args:
         run_dir: a run folder made by ``histomag dmsl train`` (any number of folds).
-        jobs: :class:`~histomag.data.tiler.SlideJob` per image (path, optional mpp override and label).
+        jobs: :class:`~histomag.tiling.jobs.SlideJob` per image (path, optional mpp override and label).
         out_dir: where ``images.csv`` and ``tuples.csv`` are written (atomically).
         fold: use only this fold's model.
         batch_size, num_workers: DataLoader settings (default: the run's batch size).
@@ -153,7 +153,7 @@ class _LoadedRun:
 
 def _load_run(run_dir: str | Path, fold: int | None) -> _LoadedRun:
     from histomag.data.tuples import tuple_transform
-    from histomag.train.cv import grid_tile_settings, load_fold_models, read_run
+    from histomag.dmsl.cv import grid_tile_settings, load_fold_models, read_run
 
     run = read_run(run_dir)
     models = load_fold_models(run, fold)
@@ -193,7 +193,7 @@ def _predict_job_remote(run_dir: str, fold: int | None, job, batch_size: int | N
 def _predict_image(data, res: ImageResult, models: list, names: list[str], batch_size: int,
                    num_workers: int) -> list[list]:
     """Predict one image's tuples into ``res``; return its ``tuples.csv`` rows (closes the dataset)."""
-    from histomag.train.dmsl import predict_probs
+    from histomag.dmsl.fit import predict_probs
 
     with contextlib.closing(data):
         res.mpp = data.slide_mpps[0]

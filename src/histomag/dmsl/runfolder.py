@@ -34,7 +34,7 @@ from histomag.errors import CheckpointError
 
 MODEL_TYPE = "dmsl"
 RUN_VERSION = 1
-TRAIN_HINT = "histomag dmsl train DATA --out RUN"
+DMSL_TRAIN_HINT = "histomag dmsl train DATA --out RUN"
 EVALUATE_HINT = "histomag dmsl evaluate {run}"
 PREDICTION_COLUMNS = ["tuple_id", "slide_id", "patient_id", "label", "predicted"]
 
@@ -99,16 +99,16 @@ class RunFolder:
             meta = json.loads(self.config_path.read_text())
         except (OSError, ValueError):
             raise CheckpointError(f"run folder {self.root} has no readable config.json; make it with: "
-                                  f"{TRAIN_HINT}") from None
+                                  f"{DMSL_TRAIN_HINT}") from None
         if not isinstance(meta, dict) or meta.get("model_type") != MODEL_TYPE:
             kind = meta.get("model_type", "unknown") if isinstance(meta, dict) else "unknown"
-            raise CheckpointError(f"{self.root} holds a {kind} run, not a DMSL one; make a DMSL run with: {TRAIN_HINT}")
+            raise CheckpointError(f"{self.root} holds a {kind} run, not a DMSL one; make a DMSL run with: {DMSL_TRAIN_HINT}")
         version = meta.get("version", 1)
         if not isinstance(version, int) or version > RUN_VERSION:
             raise CheckpointError(f"{self.root} is a run folder of version {version!r}, newer than this histomag "
-                                  f"reads (version {RUN_VERSION}); upgrade histomag or re-run: {TRAIN_HINT}")
+                                  f"reads (version {RUN_VERSION}); upgrade histomag or re-run: {DMSL_TRAIN_HINT}")
         if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("classes"), list):
-            raise CheckpointError(f"{self.config_path} lacks the run's config or classes; re-run: {TRAIN_HINT}")
+            raise CheckpointError(f"{self.config_path} lacks the run's config or classes; re-run: {DMSL_TRAIN_HINT}")
         return meta
 
     def write_meta(self, *, config: dict[str, Any], data: Path, classes: Sequence[str], tuple_mode: str,
@@ -137,7 +137,7 @@ class RunFolder:
             if (self.checkpoint_dir(k) / name).is_file():
                 return self.checkpoint_dir(k) / name
         raise CheckpointError(f"{self.checkpoint_dir(k) / 'best.ckpt'} is missing (fold {k} never trained); "
-                              f"make it with: {TRAIN_HINT} --resume")
+                              f"make it with: {DMSL_TRAIN_HINT} --resume")
 
     def write_predictions(self, path: Path, rows: Sequence[dict], probs: np.ndarray,
                           class_names: Sequence[str]) -> None:

@@ -10,7 +10,7 @@ slide). Sources come from index CSVs (``image`` plus ``mpp``, or ``mpp_x`` and `
 :class:`ScaleSampleDataset` draws training crops online: a source (groups weighted equally), a
 magnification log-uniformly between what the source can give and its own, a tissue-rich region
 of the matching physical size, and one randomised acquisition of it
-(:func:`~histomag.data.acquisition.simulate_acquisition`). Nothing is written to disk and no
+(:func:`~histomag.magnification.acquisition.simulate_acquisition`). Nothing is written to disk and no
 crop is ever resized after it is made.
 """
 
@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from histomag.data.acquisition import AcquisitionSettings, resample, simulate_acquisition
+from histomag.magnification.acquisition import AcquisitionSettings, resample, simulate_acquisition
 from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
 from histomag.progress import progress_bar
 from histomag.resolution import DEFAULT_POWER_MPP, square_pixels
@@ -101,7 +101,7 @@ def nominal_magnification(magnification: float) -> float:
     return min(NOMINAL_MAGNIFICATIONS, key=lambda m: abs(math.log(magnification / m)))
 
 
-def read_index(path: str | Path) -> list[SourceEntry]:
+def read_index_entries(path: str | Path) -> list[SourceEntry]:
     """Entries of an index CSV (see :mod:`histomag.data.index`; every row needs a resolution).
 
     The group is the ``group`` (or ``patient``) column when present, else the CSV's folder name,
@@ -133,7 +133,7 @@ def collect_entries(paths: Sequence[str | Path]) -> list[SourceEntry]:
     for p in paths:
         p = Path(p)
         if p.suffix.lower() == ".csv":
-            out.extend(read_index(p))
+            out.extend(read_index_entries(p))
         elif not p.exists():
             raise InputPathError(f"{p}: no such file; check the path")
         else:

@@ -1,4 +1,4 @@
-"""Patient-grouped k-fold cross-validation of DMSL, written to a run folder (:class:`~histomag.runfolder.RunFolder`
+"""Patient-grouped k-fold cross-validation of DMSL, written to a run folder (:class:`~histomag.dmsl.runfolder.RunFolder`
 owns its layout).
 
 No patient is in two of train / val / test of a fold. Validation patients (for early stopping and
@@ -30,8 +30,8 @@ from histomag.data.tuples import (
     tuple_transform,
 )
 from histomag.errors import CheckpointError, ConfigError, DatasetError
-from histomag.runfolder import RunFolder
-from histomag.train.clsmetrics import (
+from histomag.dmsl.runfolder import RunFolder
+from histomag.dmsl.metrics import (
     METRICS,
     evaluate_predictions,
     markdown_table,
@@ -39,9 +39,9 @@ from histomag.train.clsmetrics import (
     summarise,
     table_rows,
 )
-from histomag.train.dmsl import (
+from histomag.dmsl.fit import (
     RUNTIME_FIELDS,
-    TRAIN_HINT,
+    DMSL_TRAIN_HINT,
     DMSLConfig,
     check_backbone,
     fit_fold,
@@ -156,7 +156,7 @@ def cap_per_slide(rows: Sequence[dict], max_tuples: int | None, seed: int = 0) -
 # ----- run folder -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunInfo:
-    """A DMSL run folder's config, typed (the folder itself is a :class:`~histomag.runfolder.RunFolder`)."""
+    """A DMSL run folder's config, typed (the folder itself is a :class:`~histomag.dmsl.runfolder.RunFolder`)."""
 
     run_dir: Path
     config: DMSLConfig
@@ -293,7 +293,7 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
     labels = [r["label"] for r in rows]
     patients = [patient_of(r) for r in rows]
     warn_thin_classes(labels, patients)
-    from histomag.models.backbones import create_backbone
+    from histomag.backbones import create_backbone
 
     bb = create_backbone(config.backbone)
     mean, std = bb.input_mean, bb.input_std
@@ -391,7 +391,7 @@ def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> t
     split = run.folder.read_split(k)
     if split is None:
         raise CheckpointError(f"{run.folder.split_path(k)} is missing (fold {k} never started); make it with: "
-                              f"{TRAIN_HINT} --resume")
+                              f"{DMSL_TRAIN_HINT} --resume")
     ckpt = fold_checkpoint(run, k)
     wanted = [str(t) for t in split.get("test_tuples", [])]
     data_dir = Path(data_dir) if data_dir is not None else run.data_dir
@@ -410,7 +410,7 @@ def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
     fold_dir = run.fold_dir(k)
     if not (fold_dir / "split.json").is_file():
         raise CheckpointError(f"{fold_dir / 'predictions.csv'} and split.json are missing; "
-                              f"make them with: {TRAIN_HINT} --resume")
+                              f"make them with: {DMSL_TRAIN_HINT} --resume")
     task, test_set = fold_test_set(run, k)
     probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
     run.folder.write_predictions(run.folder.predictions_path(k), test_set.rows, probs, run.class_names)
@@ -449,7 +449,7 @@ def grid_tile_settings(run: RunInfo) -> Any:
     from histomag.data.folder import TileSettings
 
     if "magnifications" not in run.tile_settings or "size" not in run.tile_settings:
-        raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {TRAIN_HINT}")
+        raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {DMSL_TRAIN_HINT}")
     return TileSettings.from_json(run.tile_settings, placement="grid", max_tuples=None, extra={})
 
 
@@ -467,7 +467,7 @@ def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *
         ``{"predictions": ..., "npy": ..., "png": ..., "geojson": ...}``.
     """
     from histomag.annotations import tiles_geojson
-    from histomag.data.tiler import SlideJob
+    from histomag.tiling.jobs import SlideJob
     from histomag.slide.base import slide_id_from_path
 
     run = read_run(run_dir)

@@ -3,11 +3,11 @@
 One CNN branch per magnification (Diao et al., IEEE JBHI 2023): each branch sees the same
 field of view at its own magnification (inputs may have different pixel sizes, e.g. 40x at
 600 px and 20x at 300 px), has its own linear head, and the class probabilities of the
-branches are fused by a weighted sum. The SIM loss (:mod:`histomag.models.similarity`) reaches
+branches are fused by a weighted sum. The SIM loss (:mod:`histomag.dmsl.similarity`) reaches
 the per-branch feature maps through ``forward_features``; Grad-CAM reaches layers by name
 through :meth:`MultiMagNet.layer_name`.
 
-Modes (registered as :class:`~histomag.models.modes.ModeSpec`; the network reads ``single``
+Modes (registered as :class:`~histomag.dmsl.modes.ModeSpec`; the network reads ``single``
 and ``head`` from the spec):
     ``sim``: DMSL — the training loss adds SIM between branches.
     ``mm``: the same network trained without SIM (multi-magnification baseline).
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from histomag.errors import ConfigError
-from histomag.models.backbones import Backbone, create_backbone
-from histomag.models.modes import get_mode, mode_names
+from histomag.backbones import Backbone, create_backbone
+from histomag.dmsl.modes import get_mode, mode_names
 
 Fusion = Literal["equal", "learned"]
 FUSIONS: tuple[str, ...] = ("equal", "learned")
@@ -43,14 +43,14 @@ class MultiMagNet(nn.Module):
     concatenated pooled features and ``p`` is its softmax.
 
     Args:
-        backbone: backbone name (see :func:`~histomag.models.backbones.list_backbones`).
+        backbone: backbone name (see :func:`~histomag.backbones.list_backbones`).
         n_classes: number of classes (>= 2).
         magnifications: one objective power per branch, in input order (e.g. ``(40, 20)``);
             exactly one for ``single``, at least two otherwise.
         mode: a registered mode (``"sim"``, ``"mm"``, ``"single"``, ``"mscn"``, see the module docstring).
         shared_backbone: use one backbone (the same weights) for every magnification.
         fusion: ``"equal"`` or ``"learned"`` branch weights (``"learned"``: modes that fuse branches).
-        weights: backbone weights, as for :func:`~histomag.models.backbones.create_backbone`.
+        weights: backbone weights, as for :func:`~histomag.backbones.create_backbone`.
         dropout: dropout on the pooled features before the head(s), in ``[0, 1)``.
 
     Attributes:

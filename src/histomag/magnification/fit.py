@@ -33,40 +33,40 @@ from torch import Tensor, nn
 
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.errors import ConfigError
-from histomag.models.magnifier import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
-from histomag.train.common import (
+from histomag.magnification.network import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
+from histomag.fitloop import (
     checkpoint_callbacks,
     default_precision,
     ensure_best,
     lightning_quiet,
     make_loader,
 )
-from histomag.train.magconfig import (
+from histomag.magnification.config import (
     ARCHITECTURE_FIELDS,
     CHECKPOINT_FORMAT,
     PRESETS,
-    TRAIN_HINT,
+    MAG_TRAIN_HINT,
     MagnifierConfig,
     build_magnifier,
     preset,
 )
-from histomag.train.magdata import (
+from histomag.magnification.data import (
     MagnificationDataset,
     filter_levels,
     read_manifest,
 )
-from histomag.train.maginfer import load_magnifier, predict_images, read_run_config
+from histomag.magnification.infer import load_magnifier, predict_magnifications, read_run_config
 
 __all__ = [
     "PRESETS",
-    "TRAIN_HINT",
+    "MAG_TRAIN_HINT",
     "MagnificationDataModule",
     "MagnifierConfig",
     "MagnifierTask",
     "build_magnifier",
     "lightning_quiet",
     "load_magnifier",
-    "predict_images",
+    "predict_magnifications",
     "preset",
     "read_run_config",
     "train_classifier",
@@ -250,7 +250,7 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
         resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists.
         datamodule: instead of a magnification set, a callable ``(config, mean, std) ->
             LightningDataModule`` (with ``train_set`` and optionally ``calibration_dataloader``),
-            e.g. crops drawn online from real sources (:mod:`histomag.train.magreal`).
+            e.g. crops drawn online from real sources (:mod:`histomag.magnification.cv`).
         extra_config: more entries for the run's ``config.json`` (what the data were).
 
     Returns:

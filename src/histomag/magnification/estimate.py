@@ -310,7 +310,7 @@ NUCLEI_MIN_TISSUE = 0.4
 
 def nuclei_predictions(crops: Sequence[np.ndarray]) -> list[float]:
     """Magnification implied by nuclear size in each crop (crops with too few nuclei are skipped)."""
-    from histomag.nuclei import measure_nuclei, mpp_from_nuclei
+    from histomag.magnification.rulers.nuclei import measure_nuclei, mpp_from_nuclei
 
     out = []
     for c in crops:
@@ -342,8 +342,8 @@ def rgb_nuclei_crops(rgb: np.ndarray, name: str = "image", mask: TissueMask | No
 
 
 def ruler_floor_magnification() -> float:
-    """The magnification below which the nuclei-size ruler is at its floor (:data:`histomag.nuclei.FLOOR_PX`)."""
-    from histomag.nuclei import FLOOR_PX, NUCLEUS_SIZE_UM
+    """The magnification below which the nuclei-size ruler is at its floor (:data:`histomag.magnification.rulers.nuclei.FLOOR_PX`)."""
+    from histomag.magnification.rulers.nuclei import FLOOR_PX, NUCLEUS_SIZE_UM
 
     return DEFAULT_POWER_MPP * FLOOR_PX / NUCLEUS_SIZE_UM
 

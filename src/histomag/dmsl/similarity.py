@@ -10,7 +10,7 @@ lower them by shrinking (or flattening) its activations instead of aligning them
 mean, divide by its spatial standard deviation): scaling or shifting a map changes nothing, so
 the only way to lower them is to put the evidence in the same places.
 
-Losses live outside models (see DESIGN.md): a task combines :class:`~histomag.models.dmsl.MultiMagNet`
+Losses live outside models (see DESIGN.md): a task combines :class:`~histomag.dmsl.network.MultiMagNet`
 with :class:`DMSLLoss`.
 """
 
@@ -192,7 +192,7 @@ class DMSLLoss(nn.Module):
     """DMSL objective: ``alpha * CE(fused prediction) + beta * SIM(feature maps)``.
 
     CE is the negative log-likelihood of the fused log-probabilities that
-    :class:`~histomag.models.dmsl.MultiMagNet` returns (``"log_probs"``), clamped below at
+    :class:`~histomag.dmsl.network.MultiMagNet` returns (``"log_probs"``), clamped below at
     ``log(eps)`` so a confidently wrong sample cannot give an infinite loss. Without SIM
     (``use_sim=False``: the ``mm``, ``single`` and ``mscn`` baselines) the total is
     ``alpha * CE`` — the same CE scale as DMSL, so an ablation changes only the SIM term —
@@ -231,8 +231,8 @@ class DMSLLoss(nn.Module):
 
     @classmethod
     def for_mode(cls, mode: str, **kwargs: object) -> DMSLLoss:
-        """The loss for a registered mode (SIM only where its :class:`~histomag.models.modes.ModeSpec` uses it)."""
-        from histomag.models.modes import get_mode
+        """The loss for a registered mode (SIM only where its :class:`~histomag.dmsl.modes.ModeSpec` uses it)."""
+        from histomag.dmsl.modes import get_mode
 
         return cls(use_sim=get_mode(mode).uses_sim, **kwargs)  # type: ignore[arg-type]
 

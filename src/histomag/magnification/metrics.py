@@ -231,10 +231,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     ``predictions.csv`` and ``scatter.png`` into ``out_dir`` (default ``RUN/eval``).
 
     Args:
-        run_dir: a run folder of :func:`~histomag.train.magnification.train_magnifier`.
+        run_dir: a run folder of :func:`~histomag.magnification.fit.train_magnifier`.
         data_dir: the magnification set (default: the one the run was trained on).
         split: ``train``, ``val`` or ``test``.
-        n_crops: crops per image (median / mean probability; see ``predict_images``).
+        n_crops: crops per image (median / mean probability; see ``predict_magnifications``).
         out_dir: where to write (default ``RUN/eval``).
         progress: show a progress bar on stderr.
 
@@ -246,8 +246,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
         DatasetError: the set has no rows in ``split``.
     """
     from histomag.progress import progress_bar
-    from histomag.train.magdata import load_rgb, read_manifest
-    from histomag.train.maginfer import load_magnifier, predict_images, read_run_config
+    from histomag.magnification.data import load_rgb, read_manifest
+    from histomag.magnification.infer import load_magnifier, predict_magnifications, read_run_config
 
     run = Path(run_dir)
     model, config = load_magnifier(run)
@@ -261,7 +261,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
         task = bar.add_task(f"predict {split}", total=len(records)) if bar else None
         for start in range(0, len(records), chunk):
             part = records[start : start + chunk]
-            preds.extend(predict_images(model, [load_rgb(r.image) for r in part], config.crop, n_crops=n_crops))
+            preds.extend(predict_magnifications(model, [load_rgb(r.image) for r in part], config.crop, n_crops=n_crops))
             if bar is not None and task is not None:
                 bar.advance(task, len(part))
     true = [r.magnification for r in records]

@@ -25,7 +25,7 @@ from histomag.errors import DatasetError, HistomagError, UnreadableSlideError
 from histomag.progress import progress_bar
 from histomag.slide import open_slide
 from histomag.slide.base import Slide
-from histomag.tiling import (
+from histomag.tiling.fields import (
     Field,
     TupleSpec,
     check_plan_size,

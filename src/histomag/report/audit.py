@@ -1,0 +1,38 @@
+"""The cohort resolution audit as one self-contained HTML page (the rows come from :mod:`histomag.magnification.audit`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from histomag.magnification.audit import THUMB_SIDE
+from histomag.report.html import page
+from histomag.report.markup import esc, image, table
+from histomag.report.sections import Section
+
+
+def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None], model: str) -> str:
+    """The audit as one self-contained HTML page."""
+    colour = {"ok": "#1a7f37", "likely wrong": "#b35900", "missing": "#8250df", "error": "#cf222e"}
+    cells = []
+    for row, thumb in zip(rows, thumbs):
+        v = row["verdict"]
+        interval = (f"{row['mpp_low']:.3g}–{row['mpp_high']:.3g}" if row.get("mpp_low") not in ("", None) else "—")
+        cells.append([
+            image(thumb, Path(row["path"]).name, max_width=THUMB_SIDE) if thumb else "",
+            esc(Path(row["path"]).name),
+            f'<b style="color:{colour.get(v, "#000")}">{esc(v)}</b>',
+            esc(f"{row['metadata_mpp']:.4g} ({row.get('mpp_source', '')})" if row.get("metadata_mpp") not in ("", None)
+                else row.get("mpp_source", "") or "—"),
+            esc(f"{row['estimated_mpp']:.4g}" if row.get("estimated_mpp") not in ("", None) else "—"),
+            esc(interval),
+            esc(row.get("error", "") or row.get("caveat", "")),
+        ])
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in colour}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    body = (f"<p>{len(rows)} files: {esc(summary)}. Estimates by the {esc(model)}; a verdict of "
+            "<i>likely wrong</i> means the metadata lies outside the estimate's calibrated interval.</p>"
+            + table(["thumbnail", "file", "verdict", "metadata µm/px", "estimated µm/px", "interval µm/px", "error or caveat"],
+                    cells, raw=True))
+    return page("histomag resolution audit", [Section("audit", "Resolution per file", body)], subtitle=summary)
