@@ -103,6 +103,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
 
     from histomag.dmsl.cv import cross_validate, evaluate_cv_run
     from histomag.dmsl.fit import DMSLConfig
+    from histomag.dmsl.runfolder import RunFolder
 
     for mode, mags in plan.modes:
         name = f"{mode}-{'+'.join(f'{m:g}x' for m in mags)}"
@@ -111,10 +112,10 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
             config = DMSLConfig(mode=mode, backbone=plan.backbone, magnifications=mags, folds=plan.folds,
                                 epochs=plan.epochs, batch_size=plan.batch_size, patience=plan.epochs,
                                 seed=plan.seed, num_workers=plan.workers, lr=1e-3)
-            if (run_dir / "metrics.json").is_file():
+            if RunFolder(run_dir).metrics_path.is_file():
                 cv = evaluate_cv_run(run_dir)
             else:
-                cv = cross_validate(tiles, run_dir, config, resume=(run_dir / "config.json").is_file(),
+                cv = cross_validate(tiles, run_dir, config, resume=RunFolder(run_dir).exists(),
                                     progress=False)
             patch = cv.summary["patch"]
             result.rows.append({"task": "DMSL", "run": name, "ACC": _ms(patch["accuracy"]),
@@ -145,6 +146,7 @@ def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress
     from histomag.magnification.magset import MagSetSettings, Source, build_magnification_set
     from histomag.magnification.config import preset
     from histomag.magnification.fit import train_magnifier
+    from histomag.magnification.runfolder import MagnificationRun
 
     magset, run = out / "magset", out / "magnifier"
     if not (magset / "manifest.csv").is_file():
@@ -153,7 +155,7 @@ def _magnification_stage(out: Path, plan: DemoPlan, slides: list[Path], progress
                                   regions_per_size=plan.mag_regions, max_crop=plan.mag_max_crop, min_crop=32,
                                   val_fraction=1 / max(3, len(slides)), test_fraction=0.0, seed=plan.seed)
         build_magnification_set([Source(str(p), p.stem) for p in slides], magset, settings, progress=progress)
-    if not (run / "checkpoints" / "best.ckpt").is_file():
+    if not MagnificationRun(run).checkpoint_path("best").is_file():
         with _timed(None, "training the magnification regressor", bar=progress):
             train_magnifier(magset, run, preset(plan.mag_preset, epochs=plan.mag_epochs, seed=plan.seed),
                             progress=False)

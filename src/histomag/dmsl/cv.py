@@ -8,7 +8,6 @@ the best checkpoint) are carved out of the fold's training patients.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -154,34 +153,16 @@ def cap_per_slide(rows: Sequence[dict], max_tuples: int | None, seed: int = 0) -
 
 
 # ----- run folder -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunInfo:
-    """A DMSL run folder's config, typed (the folder itself is a :class:`~histomag.dmsl.runfolder.RunFolder`)."""
-
-    run_dir: Path
-    config: DMSLConfig
-    data_dir: Path
-    class_names: list[str]
-    tile_settings: dict[str, Any]
-
-    @property
-    def folder(self) -> RunFolder:
-        return RunFolder(self.run_dir)
-
-    def fold_dir(self, k: int) -> Path:
-        return self.folder.fold_dir(k)
-
-
-def read_run(run_dir: str | Path) -> RunInfo:
-    """Read a run folder's config.
+def read_run(run_dir: str | Path) -> RunFolder:
+    """A run folder with its config read, checked and typed (:attr:`RunFolder.config` is a :class:`DMSLConfig`).
 
     Raises:
         CheckpointError: no readable ``config.json``, a run of another model type or of a newer
             schema version.
     """
-    meta = RunFolder(run_dir).read_meta()
-    return RunInfo(Path(run_dir), DMSLConfig.from_dict(meta["config"]), Path(meta["data"]), list(meta["classes"]),
-                   dict(meta.get("tile_settings", {})))
+    run = RunFolder(run_dir).load()
+    run.config  # noqa: B018 - typed (and validated) now, as before
+    return run
 
 
 def _check_resume(run_dir: Path, config: DMSLConfig, data_dir: Path) -> None:
@@ -195,21 +176,22 @@ def _check_resume(run_dir: Path, config: DMSLConfig, data_dir: Path) -> None:
                           "resume, or pass another --out")
 
 
-def write_summary(run: RunInfo, per_fold: Sequence[dict[str, dict[str, Any]]]) -> str:
+def write_summary(run: RunFolder, per_fold: Sequence[dict[str, dict[str, Any]]]) -> str:
     """Write ``metrics.json``, ``metrics.csv``, ``table.md`` and ``table.csv``; return the Markdown table."""
     summary = summarise(per_fold)
     c = run.config
-    atomic_write_json(run.run_dir / "metrics.json", {
+    paths = run.summary_paths()
+    atomic_write_json(paths["metrics.json"], {
         "mode": c.mode, "backbone": c.backbone, "magnifications": list(c.magnifications),
         "classes": run.class_names, "folds": list(per_fold), "summary": summary})
-    atomic_write_csv(run.run_dir / "metrics.csv", ["fold", "level", "n", *METRICS], metrics_csv_rows(per_fold, summary))
+    atomic_write_csv(paths["metrics.csv"], ["fold", "level", "n", *METRICS], metrics_csv_rows(per_fold, summary))
     rows = table_rows(summary, mode=c.mode, magnifications=c.magnifications, backbone=c.backbone)
     table = markdown_table(rows)
     if c.folds == 1:
         table += ("\nOne final model on all the data: these figures are on its validation patients, which also "
                   "chose its checkpoint, so they are optimistic; cross-validate (--folds 5) for honest ones.\n")
-    atomic_write_text(run.run_dir / "table.md", table)
-    atomic_write_csv(run.run_dir / "table.csv", list(rows[0]), rows)
+    atomic_write_text(paths["table.md"], table)
+    atomic_write_csv(paths["table.csv"], list(rows[0]), rows)
     return table
 
 
@@ -268,7 +250,7 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
     """
     run_dir = Path(out_dir)
     check_backbone(config.backbone)
-    if (run_dir / "config.json").is_file() and not resume:
+    if RunFolder(run_dir).exists() and not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if isinstance(data_dir, SlideSource):
         data_dir = _adopt_source(data_dir, run_dir, resume)
@@ -284,7 +266,7 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
         raise DatasetError(f"{data_dir} has labelled tuples of {len(classes)} class(es) ({', '.join(classes) or 'none'}); "
                            "a classifier needs at least two: tile with label masks of two or more classes, or from an index CSV "
                            "with a label column")
-    if (run_dir / "config.json").is_file():
+    if RunFolder(run_dir).exists():
         _check_resume(run_dir, config, data_dir)
     settings = probe.settings if isinstance(probe.settings, dict) else probe.settings.to_json()
     RunFolder(run_dir).write_meta(config=config.to_dict(), data=data_dir, classes=classes,
@@ -307,14 +289,13 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
     return CVResult(run_dir, per_fold, summarise(per_fold), table)
 
 
-def _run_fold(run: RunInfo, k: int, base: TupleDataset | SlideTupleDataset, rows: Sequence[dict],
+def _run_fold(run: RunFolder, k: int, base: TupleDataset | SlideTupleDataset, rows: Sequence[dict],
               train_idx: np.ndarray, test_idx: np.ndarray,
               classes: list[str], mean: Any, std: Any, *, resume: bool, progress: bool) -> dict[str, dict[str, Any]]:
     config, fold_dir = run.config, run.fold_dir(k)
-    pred_path, metrics_path = fold_dir / "predictions.csv", fold_dir / "metrics.json"
-    if resume and pred_path.is_file() and metrics_path.is_file():
+    if resume and run.fold_finished(k):
         log.info("fold %d is finished; kept", k)
-        return json.loads(metrics_path.read_text())
+        return run.read_fold_metrics(k)
     labels = [rows[i]["label"] for i in train_idx]
     pats = [patient_of(rows[i]) for i in train_idx]
     tr, va = carve_validation(labels, pats, config.val_fraction, config.seed + k)
@@ -329,7 +310,7 @@ def _run_fold(run: RunInfo, k: int, base: TupleDataset | SlideTupleDataset, rows
                       stacklevel=3)
     fold_dir.mkdir(parents=True, exist_ok=True)
 
-    run.folder.write_split(k, {
+    run.write_split(k, {
         "fold": k, "train_patients": sorted({patient_of(r) for r in train_rows}),
         "val_patients": sorted({patient_of(r) for r in val_rows}),
         "test_patients": sorted({patient_of(r) for r in test_rows}),
@@ -344,9 +325,9 @@ def _run_fold(run: RunInfo, k: int, base: TupleDataset | SlideTupleDataset, rows
     test_set = _datasets(base, config, test_rows, classes, mean, std, train=False)
     probs = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
                           num_workers=config.num_workers)
-    run.folder.write_predictions(pred_path, test_rows, probs, classes)
+    run.write_predictions(run.predictions_path(k), test_rows, probs, classes)
     metrics = evaluate_predictions([patient_of(r) for r in test_rows], test_set.targets, probs, classes, where=f"fold {k}")
-    atomic_write_json(metrics_path, metrics)
+    atomic_write_json(run.fold_metrics_path(k), metrics)
     return metrics
 
 
@@ -364,23 +345,23 @@ def evaluate_cv_run(run_dir: str | Path, *, progress: bool = False) -> CVResult:
     run = read_run(run_dir)
     per_fold = []
     for k in range(1, run.config.folds + 1):
-        if not run.folder.predictions_path(k).is_file():
+        if not run.predictions_path(k).is_file():
             _repredict(run, k, progress=progress)
-        fold = run.folder.read_predictions(k, run.class_names)
+        fold = run.read_predictions(k, run.class_names)
         metrics = evaluate_predictions(fold.patients, fold.y, fold.probs, run.class_names,  # type: ignore[union-attr]
                                        where=f"fold {k}")
-        atomic_write_json(run.folder.fold_metrics_path(k), metrics)
+        atomic_write_json(run.fold_metrics_path(k), metrics)
         per_fold.append(metrics)
     table = write_summary(run, per_fold)
-    return CVResult(run.run_dir, per_fold, summarise(per_fold), table)
+    return CVResult(run.root, per_fold, summarise(per_fold), table)
 
 
-def fold_checkpoint(run: RunInfo, k: int) -> Path:
+def fold_checkpoint(run: RunFolder, k: int) -> Path:
     """A fold's ``best.ckpt`` (or ``last.ckpt``); CheckpointError naming the file and the command."""
-    return run.folder.checkpoint(k)
+    return run.checkpoint(k)
 
 
-def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> tuple[Any, TupleDataset]:
+def fold_test_set(run: RunFolder, k: int, data_dir: str | Path | None = None) -> tuple[Any, TupleDataset]:
     """Fold ``k``'s best model and its test tuples (from ``data_dir``, default the run's dataset folder).
 
     Raises:
@@ -388,9 +369,9 @@ def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> t
             and the command that makes it).
         DatasetError: the dataset folder lacks test tuples of the fold.
     """
-    split = run.folder.read_split(k)
+    split = run.read_split(k)
     if split is None:
-        raise CheckpointError(f"{run.folder.split_path(k)} is missing (fold {k} never started); make it with: "
+        raise CheckpointError(f"{run.split_path(k)} is missing (fold {k} never started); make it with: "
                               f"{DMSL_TRAIN_HINT} --resume")
     ckpt = fold_checkpoint(run, k)
     wanted = [str(t) for t in split.get("test_tuples", [])]
@@ -406,18 +387,17 @@ def fold_test_set(run: RunInfo, k: int, data_dir: str | Path | None = None) -> t
                            task.input_std, train=False)
 
 
-def _repredict(run: RunInfo, k: int, *, progress: bool) -> None:
-    fold_dir = run.fold_dir(k)
-    if not (fold_dir / "split.json").is_file():
-        raise CheckpointError(f"{fold_dir / 'predictions.csv'} and split.json are missing; "
+def _repredict(run: RunFolder, k: int, *, progress: bool) -> None:
+    if not run.split_path(k).is_file():
+        raise CheckpointError(f"{run.predictions_path(k)} and split.json are missing; "
                               f"make them with: {DMSL_TRAIN_HINT} --resume")
     task, test_set = fold_test_set(run, k)
     probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
-    run.folder.write_predictions(run.folder.predictions_path(k), test_set.rows, probs, run.class_names)
+    run.write_predictions(run.predictions_path(k), test_set.rows, probs, run.class_names)
 
 
 # ----- predict ----------------------------------------------------------------------------------
-def load_fold_models(run: RunInfo, fold: int | None = None) -> list[Any]:
+def load_fold_models(run: RunFolder, fold: int | None = None) -> list[Any]:
     """The best model of one fold, or of every fold (their probabilities are averaged)."""
     if fold is not None and not 1 <= fold <= run.config.folds:
         raise ConfigError(f"--fold {fold} is out of range: the run has folds 1..{run.config.folds}")
@@ -436,11 +416,11 @@ def predict_folder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Pat
     probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size, num_workers=num_workers,
                           progress=progress)
     out = Path(out_dir) / "predictions.csv"
-    run.folder.write_predictions(out, data.rows, probs, run.class_names)
+    run.write_predictions(out, data.rows, probs, run.class_names)
     return out
 
 
-def grid_tile_settings(run: RunInfo) -> Any:
+def grid_tile_settings(run: RunFolder) -> Any:
     """The run's tile settings (magnifications, field size, mode, tissue rule) with a full grid of fields.
 
     Raises:
@@ -449,7 +429,7 @@ def grid_tile_settings(run: RunInfo) -> Any:
     from histomag.data.folder import TileSettings
 
     if "magnifications" not in run.tile_settings or "size" not in run.tile_settings:
-        raise CheckpointError(f"{run.run_dir / 'config.json'} lacks the tile settings; re-run: {DMSL_TRAIN_HINT}")
+        raise CheckpointError(f"{run.config_path} lacks the tile settings; re-run: {DMSL_TRAIN_HINT}")
     return TileSettings.from_json(run.tile_settings, placement="grid", max_tuples=None, extra={})
 
 

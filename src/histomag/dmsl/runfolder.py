@@ -59,10 +59,50 @@ class FoldPredictions:
 
 
 class RunFolder:
-    """Reads and writes a DMSL run folder (see the module docstring for the layout)."""
+    """Reads and writes a DMSL run folder (see the module docstring for the layout).
+
+    Its ``config.json`` is read (and checked) once, on first use of :attr:`meta`, :attr:`config`,
+    :attr:`data_dir`, :attr:`class_names` or :attr:`tile_settings`; :meth:`load` reads it at once.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._meta: dict[str, Any] | None = None
+        self._config: Any = None
+
+    def load(self) -> RunFolder:
+        """Read and check ``config.json`` now (CheckpointError as :meth:`read_meta`); returns self."""
+        self._meta = self.read_meta()
+        self._config = None
+        return self
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        if self._meta is None:
+            self.load()
+        return self._meta  # type: ignore[return-value]
+
+    @property
+    def config(self) -> Any:
+        """The run's :class:`~histomag.dmsl.fit.DMSLConfig` (imports torch)."""
+        if self._config is None:
+            from histomag.dmsl.fit import DMSLConfig
+
+            self._config = DMSLConfig.from_dict(self.meta["config"])
+        return self._config
+
+    @property
+    def data_dir(self) -> Path:
+        """The dataset folder (or slide source) the run was trained on."""
+        return Path(self.meta["data"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def tile_settings(self) -> dict[str, Any]:
+        return dict(self.meta.get("tile_settings", {}))
 
     # ----- paths ------------------------------------------------------------------------------
     @property
@@ -83,6 +123,22 @@ class RunFolder:
 
     def checkpoint_dir(self, k: int) -> Path:
         return self.fold_dir(k) / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.json``: every fold and the summary."""
+        return self.root / "metrics.json"
+
+    def summary_paths(self) -> dict[str, Path]:
+        """The run's summary files by name (``metrics.json``, ``metrics.csv``, ``table.md``, ``table.csv``)."""
+        return {name: self.root / name for name in ("metrics.json", "metrics.csv", "table.md", "table.csv")}
+
+    def fold_finished(self, k: int) -> bool:
+        """Fold ``k`` wrote its predictions and metrics."""
+        return self.predictions_path(k).is_file() and self.fold_metrics_path(k).is_file()
+
+    def read_fold_metrics(self, k: int) -> dict[str, Any]:
+        return json.loads(self.fold_metrics_path(k).read_text())
 
     # ----- config -----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -147,6 +203,19 @@ class RunFolder:
             out.append([row.get("tuple_id", ""), row.get("slide_id", ""), patient_of(row), row.get("label", ""),
                         class_names[int(np.argmax(p))] if len(p) else ""] + [f"{v:.6g}" for v in p])
         atomic_write_csv(path, PREDICTION_COLUMNS + [f"prob_{c}" for c in class_names], out)
+
+    def saved_probs(self, k: int, tuple_ids: Sequence[str], class_names: Sequence[str]) -> np.ndarray | None:
+        """Probabilities of ``tuple_ids`` from fold ``k``'s ``predictions.csv``, or None if it lacks any."""
+        path = self.predictions_path(k)
+        if not path.is_file():
+            return None
+        with open(path, newline="") as fh:
+            rows = {r.get("tuple_id", ""): r for r in csv.DictReader(fh)}
+        cols = [f"prob_{c}" for c in class_names]
+        try:
+            return np.array([[float(rows[t][c]) for c in cols] for t in tuple_ids], dtype=float)
+        except (KeyError, ValueError, TypeError):
+            return None
 
     def read_predictions(self, k: int, class_names: Sequence[str]) -> FoldPredictions | None:
         """Fold ``k``'s test predictions, or None when its ``predictions.csv`` is absent.

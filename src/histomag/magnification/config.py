@@ -29,7 +29,6 @@ from histomag.magnification.network import (
 )
 
 CHECKPOINT_FORMAT = 1
-MAG_TRAIN_HINT = "histomag magnification train DATA --out RUN"
 MONITORS = ("val_loss", "val_mae")
 #: config fields that define the network; a resumed run must keep them
 ARCHITECTURE_FIELDS = ("model_type", "backbone", "target", "mag_range", "hidden_activation", "target_variance",

@@ -1,13 +1,7 @@
-"""Training the magnification models with Lightning: config presets, task, data module, run folders.
+"""Training the magnification models with Lightning: task, data module, the fit.
 
-A run folder (``train_magnifier(DATA, RUN, config)``)::
-
-    RUN/config.json              the resolved MagnifierConfig (+ model_type, data_dir, versions)
-    RUN/checkpoints/best.ckpt    lowest validation loss (config.monitor)
-    RUN/checkpoints/last.ckpt    end of the latest epoch; training resumes from it
-    RUN/metrics.csv              every session's Lightning CSV log, merged
-    RUN/logs/version_N/          one CSVLogger folder per session (metrics.csv, hparams.yaml)
-    RUN/train_summary.json       best score, epochs, steps, seconds of the latest session
+``train_magnifier(DATA, RUN, config)`` makes a run folder, whose layout
+:class:`~histomag.magnification.runfolder.MagnificationRun` owns.
 
 Example:
     >>> cfg = preset("tiny", epochs=2)
@@ -18,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -31,8 +24,8 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_json
-from histomag.errors import ConfigError
+from histomag.data.atomic import atomic_write_csv
+from histomag.errors import CheckpointError, ConfigError
 from histomag.magnification.network import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
 from histomag.fitloop import (
     checkpoint_callbacks,
@@ -45,7 +38,6 @@ from histomag.magnification.config import (
     ARCHITECTURE_FIELDS,
     CHECKPOINT_FORMAT,
     PRESETS,
-    MAG_TRAIN_HINT,
     MagnifierConfig,
     build_magnifier,
     preset,
@@ -55,7 +47,8 @@ from histomag.magnification.data import (
     filter_levels,
     read_manifest,
 )
-from histomag.magnification.infer import load_magnifier, predict_magnifications, read_run_config
+from histomag.magnification.infer import load_magnifier, predict_magnifications
+from histomag.magnification.runfolder import MAG_TRAIN_HINT, MagnificationRun
 
 __all__ = [
     "PRESETS",
@@ -68,7 +61,6 @@ __all__ = [
     "load_magnifier",
     "predict_magnifications",
     "preset",
-    "read_run_config",
     "train_classifier",
     "train_magnifier",
 ]
@@ -194,12 +186,12 @@ class MagnificationDataModule(L.LightningDataModule):
 
 
 def _check_resume(run_dir: Path, config: MagnifierConfig) -> None:
-    path = run_dir / "config.json"
-    if not path.is_file():
+    run = MagnificationRun(run_dir)
+    if not run.exists():
         return
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+        old = run.read_config()
+    except CheckpointError:
         return
     new = config.to_dict()
     diffs = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in ARCHITECTURE_FIELDS if old.get(k) != new[k]]
@@ -208,9 +200,9 @@ def _check_resume(run_dir: Path, config: MagnifierConfig) -> None:
                           "keep those settings to resume, or pass another --out")
 
 
-def _merge_logs(run_dir: Path) -> None:
+def _merge_logs(run: MagnificationRun) -> None:
     """Concatenate every ``logs/version_N/metrics.csv`` (in N order) into ``RUN/metrics.csv``."""
-    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"),
+    parts = sorted(run.logs_dir.glob("version_*/metrics.csv"),
                    key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1)
     rows: list[dict[str, str]] = []
     keys: list[str] = []
@@ -223,7 +215,7 @@ def _merge_logs(run_dir: Path) -> None:
             rows.extend(reader)
     if rows:
         front = [k for k in ("epoch", "step") if k in keys]
-        atomic_write_csv(run_dir / "metrics.csv", front + sorted(k for k in keys if k not in front), rows)
+        atomic_write_csv(run.metrics_csv_path, front + sorted(k for k in keys if k not in front), rows)
 
 
 def _trainer_kwargs(config: MagnifierConfig) -> dict[str, Any]:
@@ -265,8 +257,9 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
     from lightning.pytorch.loggers import CSVLogger
 
     run_dir = Path(out_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    run = MagnificationRun(run_dir)
+    ckpt_dir = run.checkpoint_dir
+    last = run.checkpoint_path("last")
     if last.is_file() and not resume:
         raise ConfigError(f"run folder {run_dir} already holds checkpoints; resume it or pass another --out")
     if last.is_file():
@@ -280,12 +273,8 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
             data = datamodule(config, backbone.input_mean, backbone.input_std)
         else:
             data = MagnificationDataModule(Path(data_dir), config, backbone.input_mean, backbone.input_std)  # type: ignore[arg-type]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {
-            **config.to_dict(), "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
-            **(extra_config or {}),
-            "versions": {"torch": torch.__version__, "lightning": L.__version__},
-        })
+        run.write_config(config.to_dict(), data_dir=data_dir, extra=extra_config,
+                         versions={"torch": torch.__version__, "lightning": L.__version__})
         checkpoint, latest = checkpoint_callbacks(ckpt_dir, config.monitor)
         callbacks: list[Any] = [checkpoint, latest, LearningRateMonitor(logging_interval="epoch")]
         if progress:
@@ -299,10 +288,10 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
             trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.is_file() else None)
         finally:
             torch.use_deterministic_algorithms(deterministic_before)
-            _merge_logs(run_dir)
+            _merge_logs(run)
     ensure_best(ckpt_dir)
     score = checkpoint.best_model_score
-    atomic_write_json(run_dir / "train_summary.json", {
+    run.write_train_summary({
         "best_" + config.monitor: None if score is None else float(score),
         "epochs_completed": int(trainer.current_epoch), "global_step": int(trainer.global_step),
         "seconds": round(time.perf_counter() - started, 2), "interrupted": bool(trainer.interrupted),

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from histomag.errors import CheckpointError, ConfigError, InputPathError
+from histomag.errors import CheckpointError, InputPathError
 from histomag.magnification.estimate import IntervalCalibration, MagnificationEstimate, estimate_from_rgb, estimate_magnification
 from histomag.magnification.network import MODEL_TYPES, MagnificationClassifier
 from histomag.fitloop import read_checkpoint
-from histomag.magnification.config import MAG_TRAIN_HINT, MagnifierConfig, build_magnifier
+from histomag.magnification.config import MagnifierConfig, build_magnifier
+from histomag.magnification.runfolder import MAG_TRAIN_HINT, MagnificationRun
 from histomag.magnification.data import (
     as_rgb_uint8,
     crop_boxes,
@@ -53,11 +53,7 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
     if not path.exists():
         raise InputPathError(f"{path} does not exist; pass a run folder or .ckpt file made by: {MAG_TRAIN_HINT}")
     if path.is_dir():
-        if which not in ("best", "last"):
-            raise ConfigError(f"which must be 'best' or 'last', got {which!r}")
-        ckpt_path = path / "checkpoints" / f"{which}.ckpt"
-        if not ckpt_path.is_file():
-            raise CheckpointError(f"run folder {path} has no checkpoints/{which}.ckpt; make it with: {MAG_TRAIN_HINT}")
+        ckpt_path = MagnificationRun(path).checkpoint(which)
     else:
         ckpt_path = path
     ckpt, meta = read_checkpoint(ckpt_path, map_location)
@@ -244,7 +240,7 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
     if checkpoint is None and not path.is_file():
         raise CheckpointError(f"the default magnification model {path} is missing; {DEFAULT_MODEL_HINT}")
     model, config = load_magnifier(path, map_location=map_location)
-    ckpt_path = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+    ckpt_path = MagnificationRun(path).checkpoint_path("best") if path.is_dir() else path
     _, meta = read_checkpoint(ckpt_path, map_location)
     interval = (meta or {}).get("interval")
     calibration = IntervalCalibration.from_dict(interval) if isinstance(interval, dict) else None
@@ -310,7 +306,7 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: Inter
     from histomag.data.atomic import atomic_write_bytes
 
     path = Path(run_or_ckpt)
-    ckpt_path = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+    ckpt_path = MagnificationRun(path).checkpoint_path("best") if path.is_dir() else path
     ckpt, meta = read_checkpoint(ckpt_path)
     load_magnifier(ckpt_path)  # checks that it is a magnification model
     meta = dict(meta or {})
@@ -327,16 +323,3 @@ def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: Inter
     torch.save({"state_dict": state, "histomag": meta}, buf)
     atomic_write_bytes(Path(out), buf.getvalue())
     return Path(out)
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder.
-
-    Raises:
-        CheckpointError: no readable config.json.
-    """
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"run folder {run_dir} has no readable config.json; make it with: {MAG_TRAIN_HINT}") from None

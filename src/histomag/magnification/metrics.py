@@ -247,11 +247,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     """
     from histomag.progress import progress_bar
     from histomag.magnification.data import load_rgb, read_manifest
-    from histomag.magnification.infer import load_magnifier, predict_magnifications, read_run_config
+    from histomag.magnification.infer import load_magnifier, predict_magnifications
+    from histomag.magnification.runfolder import MagnificationRun
 
     run = Path(run_dir)
     model, config = load_magnifier(run)
-    data = Path(data_dir) if data_dir is not None else Path(read_run_config(run)["data_dir"])
+    data = Path(data_dir) if data_dir is not None else MagnificationRun(run).data_dir()
     records = read_manifest(data, split)
     if not records:
         raise DatasetError(f"magnification set {data} has no {split!r} rows to evaluate")
@@ -269,7 +270,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
                                     level_tolerance=config.level_tolerance)
     metrics["run"] = {"run_dir": str(run), "data_dir": str(data), "split": split, "n_crops": n_crops,
                       "model_type": config.model_type, "backbone": config.backbone, "crop": config.crop}
-    out = Path(out_dir) if out_dir is not None else run / "eval"
+    out = Path(out_dir) if out_dir is not None else MagnificationRun(run).eval_dir
     write_metrics(metrics, out)
     atomic_write_csv(out / "predictions.csv", ["image", "source_id", "organ", "magnification", "predicted"],
                      [[str(r.image.relative_to(data)) if r.image.is_relative_to(data) else str(r.image),

@@ -35,10 +35,9 @@ from torch import Tensor, nn
 
 from histomag.errors import ConfigError
 from histomag.backbones import Backbone, create_backbone
+from histomag.magnification.runfolder import MODEL_TYPE_CLASSIFIER, MODEL_TYPE_REGRESSOR, MODEL_TYPES  # noqa: F401 - MODEL_TYPES re-exported
 
-MODEL_TYPE_REGRESSOR = "magnification-regressor"
-MODEL_TYPE_CLASSIFIER = "magnification-classifier"
-MODEL_TYPES: tuple[str, ...] = (MODEL_TYPE_REGRESSOR, MODEL_TYPE_CLASSIFIER)
+
 TARGETS: tuple[str, ...] = ("linear", "log")
 HIDDEN_ACTIVATIONS: tuple[str, ...] = ("relu", "none")
 DEFAULT_LEVELS: tuple[float, ...] = (4.0, 10.0, 20.0, 40.0)

@@ -1,16 +1,16 @@
 """Reading run folders for the report (no torch: only JSON, CSV and PNG files are read).
 
-A DMSL run (``histomag dmsl train``) needs ``config.json`` and ``metrics.json``; its folds'
-``predictions.csv`` (ROC curves) and ``split.json`` are used where present. A magnification run
-(``histomag magnification train``) needs ``config.json`` and ``eval/metrics.json`` (``histomag
-magnification evaluate``); ``eval/predictions.csv`` and ``eval/scatter.png`` are used where
-present. Anything else raises :class:`~histomag.errors.CheckpointError` with a one-line message
+Every file is read through its folder's owner: :class:`~histomag.dmsl.runfolder.RunFolder` for a DMSL
+run (``histomag dmsl train``: ``config.json`` and ``metrics.json``; its folds' ``predictions.csv``, for ROC
+curves, and ``split.json`` where present) and :class:`~histomag.magnification.runfolder.MagnificationRun` for
+a magnification run (``histomag magnification train``: ``config.json`` and ``eval/metrics.json`` from
+``histomag magnification evaluate``; ``eval/predictions.csv`` and ``eval/scatter.png`` where present), schema
+version checks included. Anything else raises :class:`~histomag.errors.CheckpointError` with a one-line message
 that names the missing file and the command that makes it.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from histomag.errors import CheckpointError
+from histomag.dmsl.runfolder import MODEL_TYPE as DMSL_TYPE
 from histomag.dmsl.runfolder import FoldPredictions, RunFolder
+from histomag.errors import CheckpointError
+from histomag.magnification.runfolder import MODEL_TYPES as MAG_TYPES
+from histomag.magnification.runfolder import MagnificationRun
 
 __all__ = ["DMSLRun", "FoldPredictions", "MagRun", "Run", "load_run", "unique_names"]
 
-DMSL_TYPE = "dmsl"
-MAG_TYPES = ("magnification-regressor", "magnification-classifier")
 DMSL_TRAIN = "histomag dmsl train DATA --out {run}"
 DMSL_EVALUATE = "histomag dmsl evaluate {run}"
 MAG_TRAIN = "histomag magnification train DATA --out {run}"
@@ -127,22 +128,21 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     meta = _read_json(config_path, f"re-run `{DMSL_TRAIN.format(run=path)}` or `{MAG_TRAIN.format(run=path)}`")
     model_type = meta.get("model_type") if isinstance(meta, dict) else None
     if model_type == DMSL_TYPE:
-        return _load_dmsl(path, name, meta)
+        return _load_dmsl(path, name)
     if model_type in MAG_TYPES:
-        return _load_mag(path, name, meta)
+        return _load_mag(path, name)
     raise CheckpointError(f"{path} holds a {_one_line(model_type or 'unknown')} run, which the report does not "
                           f"know: give DMSL runs (`{DMSL_TRAIN.format(run='RUN')}`) or magnification runs "
                           f"(`{MAG_TRAIN.format(run='RUN')}`)")
 
 
 # ----- DMSL -------------------------------------------------------------------------------------
-def _load_dmsl(path: Path, name: str, meta: dict[str, Any]) -> DMSLRun:
-    train = DMSL_TRAIN.format(run=path)
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("classes"), list):
-        raise CheckpointError(f"{path / 'config.json'} lacks the run's config or classes: re-run `{train}`")
-    metrics_path = path / "metrics.json"
+def _load_dmsl(path: Path, name: str) -> DMSLRun:
+    folder = RunFolder(path)
+    meta = folder.read_meta()  # the model type, the schema version, the config and the classes checked
+    metrics_path = folder.metrics_path
     if not metrics_path.is_file():
-        raise CheckpointError(f"{path} has no metrics.json: run `{train}` "
+        raise CheckpointError(f"{path} has no metrics.json: run `{DMSL_TRAIN.format(run=path)}` "
                               f"(or `{DMSL_EVALUATE.format(run=path)}` when its folds finished)")
     metrics = _read_json(metrics_path, f"run `{DMSL_EVALUATE.format(run=path)}`")
     summary = metrics.get("summary") if isinstance(metrics, dict) else None
@@ -153,7 +153,7 @@ def _load_dmsl(path: Path, name: str, meta: dict[str, Any]) -> DMSLRun:
     n_folds = int(meta["config"].get("folds") or len(metrics.get("folds", [])) or 0)
     folds, missing = [], []
     for k in range(1, n_folds + 1):
-        fold = RunFolder(path).read_predictions(k, classes)
+        fold = folder.read_predictions(k, classes)
         if fold is None:
             missing.append(k)
         else:
@@ -165,30 +165,16 @@ def _load_dmsl(path: Path, name: str, meta: dict[str, Any]) -> DMSLRun:
 
 
 # ----- magnification ----------------------------------------------------------------------------
-def _load_mag(path: Path, name: str, meta: dict[str, Any]) -> MagRun:
-    eval_dir = path / "eval"
-    metrics_path = eval_dir / "metrics.json"
-    evaluate = MAG_EVALUATE.format(run=path)
-    if not metrics_path.is_file():
-        raise CheckpointError(f"{path} has no eval/metrics.json: run `{evaluate}`")
-    metrics = _read_json(metrics_path, f"re-run `{evaluate}`")
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("overall"), dict):
-        raise CheckpointError(f"{metrics_path} has no overall metrics: re-run `{evaluate}`")
-    true = pred = None
-    pred_path = eval_dir / "predictions.csv"
-    if pred_path.is_file():
-        with open(pred_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        try:
-            true = np.array([float(r["magnification"]) for r in rows], dtype=float)
-            pred = np.array([float(r["predicted"]) for r in rows], dtype=float)
-        except (KeyError, ValueError, TypeError):
-            raise CheckpointError(f"{pred_path} lacks numeric magnification/predicted columns: "
-                                  f"re-run `{evaluate}`") from None
-    scatter = eval_dir / "scatter.png"
+def _load_mag(path: Path, name: str) -> MagRun:
+    run = MagnificationRun(path)
+    meta = run.read_meta()
+    metrics_path, metrics = run.read_eval_metrics()
+    true_pred = run.read_eval_predictions()
+    true, pred = true_pred if true_pred is not None else (None, None)
+    scatter = run.scatter_path
     return MagRun(path=path, name=name, model_type=str(meta["model_type"]),
-                  config={k: v for k, v in meta.items() if k not in ("versions",)}, metrics=metrics,
-                  eval_dir=eval_dir, scatter=scatter if scatter.is_file() else None, true=true, pred=pred,
+                  config={k: v for k, v in meta.items() if k not in ("versions", "version")}, metrics=metrics,
+                  eval_dir=run.eval_dir, scatter=scatter if scatter.is_file() else None, true=true, pred=pred,
                   date=_date(metrics_path), extra={"versions": meta.get("versions", {})})
 
 

@@ -17,7 +17,6 @@ upsampled to the member's pixel size (pytorch-grad-cam's ``scale_cam_image``).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -236,20 +235,6 @@ def cam_panel(images: Sequence[np.ndarray | Tensor], cams: Mapping[tuple[int, st
     return np.asarray(canvas)
 
 
-# ----- run folders ------------------------------------------------------------------------------
-def _saved_probs(path: Path, tuple_ids: Sequence[str], class_names: Sequence[str]) -> np.ndarray | None:
-    """Probabilities of ``tuple_ids`` from a fold's predictions.csv, or None if it lacks any."""
-    if not path.is_file():
-        return None
-    with open(path, newline="") as fh:
-        rows = {r.get("tuple_id", ""): r for r in csv.DictReader(fh)}
-    cols = [f"prob_{c}" for c in class_names]
-    try:
-        return np.array([[float(rows[t][c]) for c in cols] for t in tuple_ids], dtype=float)
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
 def choose_tuples(correct: np.ndarray, n: int) -> list[int]:
     """Up to ``n`` indices, half wrong and half correct where there are enough of each.
 
@@ -311,7 +296,7 @@ def run_cams(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Pa
     data = fold_test_data(run_dir, data_dir, k)
     ds, names = data.dataset, data.class_names
     ids = [r["tuple_id"] for r in ds.rows]
-    probs = _saved_probs(run.fold_dir(k) / "predictions.csv", ids, names)
+    probs = run.saved_probs(k, ids, names)
     if probs is None:
         probs = predict_probs([data.task], ds, batch_size=run.config.batch_size)
     truth = np.asarray(ds.targets)
