@@ -65,7 +65,7 @@ def test_folds_never_share_a_patient_and_cover_everyone() -> None:
 
 
 def test_fewer_patients_than_folds_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="only 3 patient.* --folds 3"):
+    with pytest.raises(ConfigError, match="only 3 patient.* folds=3"):
         patient_folds(["a", "b", "a"], ["x", "y", "z"], 5)
 
 
@@ -211,7 +211,7 @@ def test_sim_weight_warms_up_linearly_and_old_configs_had_no_warm_up() -> None:
     assert DMSLConfig.from_dict(DMSLConfig(sim_warmup=3).to_dict()).sim_warmup == 3
     with pytest.raises(ConfigError, match="unknown select_on 'acc'; valid: loss, ce"):
         DMSLConfig(select_on="acc")
-    with pytest.raises(ConfigError, match="sim-warmup -1 must be >= 0"):
+    with pytest.raises(ConfigError, match="sim_warmup=-1 must be >= 0"):
         DMSLConfig(sim_warmup=-1)
     with pytest.raises(ConfigError, match="unknown SIM form 'l2'; valid: paper, l1, corr, dist"):
         DMSLConfig(sim_form="l2")

@@ -187,3 +187,11 @@ def test_recalibration_matches_the_final_model() -> None:
             scales.append(probe.asm.batch_scale(h).item())
     assert model.asm.running_scale.item() == pytest.approx(sum(scales) / 4, rel=1e-4)
     assert int(model.asm.num_batches_tracked) == 4
+
+
+def test_the_shipped_model_loads_from_the_magnification_package() -> None:
+    from histomag.magnification.infer import DEFAULT_MODEL, load_estimator
+
+    assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.parent.parent.name == "magnification"
+    estimator = load_estimator()
+    assert estimator.source == "default model" and estimator.config.crop > 0

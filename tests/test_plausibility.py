@@ -121,7 +121,7 @@ def test_plain_image_default_dpi_is_implausible_and_override_wins(tmp_path):
         with pytest.raises(MissingResolutionError) as e:
             s.read((32.0, 32.0), 16, magnification=10)
         msg = str(e.value)
-        assert "264.6" in msg and "--mpp" in msg and "\n" not in msg
+        assert "264.6" in msg and "mpp=" in msg and "--mpp" not in msg and "\n" not in msg
     with open_slide(p, mpp=0.5) as s:
         assert (s.mpp, s.mpp_source, s.warnings) == (0.5, "override", [])
 

@@ -48,7 +48,7 @@ def test_parse_magnifications():
     for bad in ("", "40,abc", "40,40", "-5"):
         with pytest.raises(ConfigError) as e:
             parse_magnifications(bad)
-        assert "--mags" in str(e.value)
+        assert "magnifications=(40, 20)" in str(e.value)
 
 
 def test_format():

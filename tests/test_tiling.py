@@ -163,7 +163,7 @@ def test_resume_refuses_other_settings(slide_png, tmp_path):
     tile_slides([SlideJob(str(slide_png), mpp=0.25)], TileSettings((40.0, 20.0), 256), out, progress=False)
     with pytest.raises(DatasetError) as e:
         tile_slides([SlideJob(str(slide_png), mpp=0.25)], TileSettings((40.0, 10.0), 256), out, progress=False)
-    assert "another --out" in str(e.value)
+    assert "another output folder" in str(e.value)
 
 
 def test_manifest_with_missing_images_lists_them(slide_png, tmp_path):

@@ -175,7 +175,7 @@ def test_require_tissue():
     with pytest.raises(NoTissueError) as err:
         require_tissue(empty, "slide-7.svs")
     msg = str(err.value)
-    assert "\n" not in msg and "slide-7.svs" in msg and "--tissue-threshold" in msg and "0.12" in msg
+    assert "\n" not in msg and "slide-7.svs" in msg and "tissue_threshold=" in msg and "0.12" in msg
     some = TissueMask(np.eye(5, dtype=bool))
     assert require_tissue(some, "s") is some
     with pytest.raises(NoTissueError):

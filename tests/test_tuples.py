@@ -50,9 +50,9 @@ def test_default_collate_gives_one_batch_tensor_per_magnification(folder: Path) 
 
 
 def test_other_magnifications_are_refused_with_the_fix(folder: Path) -> None:
-    with pytest.raises(DatasetError, match=r"tuples in .* are 40x,20x but --mags asks 40x,10x: re-tile or change"):
+    with pytest.raises(DatasetError, match=r"tuples in .* are 40x,20x but magnifications= asks 40x,10x: re-tile or change"):
         TupleDataset(folder, magnifications=[40, 10])
-    with pytest.raises(DatasetError, match="40x,20x but --mags asks 40x"):
+    with pytest.raises(DatasetError, match="40x,20x but magnifications= asks 40x"):
         TupleDataset(folder, magnifications=[40])
     assert len(TupleDataset(folder, magnifications=[40], subset=True)[0][0]) == 1
 

@@ -65,10 +65,10 @@ def parse_shard(text: str) -> Shard:
     try:
         k, n = (int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"--shard {text!r} is not of the form K/N (e.g. --shard 3/8 for copy 3 of 8)") from None
+        raise ConfigError(f"shard={text!r} is not of the form K/N (e.g. shard='3/8' for copy 3 of 8)") from None
     if n < 1 or not 1 <= k <= n:
-        raise ConfigError(f"--shard {text}: K must be between 1 and N (e.g. --shard 3/8; Slurm: "
-                          "--shard $((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT)")
+        raise ConfigError(f"shard={text!r}: K must be between 1 and N (e.g. shard='3/8'; Slurm: "
+                          "shard=$((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT)")
     return Shard(k, n)
 
 
@@ -84,7 +84,7 @@ def connect(address: str, *, timeout: float | None = None) -> Any:
     try:
         from distributed import Client
     except ImportError:
-        raise ConfigError("--cluster needs Dask distributed: pip install 'histomag[dask]'") from None
+        raise ConfigError("a Dask cluster needs Dask distributed: pip install 'histomag[dask]'") from None
     import logging
 
     for name in ("distributed", "distributed.client", "distributed.comm", "distributed.core"):
@@ -94,7 +94,7 @@ def connect(address: str, *, timeout: float | None = None) -> Any:
     except (OSError, TimeoutError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ClusterError(f"cannot reach the Dask scheduler at {address} ({reason[:160]}); start it "
-                           "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or fix --cluster") from None
+                           "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or fix the cluster address") from None
 
 
 def check_shared(client: Any, *paths: Path) -> None:
@@ -113,7 +113,7 @@ def check_shared(client: Any, *paths: Path) -> None:
     for worker, flags in seen.items():
         for path, ok in zip(wanted, flags):
             if not ok:
-                raise ClusterError(f"Dask worker {worker} cannot see {path}; --cluster needs every slide and the "
+                raise ClusterError(f"Dask worker {worker} cannot see {path}; a Dask cluster needs every slide and the "
                                    "output folder on a file system shared by all workers, under the same path")
 
 

@@ -85,14 +85,14 @@ def parse_magnifications(text: str) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise ConfigError(f"cannot read magnification {part!r} in {text!r}: write e.g. --mags 40,20") from None
+            raise ConfigError(f"cannot read magnification {part!r} in {text!r}: write e.g. magnifications=(40, 20)") from None
         if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"magnification {part!r} must be positive: write e.g. --mags 40,20")
+            raise ConfigError(f"magnification {part!r} must be positive: write e.g. magnifications=(40, 20)")
         values.append(value)
     if not values:
-        raise ConfigError(f"no magnification in {text!r}: write e.g. --mags 40,20")
+        raise ConfigError(f"no magnification in {text!r}: write e.g. magnifications=(40, 20)")
     if len(set(values)) != len(values):
-        raise ConfigError(f"repeated magnification in {text!r}: name each once, e.g. --mags 40,20")
+        raise ConfigError(f"repeated magnification in {text!r}: name each once, e.g. magnifications=(40, 20)")
     return values
 
 
@@ -197,6 +197,6 @@ def parse_mpp(text: str) -> float | tuple[float, float]:
     except ValueError:
         values = []
     if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(f"--mpp {text!r}: give µm per pixel, e.g. --mpp 0.25, or mpp-x,mpp-y for pixels "
-                          "that are not square, e.g. --mpp 0.56,0.42")
+        raise ConfigError(f"mpp={text!r}: give µm per pixel, e.g. mpp=0.25, or mpp-x,mpp-y for pixels "
+                          "that are not square, e.g. mpp=0.56,0.42")
     return values[0] if len(values) == 1 else (values[0], values[1])

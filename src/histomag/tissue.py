@@ -369,5 +369,5 @@ def require_tissue(mask: TissueMask, name: str, *, min_fraction: float = 0.0) ->
     at = f" at threshold {mask.threshold:.3g}" if mask.threshold is not None else ""
     raise NoTissueError(
         f"no tissue found in {name}{at} ({100 * fraction:.2f}% of the slide): "
-        "lower --tissue-threshold (e.g. --tissue-threshold 0.03) or check that the slide is not blank"
+        "lower tissue_threshold (e.g. tissue_threshold=0.03) or check that the slide is not blank"
     )

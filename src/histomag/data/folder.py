@@ -146,7 +146,7 @@ class DatasetFolder:
             if k:
                 raise DatasetError(
                     f"{self.root} already holds a dataset made with {k}={old.get(k)!r} (now {new.get(k)!r}); "
-                    "use another --out folder or delete it"
+                    "use another output folder or delete it"
                 )
         atomic_write_json(self.settings_path, {"version": DATASET_VERSION, **new})
 

@@ -43,7 +43,7 @@ def write_shard_info(folder: Path, shard: Shard, batch: Sequence[str], kind: str
         old = _read_json(path)
         if old.get("of") != shard.count or old.get("batch") != info["batch"]:
             raise DatasetError(f"{folder} holds shard {old.get('shard')}/{old.get('of')} of another batch; give every "
-                               "copy the same files in the same order, or use another --out")
+                               "copy the same files in the same order, or use another output folder")
     atomic_write_json(path, info)
 
 
@@ -97,7 +97,7 @@ def finished_shards(root: str | Path, *, done: str, partial: bool, make: str
     missing = [k for k in range(1, n + 1) if k not in present]
     if missing and not partial:
         raise DatasetError(f"{root}: shard(s) {', '.join(map(str, missing))} of {n} have not finished (or not run); "
-                           "run them, or merge the finished ones with --partial")
+                           "run them, or merge the finished ones with partial=True")
     return finished, [infos[f] for f in finished], next(iter(infos.values()))["batch"]
 
 

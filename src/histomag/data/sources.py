@@ -109,9 +109,9 @@ def slide_jobs(inputs: list[Path], *, labels: Path | None = None, labels_dir: Pa
     indexed, notes = index_jobs([p for p in inputs if p.suffix.lower() == ".csv"], group_block)
     paths = expand_slides([p for p in inputs if p.suffix.lower() != ".csv"]) + [Path(j.path) for j in indexed]
     if labels is not None and len(paths) > 1:
-        raise ConfigError("--labels takes one slide; for several use --labels-dir with <slide>.labels.png files")
+        raise ConfigError("labels= takes one slide; for several use labels_dir= with <slide>.labels.png files")
     if labels is not None and not labels.exists():
-        raise InputPathError(f"{labels}: no such label file; check the --labels path")
+        raise InputPathError(f"{labels}: no such label file; check the labels= path")
     patient_map = read_patients(patients) if patients else {}
     if not patients:
         for folder in sorted({p.parent for p in paths}):

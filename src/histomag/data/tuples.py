@@ -295,8 +295,8 @@ def check_magnifications(where: str | Path, have: Sequence[float], want: Sequenc
     ok = want_set <= have_set if subset else want_set == have_set
     if not ok or not want:
         have_sorted = sorted(have, reverse=True)
-        raise DatasetError(f"tuples in {where} are {_mags_text(have_sorted)} but --mags asks {_mags_text(want)}: "
-                           "re-tile or change --mags")
+        raise DatasetError(f"tuples in {where} are {_mags_text(have_sorted)} but magnifications= asks {_mags_text(want)}: "
+                           "re-tile or change magnifications=")
 
 
 # ----- straight from slides -----------------------------------------------------------------------

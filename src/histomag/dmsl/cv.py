@@ -69,7 +69,7 @@ def patient_folds(labels: Sequence[Any], patients: Sequence[str], n_folds: int, 
     groups = np.asarray([str(p) for p in patients])
     n_patients = len(set(groups.tolist()))
     if n_patients < n_folds:
-        raise ConfigError(f"only {n_patients} patient(s) for {n_folds} folds: use --folds {max(2, n_patients)} "
+        raise ConfigError(f"only {n_patients} patient(s) for {n_folds} folds: use folds={max(2, n_patients)} "
                           "or fewer, or tile more patients")
     y = np.asarray([str(v) for v in labels])
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -173,7 +173,7 @@ def _check_resume(run_dir: Path, config: DMSLConfig, data_dir: Path) -> None:
         diffs.insert(0, f"data={str(old.data_dir)!r} (now {str(data_dir)!r})")
     if diffs:
         raise ConfigError(f"run folder {run_dir} was made with {', '.join(diffs[:3])}; keep those settings to "
-                          "resume, or pass another --out")
+                          "resume, or give another output folder")
 
 
 def write_summary(run: RunFolder, per_fold: Sequence[dict[str, dict[str, Any]]]) -> str:
@@ -224,7 +224,7 @@ def _adopt_source(source: SlideSource, run_dir: Path, resume: bool) -> Path:
         old = SlideSource.read(path).to_json()
         if old != new:
             raise ConfigError(f"run folder {run_dir} was trained on other slides or tile settings ({path}); keep "
-                              "them to resume, or pass another --out")
+                              "them to resume, or give another output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, new)
     return path
@@ -251,14 +251,14 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
     run_dir = Path(out_dir)
     check_backbone(config.backbone)
     if RunFolder(run_dir).exists() and not resume:
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"{run_dir} already holds a run; pass resume=True to continue it or choose another output folder")
     if isinstance(data_dir, SlideSource):
         data_dir = _adopt_source(data_dir, run_dir, resume)
     data_dir = Path(data_dir)
     probe = open_tuples(data_dir, config.magnifications, subset=config.spec.single)
     if not config.spec.single and config.spec.tuple_mode != probe.tuple_mode:
         warnings.warn(f"mode {config.mode} expects {config.spec.tuple_mode} tuples ({TUPLE_LAYOUTS[config.spec.tuple_mode]}) "
-                      f"but {data_dir} holds {probe.tuple_mode} tuples; tile with --layout {config.spec.tuple_mode}",
+                      f"but {data_dir} holds {probe.tuple_mode} tuples; tile with layout={config.spec.tuple_mode}",
                       UserWarning, stacklevel=2)
     rows = cap_per_slide(probe.rows, config.max_tuples, config.seed)
     classes = class_names_of(r["label"] for r in rows)
@@ -400,7 +400,7 @@ def _repredict(run: RunFolder, k: int, *, progress: bool) -> None:
 def load_fold_models(run: RunFolder, fold: int | None = None) -> list[Any]:
     """The best model of one fold, or of every fold (their probabilities are averaged)."""
     if fold is not None and not 1 <= fold <= run.config.folds:
-        raise ConfigError(f"--fold {fold} is out of range: the run has folds 1..{run.config.folds}")
+        raise ConfigError(f"fold={fold} is out of range: the run has folds 1..{run.config.folds}")
     folds = [fold] if fold is not None else list(range(1, run.config.folds + 1))
     return [load_task(fold_checkpoint(run, k)) for k in folds]
 

@@ -131,23 +131,23 @@ class DMSLConfig:
             raise ConfigError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
         n = len(self.magnifications)
         if spec.single and n != 1:
-            raise ConfigError(f"--mode {self.mode} takes one magnification, got --mags {_mags(self.magnifications)}; "
-                              "e.g. --mags 40")
+            raise ConfigError(f"mode={self.mode} takes one magnification, got magnifications=({_mags(self.magnifications)}); "
+                              "e.g. magnifications=(40,)")
         if not spec.single and n < 2:
-            raise ConfigError(f"--mode {self.mode} needs at least two magnifications, e.g. --mags 40,20")
-        checks = [(self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1"),
-                  (self.lr > 0, f"--lr {self.lr} must be > 0"),
+            raise ConfigError(f"mode={self.mode} needs at least two magnifications, e.g. magnifications=(40, 20)")
+        checks = [(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
+                  (self.lr > 0, f"lr={self.lr} must be > 0"),
                   (self.alpha >= 0 and self.beta >= 0, f"alpha {self.alpha} and beta {self.beta} must be >= 0"),
-                  (self.sim_warmup >= 0, f"--sim-warmup {self.sim_warmup} must be >= 0 epochs"),
-                  (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
-                  (self.patience >= 1, f"--patience {self.patience} must be >= 1"),
-                  (self.folds >= 1, f"--folds {self.folds} must be >= 1 (1: one final model on all the data)"),
-                  (0 < self.val_fraction < 1, f"--val-fraction {self.val_fraction} must be in (0, 1)"),
-                  (0 < self.train_fraction <= 1, f"--train-fraction {self.train_fraction} must be in (0, 1]"),
-                  (self.num_workers >= 0, f"--workers {self.num_workers} must be >= 0"),
-                  (self.num_nodes >= 1, f"--num-nodes {self.num_nodes} must be >= 1"),
+                  (self.sim_warmup >= 0, f"sim_warmup={self.sim_warmup} must be >= 0 epochs"),
+                  (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
+                  (self.patience >= 1, f"patience={self.patience} must be >= 1"),
+                  (self.folds >= 1, f"folds={self.folds} must be >= 1 (1: one final model on all the data)"),
+                  (0 < self.val_fraction < 1, f"val_fraction={self.val_fraction} must be in (0, 1)"),
+                  (0 < self.train_fraction <= 1, f"train_fraction={self.train_fraction} must be in (0, 1]"),
+                  (self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0"),
+                  (self.num_nodes >= 1, f"num_nodes={self.num_nodes} must be >= 1"),
                   (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-                  (self.max_tuples is None or self.max_tuples >= 1, f"--max-tuples {self.max_tuples} must be >= 1")]
+                  (self.max_tuples is None or self.max_tuples >= 1, f"max_tuples={self.max_tuples} must be >= 1")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

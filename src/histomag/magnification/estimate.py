@@ -406,4 +406,4 @@ def disagreement(slide: Slide, est: MagnificationEstimate) -> str | None:
              if est.interval is not None else f"{100 * rel:.0f}% apart")
     return (f"{slide.path.name}: metadata says {meta:.3g}x ({slide.mpp:.4g} µm/px, {slide.mpp_source}) but the pixels "
             f"look like {est.magnification:.3g}x ({est.mpp:.3g} µm/px), {where}: the scan may be "
-            "mislabelled; check it, or override with --mpp")
+            "mislabelled; check it, or override it with mpp=")

@@ -197,7 +197,7 @@ def _check_resume(run_dir: Path, config: MagnifierConfig) -> None:
     diffs = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in ARCHITECTURE_FIELDS if old.get(k) != new[k]]
     if diffs:
         raise ConfigError(f"run folder {run_dir} was trained with {', '.join(diffs)}; "
-                          "keep those settings to resume, or pass another --out")
+                          "keep those settings to resume, or give another output folder")
 
 
 def _merge_logs(run: MagnificationRun) -> None:
@@ -261,7 +261,7 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
     ckpt_dir = run.checkpoint_dir
     last = run.checkpoint_path("last")
     if last.is_file() and not resume:
-        raise ConfigError(f"run folder {run_dir} already holds checkpoints; resume it or pass another --out")
+        raise ConfigError(f"run folder {run_dir} already holds checkpoints; resume it or give another output folder")
     if last.is_file():
         _check_resume(run_dir, config)
     started = time.perf_counter()

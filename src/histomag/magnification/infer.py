@@ -287,8 +287,8 @@ def estimate_resolutions(paths: Sequence[str | Path], checkpoint: str | Path | N
         unc = est.relative_uncertainty
         if unc is not None and unc > max_uncertainty:
             failed[str(p)] = (f"{p.name}: the estimated resolution {est.describe()} is uncertain by ±{unc:.0%}, more "
-                              f"than the allowed ±{max_uncertainty:.0%}; give the true resolution (--mpp), or allow "
-                              "more uncertainty (--max-uncertainty)")
+                              f"than the allowed ±{max_uncertainty:.0%}; give the true resolution (mpp=), or allow "
+                              "more uncertainty (max_uncertainty=)")
             continue
         values[str(p)] = est.mpp  # type: ignore[assignment]
         note = "" if unc is not None else "; this model has no calibrated interval, its uncertainty is unknown"

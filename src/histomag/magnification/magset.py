@@ -104,7 +104,7 @@ def collect_sources(paths: Sequence[Path], mpp: float | None = None) -> list[Sou
 def assign_splits(source_ids: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
     """Split sources (never crops) into train/val/test; each split gets ≥ 1 source when there are ≥ 3."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
+        raise ConfigError("val_fraction= and test_fraction= must be in [0, 1) and sum below 1")
     ids = sorted(source_ids)
     rng = np.random.default_rng(seed)
     rng.shuffle(ids)

@@ -101,7 +101,7 @@ def mpp_override_xy(value: MppOverride) -> tuple[float, float]:
         except (TypeError, ValueError):
             f = float("nan")
         if not (math.isfinite(f) and f > 0):
-            raise ConfigError(f"--mpp {v!r} is not a positive number: give e.g. --mpp 0.25")
+            raise ConfigError(f"mpp={v!r} is not a positive number: give e.g. mpp=0.25")
         out.append(f)
     return out[0], out[1]
 
@@ -219,11 +219,11 @@ class Slide(ABC):
             if self.mpp_source == "implausible-metadata":
                 raise MissingResolutionError(
                     f"{self.path.name}: no usable resolution: {', and '.join(self.warnings)}; give it with "
-                    "--mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for 40x) or estimate it from the pixels (--mpp estimate)"
+                    "mpp=MICRONS_PER_PIXEL (e.g. mpp=0.25 for 40x) or estimate it from the pixels (mpp='estimate')"
                 )
             raise MissingResolutionError(
                 f"{self.path.name}: no resolution in its metadata (no mpp, no objective power); "
-                "give it with --mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for 40x)"
+                "give it with mpp=MICRONS_PER_PIXEL (e.g. mpp=0.25 for 40x)"
             )
         return Resolution(self.mpp, self.power_mpp)
 
@@ -256,7 +256,7 @@ class Slide(ABC):
         if target.mpp < base.mpp * (1.0 - self.rel_tol) and not allow_upsample:
             raise UpsampleError(
                 f"{self.path.name}: {target} is above the scan resolution {base}; "
-                "ask for a lower magnification or pass --allow-upsample"
+                "ask for a lower magnification or pass allow_upsample=True"
             )
 
     def info(self) -> dict:

@@ -82,13 +82,13 @@ def make_tuple_spec(magnifications: Sequence[float], size: int, mode: TupleMode 
     if mode not in TUPLE_MODES:
         raise ConfigError(f"unknown tuple mode {mode!r}: use one of {', '.join(TUPLE_MODES)}")
     if size < 8:
-        raise ConfigError(f"--size {size} is too small: use at least 8 px (e.g. --size 600)")
+        raise ConfigError(f"size={size} is too small: use at least 8 px (e.g. size=600)")
     if size > MAX_SIZE:
-        raise ConfigError(f"--size {size} is too large: one member would be {3 * size * size / 2**20:,.0f} MiB; "
-                          f"use at most {MAX_SIZE} px (e.g. --size 600)")
+        raise ConfigError(f"size={size} is too large: one member would be {3 * size * size / 2**20:,.0f} MiB; "
+                          f"use at most {MAX_SIZE} px (e.g. size=600)")
     mags = sorted((float(m) for m in magnifications), reverse=True)
     if not mags:
-        raise ConfigError("no magnification given: write e.g. --mags 40,20")
+        raise ConfigError("no magnification given: write e.g. magnifications=(40, 20)")
     top = mags[0]
     members = []
     for m in mags:
@@ -96,7 +96,7 @@ def make_tuple_spec(magnifications: Sequence[float], size: int, mode: TupleMode 
             px = size * m / top
             if abs(px - round(px)) > 1e-6:
                 raise ConfigError(
-                    f"--size {size} at {format_magnification(top)} gives {px:g} px at {format_magnification(m)}; "
+                    f"size={size} at {format_magnification(top)} gives {px:g} px at {format_magnification(m)}; "
                     f"choose a size divisible by {_needed_divisor(top, mags)} so every magnification has whole pixels"
                 )
             members.append(MagSpec(m, int(round(px)), size * power_mpp / top))
@@ -167,7 +167,7 @@ def count_fields(dimensions: tuple[int, int], width: float, *, placement: Placem
         The count (before the tissue rule, so an upper bound of the plan) and how it arises, for messages.
     """
     if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"--overlap {overlap} must be in [0, 1): e.g. 0.25")
+        raise ConfigError(f"overlap={overlap} must be in [0, 1): e.g. overlap=0.25")
     W, H = dimensions
     if width > W or width > H:
         return 0, "no field fits"
@@ -220,9 +220,9 @@ def plan_fields(slide: Slide, spec: TupleSpec, tissue: TissueMask, *, placement:
             allows (:func:`check_plan_size`; counted before any field is placed).
     """
     if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"--overlap {overlap} must be in [0, 1): e.g. 0.25")
+        raise ConfigError(f"overlap={overlap} must be in [0, 1): e.g. overlap=0.25")
     if not 0.0 <= min_tissue <= 1.0:
-        raise ConfigError(f"--min-tissue {min_tissue} must be in [0, 1]: e.g. 0.5")
+        raise ConfigError(f"min_tissue={min_tissue} must be in [0, 1]: e.g. min_tissue=0.5")
     if placement not in ("grid", "random"):
         raise ConfigError(f"unknown placement {placement!r}: use grid or random")
     width = field_width_level0(slide, spec.reference)

@@ -48,7 +48,7 @@ def fold_numbers(run: Any, fold: int | None) -> list[int]:
     if fold is None:
         return list(range(1, run.config.folds + 1))
     if not 1 <= fold <= run.config.folds:
-        raise ConfigError(f"--fold {fold} is out of range: the run has folds 1..{run.config.folds}")
+        raise ConfigError(f"fold={fold} is out of range: the run has folds 1..{run.config.folds}")
     return [fold]
 
 

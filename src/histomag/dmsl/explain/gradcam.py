@@ -289,7 +289,7 @@ def run_cams(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Pa
     from histomag.dmsl.fit import predict_probs
 
     if n < 1:
-        raise ConfigError(f"--n {n} must be >= 1")
+        raise ConfigError(f"n={n} must be >= 1")
     run = read_run(run_dir)
     target = check_class(class_name, run.class_names)
     k = fold if fold is not None else 1
