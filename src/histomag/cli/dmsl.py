@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import CLUSTER_HELP, cluster_client
+from histomag.cli.options import CLUSTER_HELP, TILE_DEFAULT, cluster_client
 from histomag.errors import ConfigError
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
@@ -61,14 +61,14 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: finished folds are kept, others resume."),
-    size: int = typer.Option(600, "--size", help="Slides: pixel size at the highest magnification."),
+    size: int = typer.Option(TILE_DEFAULT("size"), "--size", help="Slides: pixel size at the highest magnification."),
     labels_dir: Optional[Path] = typer.Option(None, "--labels-dir", help="Slides: folder with <slide>.labels.png "
                                               "or <slide>.geojson (default: beside each slide)."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="Slides: CSV with slide_id,patient_id."),
     group_block: int = typer.Option(10, "--group-block", help="Index CSVs without a group column: images per group."),
-    overlap: float = typer.Option(0.25, "--overlap", help="Slides: grid overlap as a share of the field."),
-    min_tissue: float = typer.Option(0.5, "--min-tissue", help="Slides: minimum tissue share of a field."),
-    label_fraction: float = typer.Option(0.8, "--label-fraction", help="Slides: share a class must cover."),
+    overlap: float = typer.Option(TILE_DEFAULT("overlap"), "--overlap", help="Slides: grid overlap as a share of the field."),
+    min_tissue: float = typer.Option(TILE_DEFAULT("min_tissue"), "--min-tissue", help="Slides: minimum tissue share of a field."),
+    label_fraction: float = typer.Option(TILE_DEFAULT("label_fraction"), "--label-fraction", help="Slides: share a class must cover."),
     mpp: Optional[str] = typer.Option(None, "--mpp", help="Slides: resolution override in µm/px (mpp-x,mpp-y)."),
     mpp_csv: Optional[Path] = typer.Option(None, "--mpp-csv", help="Slides: CSV of per-slide resolutions."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

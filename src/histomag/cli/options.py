@@ -1,4 +1,5 @@
-"""Option values several commands share (``--mpp``, ``--cluster``), turned into library calls; imports no command."""
+"""Option values several commands share (``--mpp``, ``--cluster``, the tile settings' defaults), turned into library
+calls; imports no command."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from histomag.data.folder import TileSettings
 from histomag.errors import ConfigError
+
+#: the tile settings' defaults, read from :class:`~histomag.data.folder.TileSettings` (stated there only)
+TILE_DEFAULT = TileSettings.default
+DEFAULT_TILE_MAGS = ",".join(f"{m:g}" for m in TileSettings.default("magnifications"))
 
 
 def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float = 0.25

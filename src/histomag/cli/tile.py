@@ -9,7 +9,14 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import CLUSTER_HELP, cluster_client, resolve_job_mpps, shard_option
+from histomag.cli.options import (
+    CLUSTER_HELP,
+    DEFAULT_TILE_MAGS,
+    TILE_DEFAULT,
+    cluster_client,
+    resolve_job_mpps,
+    shard_option,
+)
 
 
 @app.command()
@@ -17,19 +24,19 @@ def tile(
     slides: list[Path] = typer.Argument(..., help="Slides or images (folders are expanded), or index CSVs of images "
                                         "(image, optional label, group/patient, mpp or mpp_x,mpp_y or magnification)."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder (created; re-running resumes)."),
-    mags: str = typer.Option("40,20", "--mags", help="Magnifications of each tuple, e.g. 40,20."),
-    size: int = typer.Option(600, "--size", help="Pixel size at the highest magnification."),
-    mode: str = typer.Option("same-fov", "--layout", "--mode", help="Tuple layout: same-fov (identical tissue) or "
+    mags: str = typer.Option(DEFAULT_TILE_MAGS, "--mags", help="Magnifications of each tuple, e.g. 40,20."),
+    size: int = typer.Option(TILE_DEFAULT("size"), "--size", help="Pixel size at the highest magnification."),
+    mode: str = typer.Option(TILE_DEFAULT("mode"), "--layout", "--mode", help="Tuple layout: same-fov (identical tissue) or "
                              "context (same centre and px size). --mode is the older name of --layout."),
-    placement: str = typer.Option("grid", "--placement", help="grid or random."),
-    overlap: float = typer.Option(0.25, "--overlap", help="Grid overlap as a share of the field."),
-    n_random: int = typer.Option(100, "--n-random", help="Fields per slide with --placement random."),
+    placement: str = typer.Option(TILE_DEFAULT("placement"), "--placement", help="grid or random."),
+    overlap: float = typer.Option(TILE_DEFAULT("overlap"), "--overlap", help="Grid overlap as a share of the field."),
+    n_random: int = typer.Option(TILE_DEFAULT("n_random"), "--n-random", help="Fields per slide with --placement random."),
     seed: int = typer.Option(0, "--seed"),
-    min_tissue: float = typer.Option(0.5, "--min-tissue", help="Minimum tissue share of a field."),
+    min_tissue: float = typer.Option(TILE_DEFAULT("min_tissue"), "--min-tissue", help="Minimum tissue share of a field."),
     tissue_threshold: Optional[float] = typer.Option(None, "--tissue-threshold", help="Override the Otsu tissue threshold."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label mask PNG or QuPath GeoJSON (one slide only)."),
     labels_dir: Optional[Path] = typer.Option(None, "--labels-dir", help="Folder with <slide>.labels.png or <slide>.geojson."),
-    label_fraction: float = typer.Option(0.8, "--label-fraction", help="Share a class must cover to label a field."),
+    label_fraction: float = typer.Option(TILE_DEFAULT("label_fraction"), "--label-fraction", help="Share a class must cover to label a field."),
     negative_class: Optional[str] = typer.Option(None, "--negative-class", help="Label for fields with 0% of every other class."),
     patients: Optional[Path] = typer.Option(None, "--patients", help="CSV with slide_id,patient_id columns."),
     group_block: int = typer.Option(10, "--group-block", help="Index CSVs without a group/patient column: group "

@@ -22,6 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from typing import Iterable, Sequence
 
 from histomag.data.atomic import IMAGE_FORMATS, atomic_write_csv, atomic_write_json, remove_unreferenced
@@ -57,10 +58,13 @@ def manifest_columns(magnifications: Sequence[float]) -> list[str]:
 
 @dataclass(frozen=True)
 class TileSettings:
-    """Everything that decides which tuples a slide yields (stored in ``dataset.json``)."""
+    """Everything that decides which tuples a slide yields (stored in ``dataset.json``).
 
-    magnifications: tuple[float, ...]
-    size: int
+    The defaults here are the only ones: ``histomag tile`` and ``histomag dmsl train`` read theirs from this class.
+    """
+
+    magnifications: tuple[float, ...] = (40.0, 20.0)
+    size: int = 600
     mode: str = "same-fov"
     placement: str = "grid"
     overlap: float = 0.25
@@ -86,6 +90,13 @@ class TileSettings:
     @property
     def image_suffix(self) -> str:
         return IMAGE_FORMATS[self.image_format][0]
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name``."""
+        from dataclasses import fields
+
+        return next(f.default for f in fields(cls) if f.name == name)
 
     def to_json(self) -> dict:
         d = asdict(self)
