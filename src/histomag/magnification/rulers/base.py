@@ -1,0 +1,37 @@
+"""What every ruler returns, and the registry the estimator finds rulers in by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from histomag.registry import Registry
+
+
+@dataclass(frozen=True)
+class RulerReading:
+    """One ruler's reading of one field.
+
+    Attributes:
+        cue: the ruler's name (``nuclei``, ``lymphocytes``, ...).
+        size_px: the typical object diameter in px, or None when the field offers nothing to measure.
+        n: how many objects were measured.
+        spread: the robust log-sd of their diameters (how consistent they are).
+        objects: ``(k, 3)`` rows of ``y, x, diameter_px``: what was measured, for drawing the evidence.
+        reason: why there is no size (``"12 nuclei, fewer than 20"``), else empty.
+    """
+
+    cue: str
+    size_px: float | None
+    n: int
+    spread: float
+    objects: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    reason: str = ""
+
+
+Ruler = Callable[[np.ndarray], RulerReading]
+
+#: rulers by name: ``RULERS.get("nuclei")(rgb) -> RulerReading``
+RULERS: Registry[Ruler] = Registry("ruler")

@@ -1,0 +1,145 @@
+"""The rulers' estimator: fields spread over the tissue, each cue's reading of each field, pooled
+by the evidence each gives into one magnification with a calibrated interval and the probability
+of each standard objective. A batch declared as one acquisition pools all its images' fields.
+
+Example:
+    >>> from histomag.magnification.rulers.estimator import load_ruler_estimator
+    >>> est = load_ruler_estimator()                       # the shipped calibration
+    >>> e = est.estimate_rgb(rgb)                           # doctest: +SKIP
+    >>> e.magnification, e.interval, e.most_likely_objective  # doctest: +SKIP
+    (19.4, (15.1, 24.9), 20.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histomag.errors import CheckpointError, NoTissueError
+from histomag.magnification.estimate import (MagnificationEstimate, rgb_tissue_mask, slide_tissue_mask,
+                                             spread_crops)
+from histomag.magnification.rulers.base import RULERS, RulerReading
+from histomag.magnification.rulers.calibration import FieldReading, RulerCalibration
+from histomag.magnification.rulers.evidence import Pooled, Z90, objective_probabilities
+from histomag.tissue import TissueMask
+
+#: side (px) of the fields the rulers measure: large enough for 20+ nuclei at 5x
+FIELD = 768
+#: fields measured per image and per slide (non-overlapping, spread evenly over the tissue)
+MAX_FIELDS_IMAGE = 16
+MAX_FIELDS_SLIDE = 24
+#: the share of a field that must be tissue
+MIN_TISSUE = 0.4
+
+#: the rulers' calibration shipped with histomag (made by ``make ruler-calibration``)
+DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "weights" / "rulers.json"
+
+
+def field_boxes(mask: TissueMask, width: int, height: int, max_fields: int, name: str) -> list[tuple[int, int, int, int]]:
+    """Non-overlapping ``FIELD``-px boxes on tissue, spread over all of it (a smaller image: itself).
+
+    Raises:
+        NoTissueError: no place holds enough tissue.
+    """
+    return spread_crops(mask, width, height, FIELD, max_fields, MIN_TISSUE, name, stride=FIELD)
+
+
+def read_fields(fields: Iterable[np.ndarray], cues: Sequence[str], image: str = "image") -> list[FieldReading]:
+    """Every cue's reading of every field."""
+    out = []
+    for fld in fields:
+        for cue in cues:
+            r: RulerReading = RULERS.get(cue)(np.ascontiguousarray(fld))
+            out.append(FieldReading(image, cue, r.size_px, r.n, r.spread))
+    return out
+
+
+@dataclass
+class RulerEstimator:
+    """Estimates magnifications from the rulers chosen and calibrated by leave-groups-out CV.
+
+    Attributes:
+        calibration: each cue's prior size and spread, the systematic floor, the interval's multiplier.
+        source: where the calibration was loaded from.
+    """
+
+    calibration: RulerCalibration
+    source: str = "default calibration"
+
+    @property
+    def cues(self) -> list[str]:
+        return list(self.calibration.cues)
+
+    def readings_rgb(self, rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None) -> list[FieldReading]:
+        """The field readings of a square-pixel image in memory."""
+        h, w = rgb.shape[:2]
+        mask = mask if mask is not None else rgb_tissue_mask(rgb)
+        boxes = field_boxes(mask, w, h, MAX_FIELDS_IMAGE, name)
+        return read_fields((rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes), self.cues, name)
+
+    def readings_slide(self, slide: Any, mask: TissueMask | None = None) -> list[FieldReading]:
+        """The field readings of a slide or image file (level 0, square pixels)."""
+        mask = mask if mask is not None else slide_tissue_mask(slide)
+        w, h = slide.dimensions
+        boxes = field_boxes(mask, w, h, MAX_FIELDS_SLIDE, slide.path.name)
+        return read_fields((slide.read_native(x, y, bw, bh) for x, y, bw, bh in boxes), self.cues, slide.path.name)
+
+    def estimate_readings(self, readings: Sequence[FieldReading], name: str = "image") -> MagnificationEstimate:
+        """One estimate from field readings (of one image, or of a whole acquisition).
+
+        Raises:
+            NoTissueError: no field held enough objects to measure.
+        """
+        pooled = self.calibration.pool(readings)
+        if pooled is None:
+            wanted = ", ".join(f"{c.min_objects} {cue}" for cue, c in self.calibration.cues.items())
+            raise NoTissueError(f"{name}: nothing to measure (no field shows {wanted} or more; it may be blank, fat, "
+                                "blood or out of focus); give its resolution (mpp=)")
+        return self.from_pooled(pooled, len({r.image for r in readings}))
+
+    def from_pooled(self, pooled: Pooled, n_images: int = 1) -> MagnificationEstimate:
+        """The estimate a pooled log-magnification states: its calibrated interval and objective odds."""
+        cal = self.calibration
+        half = cal.q * pooled.se
+        sd = half / Z90  # the calibrated error as a normal log-sd
+        odds = objective_probabilities(pooled.centre, sd)
+        used = sum(1 for w in pooled.weights if w > 0)
+        return MagnificationEstimate(
+            float(math.exp(pooled.centre)), used, 0.0, float(pooled.se),
+            (float(math.exp(pooled.centre - half)), float(math.exp(pooled.centre + half))), cal.level,
+            method="rulers", objectives=odds, cues=pooled.by_cue(), n_images=n_images)
+
+    def estimate_rgb(self, rgb: np.ndarray, name: str = "image") -> MagnificationEstimate:
+        return self.estimate_readings(self.readings_rgb(rgb, name), name)
+
+    def estimate_slide(self, slide: Any) -> MagnificationEstimate:
+        return self.estimate_readings(self.readings_slide(slide), slide.path.name)
+
+
+def load_ruler_calibration(path: str | Path | None = None) -> RulerCalibration:
+    """The rulers' calibration at ``path`` (default: the shipped one).
+
+    Raises:
+        CheckpointError: missing or not a rulers' calibration (one line).
+    """
+    p = Path(path) if path is not None else DEFAULT_CALIBRATION
+    try:
+        data = json.loads(p.read_text())
+        return RulerCalibration.from_dict(data)
+    except FileNotFoundError:
+        raise CheckpointError(f"the rulers' calibration {p} is missing; reinstall histomag, or make one with "
+                              "histomag.magnification.rulers.calibration.cross_validate") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{p} is not a rulers' calibration ({exc}); give a file written by "
+                              "RulerCalibration.save") from None
+
+
+def load_ruler_estimator(path: str | Path | None = None) -> RulerEstimator:
+    return RulerEstimator(load_ruler_calibration(path), "default calibration" if path is None else str(path))
