@@ -43,6 +43,14 @@ MAG_EPOCHS := $(if $(EPOCHS),--epochs $(EPOCHS))
 build/synth/index.csv: $(STAMP)
 	$(BIN)/histomag synth --out build/synth --slides 4 --size 4096 --classes normal,tumor,lymphoid -q
 
+# The rulers' calibration shipped in src/histomag/magnification/weights/rulers.json (needs ../shared/data;
+# ~10 min on 2 idle cores): leave-each-dataset-out CV of the rulers, the cue set it chooses, its figures.
+RULER_SOURCES := $(MAG_SOURCES) $(D)/breakhis/index.csv
+
+.PHONY: ruler-calibration
+ruler-calibration: $(STAMP)
+	$(BIN)/histomag magnification calibrate $(RULER_SOURCES) --out src/histomag/magnification/weights/rulers.json -q
+
 .PHONY: default-model
 default-model: $(STAMP) $(MAG_SYNTH)
 	$(BIN)/histomag magnification cv $(MAG_SOURCES) $(MAG_SYNTH) $(MAG_FOLDS) $(MAG_EPOCHS) --out build/magcv -q

@@ -87,8 +87,10 @@ def test_estimate_carries_interval_and_verdict():
     est = combine([19.0, 20.0, 21.0, 20.0], cal)
     lo, hi = est.interval
     assert lo < 20 < hi and est.mpp_interval[0] < 0.5 < est.mpp_interval[1]
-    assert est.relative_uncertainty == pytest.approx((hi - lo) / 40)
-    assert "90% interval" in est.describe() and est.to_dict()["mpp_interval"][0] < 0.5
+    assert est.uncertainty_factor == pytest.approx(max(20 / lo, hi / 20), rel=0.02)
+    text = est.describe()
+    assert "90% interval" in text and "%" not in text.replace("90% interval", "")  # a factor, never a percentage
+    assert f"×{est.uncertainty_factor:.2f}" in text and est.to_dict()["mpp_interval"][0] < 0.5
     assert verdict(None, est) == "missing" and verdict(0.5, est) == "ok" and verdict(0.25, est) == "likely wrong"
     with pytest.raises(NoTissueError):
         combine([float("nan")])

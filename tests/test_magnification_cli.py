@@ -85,7 +85,8 @@ def test_info_estimate_reports_and_flags_mislabel(trained, tmp_path, capsys):
     # without --checkpoint the model shipped with histomag answers, with its calibrated interval
     assert run(["info", str(img), "--json", "--estimate", "--n-crops", "4"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["estimate"]["model"] == "default model" and len(d["estimate"]["mpp_interval"]) == 2
+    assert d["estimate"]["model"] == "shipped rulers" and d["estimate"]["method"] == "rulers"
+    assert len(d["estimate"]["mpp_interval"]) == 2 and d["estimate"]["objective"] in (2.5, 4, 5, 10, 20, 40, 60)
 
 
 def test_tile_with_estimated_mpp(trained, tmp_path, capsys):
@@ -96,9 +97,15 @@ def test_tile_with_estimated_mpp(trained, tmp_path, capsys):
                 "--size", "64", "--out", str(tmp_path / "ds"), "-q", "--allow-upsample"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "ESTIMATED resolution" in captured.err
-    # an estimate less certain than --max-uncertainty allows is refused, naming both
-    assert run(["tile", str(img), "--mpp", "estimate", "--max-uncertainty", "0.001", "--mags", "10", "--size", "64",
+    assert "ESTIMATED resolutions" in captured.err and captured.err.count("ESTIMATED") == 1  # once per batch
+    manifest = (tmp_path / "ds" / "manifest.csv").read_text()
+    assert "estimated " in manifest and "(cnn)" in manifest  # the value and its source are recorded
+    # an estimate less certain than --max-uncertainty allows is refused, naming both as factors
+    assert run(["tile", str(img), "--mpp", "estimate", "--max-uncertainty", "1.001", "--mags", "10", "--size", "64",
                 "--out", str(tmp_path / "x"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "uncertain by ±" in err and "±0%" in err and err.count("\n") == 1
+    assert "uncertain by a factor ×" in err and "allowed ×1.001" in err and err.count("\n") == 1
+    # a share is not a factor: one line naming the fix
+    assert run(["tile", str(img), "--mpp", "estimate", "--max-uncertainty", "0.25", "--mags", "10", "--size", "64",
+                "--out", str(tmp_path / "y"), "-q"]) == 2
+    assert "give a factor above 1" in capsys.readouterr().err

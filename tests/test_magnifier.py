@@ -193,5 +193,6 @@ def test_the_shipped_model_loads_from_the_magnification_package() -> None:
     from histomag.magnification.infer import DEFAULT_MODEL, load_estimator
 
     assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.parent.parent.name == "magnification"
-    estimator = load_estimator()
-    assert estimator.source == "default model" and estimator.config.crop > 0
+    estimator = load_estimator("cnn")
+    assert estimator.source == "shipped network" and estimator.config.crop > 0
+    assert load_estimator().source == "shipped rulers"  # the default, as the CV chose

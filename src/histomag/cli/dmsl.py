@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from histomag.cli.app import app, error
-from histomag.cli.options import CLUSTER_HELP, TILE_DEFAULT, cluster_client
+from histomag.cli.options import CLUSTER_HELP, MAX_UNCERTAINTY_HELP, SAME_ACQUISITION_HELP, TILE_DEFAULT, cluster_client
 from histomag.errors import ConfigError
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
@@ -69,8 +69,11 @@ def train(
     overlap: float = typer.Option(TILE_DEFAULT("overlap"), "--overlap", help="Slides: grid overlap as a share of the field."),
     min_tissue: float = typer.Option(TILE_DEFAULT("min_tissue"), "--min-tissue", help="Slides: minimum tissue share of a field."),
     label_fraction: float = typer.Option(TILE_DEFAULT("label_fraction"), "--label-fraction", help="Slides: share a class must cover."),
-    mpp: Optional[str] = typer.Option(None, "--mpp", help="Slides: resolution override in µm/px (mpp-x,mpp-y)."),
+    mpp: Optional[str] = typer.Option(None, "--mpp", help="Slides: resolution override in µm/px (mpp-x,mpp-y), or "
+                                      "'estimate' to recover each one's from its pixels."),
     mpp_csv: Optional[Path] = typer.Option(None, "--mpp-csv", help="Slides: CSV of per-slide resolutions."),
+    max_uncertainty: Optional[float] = typer.Option(None, "--max-uncertainty", help=MAX_UNCERTAINTY_HELP),
+    same_acquisition: bool = typer.Option(False, "--same-acquisition", help=SAME_ACQUISITION_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> int:
     """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
@@ -88,7 +91,8 @@ def train(
         max_time=max_time, max_tuples=max_tuples)
     source = _training_source(data, config, size=size, labels_dir=labels_dir, patients=patients,
                               group_block=group_block, overlap=overlap, min_tissue=min_tissue,
-                              label_fraction=label_fraction, mpp=mpp, mpp_csv=mpp_csv)
+                              label_fraction=label_fraction, mpp=mpp, mpp_csv=mpp_csv,
+                              max_uncertainty=max_uncertainty, same_acquisition=same_acquisition)
     result = cross_validate(source, out, config, resume=resume, progress=not quiet)
     if result.table:
         print(result.table, end="")
@@ -98,7 +102,7 @@ def train(
 
 def _training_source(data: list[Path], config, *, size: int, labels_dir: Optional[Path], patients: Optional[Path],
                      group_block: int, overlap: float, min_tissue: float, label_fraction: float, mpp: Optional[str],
-                     mpp_csv: Optional[Path]):
+                     mpp_csv: Optional[Path], max_uncertainty: Optional[float] = None, same_acquisition: bool = False):
     """One dataset folder as it is; anything else becomes a :class:`SlideSource` planned from the slides."""
     import sys
 
@@ -118,7 +122,7 @@ def _training_source(data: list[Path], config, *, size: int, labels_dir: Optiona
     jobs, notes = slide_jobs(data, labels_dir=labels_dir, patients=patients, group_block=group_block)
     for message in notes:
         print(f"note: {message}", file=sys.stderr)
-    jobs, failed = resolve_job_mpps(jobs, mpp, mpp_csv, None)
+    jobs, failed = resolve_job_mpps(jobs, mpp, mpp_csv, None, max_uncertainty, same_acquisition=same_acquisition)
     if failed:
         raise ConfigError(next(iter(failed.values())))
     if not jobs:
@@ -152,9 +156,9 @@ def predict(
     mpp: Optional[str] = typer.Option(None, "--mpp", help="Resolution override in µm/px (mpp-x,mpp-y for pixels that "
                                       "are not square), or 'estimate' to recover each image's from its pixels."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
-                                              "(default: the model shipped with histomag)."),
-    max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse an image whose "
-                                          "estimate's interval is wider than ± this share."),
+                                              "(default: the rulers shipped with histomag; a .json rulers' calibration, cnn, or a network's run folder or model file)."),
+    max_uncertainty: Optional[float] = typer.Option(None, "--max-uncertainty", help=MAX_UNCERTAINTY_HELP),
+    same_acquisition: bool = typer.Option(False, "--same-acquisition", help=SAME_ACQUISITION_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Several images: " + CLUSTER_HELP),
@@ -184,7 +188,7 @@ def predict(
     if len(targets) == 1 and first.is_file() and first.suffix.lower() != ".csv":
         from histomag.cli.options import resolve_mpp
 
-        mpps, failed = resolve_mpp([first], mpp, checkpoint, max_uncertainty)
+        mpps, failed, _ = resolve_mpp([first], mpp, checkpoint, max_uncertainty)
         if failed:
             raise ConfigError(failed[str(first)])
         paths = predict_slide(run, first, out_dir, fold=fold, mpp=mpps.get(str(first)), batch_size=batch_size,
@@ -194,12 +198,14 @@ def predict(
         return 0
     with cluster_client(cluster) as client:
         return _predict_images(run, targets, out_dir, fold=fold, mpp=mpp, checkpoint=checkpoint,
-                               max_uncertainty=max_uncertainty, batch_size=batch_size, workers=workers, quiet=quiet,
+                               max_uncertainty=max_uncertainty, same_acquisition=same_acquisition,
+                               batch_size=batch_size, workers=workers, quiet=quiet,
                                client=client)
 
 
 def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Optional[int], mpp: Optional[str],
-                    checkpoint: Optional[Path], max_uncertainty: float, batch_size: Optional[int], workers: int,
+                    checkpoint: Optional[Path], max_uncertainty: Optional[float], same_acquisition: bool,
+                    batch_size: Optional[int], workers: int,
                     quiet: bool, client: object | None = None) -> int:
     from histomag.cli.options import resolve_job_mpps
     from histomag.data.sources import expand_slides, index_jobs
@@ -210,7 +216,8 @@ def _predict_images(run: Path, targets: list[Path], out_dir: Path, *, fold: Opti
     jobs += [SlideJob(str(p)) for p in expand_slides([t for t in targets if t.suffix.lower() != ".csv"])]
     # an index row's resolution wins over --mpp, which wins over the file's metadata (most specific first);
     # a job whose resolution could not be had stays in the list, to be reported in its images.csv row
-    runnable, failed = resolve_job_mpps(jobs, mpp, None, checkpoint, max_uncertainty)
+    runnable, failed = resolve_job_mpps(jobs, mpp, None, checkpoint, max_uncertainty,
+                                        same_acquisition=same_acquisition)
     resolved = {j.path: j for j in runnable}
     jobs = [resolved.get(j.path, j) for j in jobs]
     result = predict_images(run, jobs, out_dir, fold=fold, batch_size=batch_size, num_workers=workers,

@@ -271,3 +271,67 @@ def predict(
     if failures:
         return 2 if failures == len(items) else 1
     return 0
+
+
+@mag_app.command("calibrate")
+def calibrate(
+    sources: list[Path] = typer.Argument(..., help="Index CSVs, slides or images of known resolution."),
+    out: Path = typer.Option(..., "--out", "-o", help="The rulers' calibration to write (.json)."),
+    cues: str = typer.Option("nuclei,lymphocytes", "--cues", help="Rulers to cross-validate (comma-separated); "
+                             "the CV chooses among their combinations."),
+    readings: Optional[Path] = typer.Option(None, "--readings", help="CSV of the field readings: reused when it "
+                                            "exists (no measuring), written otherwise."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> int:
+    """Leave-groups-out CV of the rulers (each dataset held out in turn), the cue set it chooses, and its
+    calibration (priors, spreads, interval) written to OUT; the figures go in OUT under "cv"."""
+    from histomag.magnification.rulers.cv import calibrate as run
+
+    report = run(sources, out, [c.strip() for c in cues.split(",") if c.strip()], progress=not quiet,
+                 readings_csv=readings)
+    for message in report["unreadable"]:
+        error(message)
+    print(f"{'cues':24s} {'score':>7s} {'answered':>9s}")
+    for row in report["scores"]:
+        print(f"{row['cues']:24s} {row['score']:7.3f} {row['answered']:9.2f}")
+    chosen = "+".join(report["chosen"])
+    print(f"chosen: {chosen} (mean over held-out datasets of the median relative mpp error, native images)")
+    print(f"{'group':14s} {'n':>4s} {'med.err':>8s} {'w/in10%':>8s} {'bias':>7s} {'p90x':>6s} {'cover':>6s} {'obj.ok':>7s}")
+    for group, f in report["figures"][chosen]["native"].items():
+        if "median_rel_error" not in f:
+            print(f"{group:14s} {f['n']:4d}  nothing measured")
+            continue
+        obj = f"{f['objective_right']:.2f}" if "objective_right" in f else "-"
+        print(f"{group:14s} {f['n']:4d} {f['median_rel_error']:8.3f} {f['within_10']:8.2f} {f['bias']:+7.3f} "
+              f"{f['p90_factor']:6.2f} {f['coverage']:6.2f} {obj:>7s}")
+    for group, err in report["pooled_group_error"].items():
+        print(f"pooled estimate of {group}: {err:.3f} from the truth")
+    print(f"-> {out}")
+    return 0
+
+
+@mag_app.command("evidence")
+def evidence(
+    path: Path = typer.Argument(..., help="An image or slide."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: NAME.evidence.png here)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="A rulers' calibration (.json; default: "
+                                               "the one shipped with histomag)."),
+) -> int:
+    """Show what the rulers measured: the field with the most objects, each object outlined, and their sizes
+    in µm at the estimated resolution against each ruler's prior."""
+    from histomag.data.atomic import atomic_write_bytes
+    from histomag.magnification.rulers.estimator import load_ruler_estimator
+    from histomag.report.evidence import evidence_png
+    from histomag.slide import open_slide
+
+    estimator = load_ruler_estimator(calibration)
+    with open_slide(path) as slide:
+        ev = estimator.evidence(slide)
+    target = out or Path(f"{path.name.split('.')[0]}.evidence.png")
+    atomic_write_bytes(target, evidence_png(ev))
+    print(f"{path.name}: {ev.estimate.describe()}")
+    for cue, r in ev.readings.items():
+        state = f"{r.n} objects, typical {r.size_px:.3g} px" if r.size_px else f"nothing to measure ({r.reason})"
+        print(f"  {cue} in the field shown: {state}")
+    print(f"-> {target}")
+    return 0

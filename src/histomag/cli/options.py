@@ -16,15 +16,25 @@ TILE_DEFAULT = TileSettings.default
 DEFAULT_TILE_MAGS = ",".join(f"{m:g}" for m in TileSettings.default("magnifications"))
 
 
-def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float = 0.25
-                ) -> tuple[dict[str, float | tuple[float, float] | None], dict[str, str]]:
-    """Per-slide mpp from ``--mpp`` (a number, ``mpp_x,mpp_y``, or ``estimate`` with a magnification model).
+#: ``--max-uncertainty`` and ``--same-acquisition``, shared by tile, dmsl train and dmsl predict
+MAX_UNCERTAINTY_HELP = ("--mpp estimate: also refuse an estimate whose 90% interval is wider than this factor either "
+                        "side (1.25: from /1.25 to x1.25). Default: refuse only an estimate that cannot tell two "
+                        "standard objectives a factor 2 apart (e.g. 10x from 20x).")
+SAME_ACQUISITION_HELP = ("--mpp estimate: the files are one acquisition (one scanner or camera setting): pool the "
+                         "evidence of all of them into one estimate that serves them all.")
 
-    Returns the mpp per path and, for ``estimate``, the one-line errors of slides it failed on;
-    every estimate used is announced loudly on stderr.
+
+def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max_uncertainty: float | None = None,
+                same_acquisition: bool = False) -> tuple[dict[str, float | tuple[float, float] | None], dict[str, str],
+                                                          dict[str, str]]:
+    """Per-slide mpp from ``--mpp`` (a number, ``mpp_x,mpp_y``, or ``estimate`` from the pixels).
+
+    Returns the mpp per path, the one-line errors of slides ``estimate`` refused or failed on, and
+    per estimated path its recorded source (with the interval); the batch's use of estimates is
+    announced loudly on stderr, once.
     """
     if mpp is None:
-        return {}, {}
+        return {}, {}, {}
     if mpp.strip().lower() != "estimate":
         from histomag.resolution import parse_mpp
 
@@ -33,22 +43,26 @@ def resolve_mpp(paths: list[Path], mpp: str | None, checkpoint: Path | None, max
         except ConfigError:
             raise ConfigError(f"--mpp {mpp!r}: give µm per pixel (e.g. --mpp 0.25), mpp-x,mpp-y for pixels that "
                               "are not square (e.g. --mpp 0.56,0.42) or --mpp estimate") from None
-        return {str(p): value for p in paths}, {}
+        return {str(p): value for p in paths}, {}, {}
+    if max_uncertainty is not None and not max_uncertainty > 1:
+        raise ConfigError(f"--max-uncertainty {max_uncertainty:g}: give a factor above 1 (e.g. 1.25 for an interval "
+                          "from /1.25 to x1.25)")
     from histomag.magnification.infer import estimate_resolutions
 
-    values, failed, warnings = estimate_resolutions(paths, checkpoint, max_uncertainty)
-    for message in warnings:
+    res = estimate_resolutions(paths, checkpoint, max_uncertainty, same_acquisition=same_acquisition)
+    for message in res.warnings:
         print(f"warning: {message}", file=sys.stderr)
-    return values, failed  # type: ignore[return-value]
+    return res.values, res.failed, res.sources  # type: ignore[return-value]
 
 
 def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoint: Path | None,
-                     max_uncertainty: float = 0.25, batch: list[str] | None = None) -> tuple[list, dict[str, str]]:
+                     max_uncertainty: float | None = None, batch: list[str] | None = None,
+                     same_acquisition: bool = False) -> tuple[list, dict[str, str]]:
     """Each job's resolution, most specific first: ``--mpp-csv`` > an index row's own > ``--mpp`` > metadata.
 
     ``--mpp estimate`` is only run for the jobs nothing more specific covers. Each job records where
-    its resolution came from (``mpp-csv``, ``index-csv``, ``estimated``; a plain ``--mpp`` reads
-    as ``override``). Returns the jobs to run and the one-line errors of those that cannot.
+    its resolution came from (``mpp-csv``, ``index-csv``, ``estimated 17.9x, 90% 15.6-20.5x (rulers)``;
+    a plain ``--mpp`` reads as ``override``). Returns the jobs to run and the one-line errors of those that cannot.
     ``batch``: the whole batch when ``jobs`` is one shard of it (``--mpp-csv`` is checked against it).
     """
     from dataclasses import replace
@@ -66,8 +80,7 @@ def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoi
             print(f"warning: {mpp_csv} does not list {len(missing)} slide(s) of this batch (they use --mpp or their "
                   f"metadata): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
     rest = [Path(j.path) for j in jobs if j.path not in table and j.mpp is None]
-    values, failed = resolve_mpp(rest, mpp, checkpoint, max_uncertainty)
-    estimated = mpp is not None and mpp.strip().lower() == "estimate"
+    values, failed, sources = resolve_mpp(rest, mpp, checkpoint, max_uncertainty, same_acquisition)
     out = []
     for j in jobs:
         if j.path in failed:
@@ -77,7 +90,7 @@ def resolve_job_mpps(jobs: list, mpp: str | None, mpp_csv: Path | None, checkpoi
         elif j.mpp is not None:
             out.append(replace(j, mpp_source=j.mpp_source or "index-csv"))
         elif j.path in values:
-            out.append(replace(j, mpp=values[j.path], mpp_source="estimated" if estimated else None))
+            out.append(replace(j, mpp=values[j.path], mpp_source=sources.get(j.path)))
         else:
             out.append(j)
     return out, failed

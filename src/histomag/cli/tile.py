@@ -12,6 +12,8 @@ from histomag.cli.app import app, error
 from histomag.cli.options import (
     CLUSTER_HELP,
     DEFAULT_TILE_MAGS,
+    MAX_UNCERTAINTY_HELP,
+    SAME_ACQUISITION_HELP,
     TILE_DEFAULT,
     cluster_client,
     resolve_job_mpps,
@@ -49,9 +51,9 @@ def tile(
                                            "mpp_x,mpp_y): wins over --mpp and metadata, for slides whose metadata "
                                            "is missing or known wrong."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Magnification model for --mpp estimate "
-                                              "(default: the model shipped with histomag)."),
-    max_uncertainty: float = typer.Option(0.25, "--max-uncertainty", help="--mpp estimate: refuse a slide whose "
-                                          "estimate's interval is wider than ± this share (0.25 = ±25%)."),
+                                              "(default: the rulers shipped with histomag; a .json rulers' calibration, cnn, or a network's run folder or model file)."),
+    max_uncertainty: Optional[float] = typer.Option(None, "--max-uncertainty", help=MAX_UNCERTAINTY_HELP),
+    same_acquisition: bool = typer.Option(False, "--same-acquisition", help=SAME_ACQUISITION_HELP),
     allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
     image_format: str = typer.Option("png", "--format", help="Tuple images: png (lossless), jpeg (4:4:4) or webp."),
@@ -84,7 +86,7 @@ def tile(
 
             jobs, out = start_shard(out, the_shard, jobs, batch)
         jobs, failed_early = resolve_job_mpps(jobs, mpp, mpp_csv, checkpoint, max_uncertainty,
-                                              batch=batch)
+                                              batch=batch, same_acquisition=same_acquisition)
         settings = TileSettings(tuple(magnifications), size, mode=mode, placement=placement, overlap=overlap,
                                 n_random=n_random, seed=seed, min_tissue=min_tissue,
                                 tissue_threshold=tissue_threshold, label_fraction=label_fraction,

@@ -18,11 +18,12 @@ import numpy as np
 
 from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from histomag.errors import HistomagError
-from histomag.magnification.estimate import verdict
+from histomag.magnification.estimate import verdict, verdict_text
 from histomag.progress import progress_bar
 
-AUDIT_COLUMNS = ["path", "verdict", "metadata_mpp", "mpp_source", "estimated_mpp", "mpp_low", "mpp_high",
-                 "estimated_magnification", "interval_level", "n_crops", "caveat", "error"]
+AUDIT_COLUMNS = ["path", "verdict", "message", "metadata_mpp", "metadata_magnification", "mpp_source", "estimated_mpp",
+                 "mpp_low", "mpp_high", "estimated_magnification", "objective", "objective_p", "interval_level",
+                 "n_crops", "caveat", "error"]
 THUMB_SIDE = 160
 THUMBS_DIR = "thumbs"
 #: renders the audit page: (rows, thumbnails, model name) -> HTML
@@ -53,10 +54,14 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
         with open_slide(path) as slide:
             thumb = _thumbnail(slide)
             meta_mpp = slide.mpp if slide.mpp_source not in ("missing",) and slide.mpp else None
-            row.update(metadata_mpp=round(meta_mpp, 5) if meta_mpp else "", mpp_source=slide.mpp_source)
+            row.update(metadata_mpp=round(meta_mpp, 5) if meta_mpp else "", mpp_source=slide.mpp_source,
+                       metadata_magnification=round(10.0 / meta_mpp, 3) if meta_mpp else "")
             est = estimator.estimate_slide(slide, n_crops)
         lo, hi = est.mpp_interval if est.mpp_interval else ("", "")
-        row.update(verdict=verdict(meta_mpp, est), estimated_mpp=round(est.mpp, 5),
+        best = est.most_likely_objective
+        row.update(verdict=verdict(meta_mpp, est), message=verdict_text(meta_mpp, est), estimated_mpp=round(est.mpp, 5),
+                   objective=best if best is not None else "",
+                   objective_p=round(est.objectives[best], 4) if best is not None and est.objectives else "",
                    mpp_low=round(lo, 5) if lo != "" else "", mpp_high=round(hi, 5) if hi != "" else "",
                    estimated_magnification=round(est.magnification, 3),
                    interval_level=est.level if est.interval else "", n_crops=est.n_crops, caveat=est.caveat or "")
@@ -143,7 +148,8 @@ def merge_audit_shards(root: str | Path, *, partial: bool = False, render: Rende
 def _typed(row: dict[str, str]) -> dict[str, Any]:
     """An ``audit.csv`` row read back, its numbers as numbers (as the HTML renderer takes them)."""
     out: dict[str, Any] = dict(row)
-    for key in ("metadata_mpp", "estimated_mpp", "mpp_low", "mpp_high", "estimated_magnification"):
+    for key in ("metadata_mpp", "metadata_magnification", "estimated_mpp", "mpp_low", "mpp_high",
+                "estimated_magnification", "objective", "objective_p"):
         if out.get(key) not in ("", None):
             out[key] = float(out[key])
     return out

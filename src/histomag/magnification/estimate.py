@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -99,13 +100,18 @@ class MagnificationEstimate:
 
     Attributes:
         magnification: the estimate (10x ≙ 1 µm/px).
-        n_crops: crops it was combined from.
+        n_crops: crops (fields) it was combined from.
         spread: interquartile range of the crop predictions, in magnification units.
-        log_mad: median absolute deviation of the crops' log-magnifications.
+        log_mad: the CNN: median absolute deviation of the crops' log-magnifications; the rulers:
+            the pooled standard error in log-magnification.
         interval: ``(low, high)`` magnification interval at ``level`` (None: no calibration).
         level: the interval's nominal coverage.
         caveat: a one-line warning about this estimate (e.g. the nuclei-size ruler at its floor),
             or None.
+        method: what made it (``rulers``, ``cnn``, ``nuclei``, ``combined``).
+        objectives: the probability of each standard objective (x -> p), from the calibrated error.
+        cues: per ruler: its own magnification, fields, objects and weight share in the estimate.
+        n_images: images pooled into it (more than one: a batch declared as one acquisition).
     """
 
     magnification: float
@@ -115,6 +121,10 @@ class MagnificationEstimate:
     interval: tuple[float, float] | None = None
     level: float = 0.9
     caveat: str | None = None
+    method: str = ""
+    objectives: dict[float, float] | None = None
+    cues: dict[str, dict[str, Any]] | None = None
+    n_images: int = 1
 
     @property
     def mpp(self) -> float:
@@ -128,40 +138,93 @@ class MagnificationEstimate:
         return DEFAULT_POWER_MPP / self.interval[1], DEFAULT_POWER_MPP / self.interval[0]
 
     @property
-    def relative_uncertainty(self) -> float | None:
-        """Half the interval's width relative to the estimate (``0.1``: about ±10%)."""
+    def uncertainty_factor(self) -> float | None:
+        """The interval as a factor either side of the estimate (``1.2``: from /1.2 to ×1.2; the
+        larger of the two sides), or None without an interval. Never a percentage: a factor
+        stays meaningful when the interval opens down to 1x."""
         if self.interval is None:
             return None
-        return (self.interval[1] - self.interval[0]) / (2 * self.magnification)
+        lo, hi = self.interval
+        return max(self.magnification / lo, hi / self.magnification)
+
+    @property
+    def most_likely_objective(self) -> float | None:
+        """The standard objective with the highest probability (None without objective odds)."""
+        if not self.objectives:
+            return None
+        return max(self.objectives, key=lambda o: self.objectives[o])  # type: ignore[index]
+
+    def objective_text(self) -> str:
+        """``'20x (p = 0.97)'``, or empty without objective odds."""
+        best = self.most_likely_objective
+        if best is None:
+            return ""
+        return f"{best:g}x (p = {self.objectives[best]:.2f})"  # type: ignore[index]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (magnification, mpp, interval on both, crops, spread)."""
+        """JSON-ready fields (magnification, mpp, interval on both and as a factor, fields, objectives, cues)."""
         out: dict[str, Any] = {"magnification": round(self.magnification, 3), "mpp": round(self.mpp, 5),
                                "n_crops": self.n_crops, "log_mad": round(self.log_mad, 4)}
+        if self.method:
+            out["method"] = self.method
         if self.interval is not None:
             lo, hi = self.mpp_interval  # type: ignore[misc]
-            out.update(interval_level=self.level, relative_uncertainty=round(self.relative_uncertainty, 4),  # type: ignore[arg-type]
+            out.update(interval_level=self.level, uncertainty_factor=round(self.uncertainty_factor, 4),  # type: ignore[arg-type]
                        magnification_interval=[round(v, 3) for v in self.interval],
                        mpp_interval=[round(lo, 5), round(hi, 5)])
+        if self.objectives:
+            out["objective"] = self.most_likely_objective
+            out["objective_probabilities"] = {f"{k:g}": round(v, 4) for k, v in self.objectives.items()}
+        if self.cues:
+            out["cues"] = self.cues
+        if self.n_images != 1:
+            out["n_images"] = self.n_images
         if self.caveat:
             out["caveat"] = self.caveat
         return out
 
     def describe(self) -> str:
-        """``'17.6x (0.568 µm/px; 90% interval 0.52-0.62 µm/px, 24 crops)'``."""
+        """``'17.6x (0.568 µm/px; 90% interval 15.2-20.3x, 0.49-0.66 µm/px, ×1.16; most likely objective
+        20x (p = 0.93); 4 fields)'``."""
         text = f"{self.magnification:.3g}x ({self.mpp:.3g} µm/px"
         if self.interval is not None:
             lo, hi = self.mpp_interval  # type: ignore[misc]
-            text += f"; {self.level:.0%} interval {lo:.3g}-{hi:.3g} µm/px"
-        text += f", {self.n_crops} crops)"
+            text += (f"; {self.level:.0%} interval {self.interval[0]:.3g}-{self.interval[1]:.3g}x, "
+                     f"{lo:.3g}-{hi:.3g} µm/px, ×{self.uncertainty_factor:.2f}")
+        if self.objectives:
+            text += f"; most likely objective {self.objective_text()}"
+        unit = ("field" if self.method == "rulers" else "crop") + ("" if self.n_crops == 1 else "s")
+        text += f", {self.n_crops} {unit}" + (f" of {self.n_images} images" if self.n_images > 1 else "") + ")"
         return f"{text}; {self.caveat}" if self.caveat else text
 
 
+class FileEstimates:
+    """What every estimator offers over :meth:`estimate_slide`: a file's estimate as a JSON-ready record."""
+
+    def estimate_file(self, path: str | Path, n_crops: int | None = None) -> dict[str, Any]:
+        """One file's estimate as a record; bad input becomes an ``error`` field, never an exception."""
+        from histomag.errors import HistomagError
+        from histomag.slide import open_slide
+
+        record: dict[str, Any] = {"path": str(path), "magnification": None, "mpp": None, "n_crops": 0}
+        try:
+            with open_slide(path) as slide:
+                note = getattr(slide, "conversion", None)
+                if note:
+                    record["note"] = note
+                est = self.estimate_slide(slide, n_crops) if n_crops else self.estimate_slide(slide)  # type: ignore[attr-defined]
+            record.update(est.to_dict())
+        except HistomagError as exc:
+            record["error"] = str(exc)
+        return record
+
+
 def spread_crops(mask: TissueMask, width: int, height: int, crop: int, n_crops: int, min_tissue: float,
-                 name: str) -> list[tuple[int, int, int, int]]:
+                 name: str, overlap: bool = True) -> list[tuple[int, int, int, int]]:
     """Up to ``n_crops`` boxes ``(x, y, w, h)`` on tissue, spread evenly over all of it.
 
-    Candidates are a grid with half-crop steps; those with at least ``min_tissue`` tissue are
+    Candidates are a grid with half-crop steps (``overlap=False``: as many places as fit without
+    overlapping, spread evenly); those with at least ``min_tissue`` tissue are
     kept (falling back to the richest quarter when none reach it) and ``n_crops`` of them are
     taken at even steps in reading order, so the estimate sees the whole image, not one corner.
 
@@ -169,8 +232,12 @@ def spread_crops(mask: TissueMask, width: int, height: int, crop: int, n_crops: 
         NoTissueError: no candidate has any meaningful tissue (< 20%).
     """
     cw, ch = min(crop, width), min(crop, height)
-    xs = np.arange(0, width - cw + 1, max(cw // 2, 1))
-    ys = np.arange(0, height - ch + 1, max(ch // 2, 1))
+    if not overlap:  # as many non-overlapping places as fit, spread evenly (centred when only one fits)
+        xs, ys = (np.linspace(0, n - c, k).round().astype(int) if k > 1 else np.array([(n - c) // 2])
+                  for n, c, k in ((width, cw, width // cw), (height, ch, height // ch)))
+    else:
+        xs = np.arange(0, width - cw + 1, max(cw // 2, 1))
+        ys = np.arange(0, height - ch + 1, max(ch // 2, 1))
     boxes = np.array([(x, y, cw, ch) for y in ys for x in xs], dtype=np.float64)
     fractions = mask.fractions(boxes)
     good = np.flatnonzero(fractions >= min_tissue)
@@ -392,6 +459,27 @@ def verdict(metadata_mpp: float | None, est: MagnificationEstimate) -> str:
         lo, hi = est.interval
         return "ok" if lo <= meta_mag <= hi else "likely wrong"
     return "ok" if abs(est.magnification - meta_mag) / meta_mag <= DISAGREEMENT else "likely wrong"
+
+
+def verdict_text(metadata_mpp: float | None, est: MagnificationEstimate) -> str:
+    """One line a person can act on: ``'metadata 40x, pixels say 20x (p = 0.97): check the scan's
+    resolution'``, ``'metadata 20x agrees with the pixels (20x, p = 0.95)'``, or for a file
+    without a resolution what the pixels say and whether it can be used."""
+    from histomag.magnification.rulers.evidence import ambiguous_objectives
+
+    said = est.objective_text() or f"{est.magnification:.3g}x"
+    pixels = f"{said}, {est.magnification:.3g}x = {est.mpp:.3g} µm/px"
+    v = verdict(metadata_mpp, est)
+    if v == "missing":
+        pair = ambiguous_objectives(est.interval) if est.interval else None
+        if pair:
+            return (f"no resolution in the metadata; the pixels cannot tell {pair[0]:g}x from {pair[1]:g}x: "
+                    "give the resolution (--mpp)")
+        return f"no resolution in the metadata; the pixels say {pixels}: usable with --mpp estimate"
+    meta = DEFAULT_POWER_MPP / float(metadata_mpp)  # type: ignore[arg-type]
+    if v == "ok":
+        return f"metadata {meta:.3g}x agrees with the pixels ({pixels})"
+    return f"metadata {meta:.3g}x, pixels say {pixels}: check the scan's resolution, or override it (--mpp)"
 
 
 def disagreement(slide: Slide, est: MagnificationEstimate) -> str | None:

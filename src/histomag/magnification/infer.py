@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from histomag.errors import CheckpointError, InputPathError
-from histomag.magnification.estimate import IntervalCalibration, MagnificationEstimate, estimate_from_rgb, estimate_magnification
+from histomag.magnification.estimate import (FileEstimates, IntervalCalibration, MagnificationEstimate, estimate_from_rgb,
+                                             estimate_magnification)
 from histomag.magnification.network import MODEL_TYPES, MagnificationClassifier
 from histomag.fitloop import read_checkpoint
 from histomag.magnification.config import MagnifierConfig, build_magnifier
@@ -144,7 +145,7 @@ DEFAULT_MODEL_HINT = ("reinstall histomag (the package ships weights/magnifier-s
 
 
 @dataclass
-class Estimator:
+class Estimator(FileEstimates):
     """A magnification model ready to estimate resolutions, with its calibrated interval (if any).
 
     Attributes:
@@ -202,23 +203,6 @@ class Estimator:
                                                tta=self.tta, mask=mask),
             lambda: slide_nuclei_crops(slide, mask), slide.path.name)
 
-    def estimate_file(self, path: str | Path, n_crops: int = 32) -> dict[str, Any]:
-        """One file's estimate as a JSON-ready record; bad input becomes an ``error`` field, never an exception."""
-        from histomag.errors import HistomagError
-        from histomag.slide import open_slide
-
-        record: dict[str, Any] = {"path": str(path), "magnification": None, "mpp": None, "n_crops": 0}
-        try:
-            with open_slide(path) as slide:
-                note = getattr(slide, "conversion", None)
-                if note:
-                    record["note"] = note
-                est = self.estimate_slide(slide, n_crops)
-            record.update(est.to_dict())
-        except HistomagError as exc:
-            record["error"] = str(exc)
-        return record
-
     def estimate_rgb(self, rgb: np.ndarray, n_crops: int = 32, name: str = "image") -> MagnificationEstimate:
         """Estimate of a square-pixel image in memory."""
         from histomag.magnification.estimate import rgb_nuclei_crops
@@ -229,15 +213,23 @@ class Estimator:
             lambda: rgb_nuclei_crops(rgb, name), name)
 
 
-def load_estimator(checkpoint: str | Path | None = None, map_location: str | torch.device = "cpu") -> Estimator:
-    """The magnification model at ``checkpoint`` (a run folder or file), or the shipped default.
+def load_estimator(checkpoint: str | Path | None = None, map_location: str | torch.device = "cpu") -> Any:
+    """An estimator: the shipped rulers (default), a rulers' calibration (``.json``), ``"cnn"`` (the
+    shipped network) or a network's run folder or model file.
+
+    The default is the rulers' estimator (:mod:`histomag.magnification.rulers.estimator`): the
+    leave-groups-out CV chose it over the network (docs/magnification-real.md).
 
     Raises:
         CheckpointError: the default model is missing from the installation, or the checkpoint
             is not a magnification model (one line).
     """
-    path = Path(checkpoint) if checkpoint is not None else DEFAULT_MODEL
-    if checkpoint is None and not path.is_file():
+    if checkpoint is None or str(checkpoint).lower().endswith(".json"):
+        from histomag.magnification.rulers.estimator import load_ruler_estimator
+
+        return load_ruler_estimator(checkpoint)
+    path = DEFAULT_MODEL if str(checkpoint) == "cnn" else Path(checkpoint)
+    if str(checkpoint) == "cnn" and not path.is_file():
         raise CheckpointError(f"the default magnification model {path} is missing; {DEFAULT_MODEL_HINT}")
     model, config = load_magnifier(path, map_location=map_location)
     ckpt_path = MagnificationRun(path).checkpoint_path("best") if path.is_dir() else path
@@ -249,51 +241,118 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
     others = (meta or {}).get("intervals") or {}
     fallback_key = "cnn_tta" if tta != (1.0,) else "cnn"
     fallback = IntervalCalibration.from_dict(others[fallback_key]) if fallback_key in others else calibration
-    return Estimator(model, config, calibration, "default model" if checkpoint is None else str(path), tta,
+    return Estimator(model, config, calibration, "shipped network" if str(checkpoint) == "cnn" else str(path), tta,
                      "cnn" if method.startswith("cnn") else method, fallback)
 
 
+@dataclass
+class ResolvedResolutions:
+    """What ``--mpp estimate`` decided for a batch.
+
+    Attributes:
+        values: µm per pixel per path used.
+        failed: one line per path refused or unreadable.
+        warnings: the batch's warnings (one saying loudly that resolutions are estimated).
+        sources: per path used, where its resolution came from, with the interval
+            (``"estimated 17.9x, 90% 15.6-20.5x (rulers)"``), for manifests and ``images.csv``.
+    """
+
+    values: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def refusal(name: str, est: MagnificationEstimate, max_uncertainty: float | None = None) -> str | None:
+    """Why an estimate cannot be used (one line naming the file and the fix), or None when it can.
+
+    It is refused when its interval holds two standard objectives a factor of 2 or more apart (it
+    cannot tell them apart), or is wider than ``max_uncertainty`` (a factor either side).
+    """
+    from histomag.magnification.rulers.evidence import ambiguous_objectives
+
+    if est.interval is None:
+        return None
+    lo, hi = est.interval
+    pair = ambiguous_objectives(est.interval)
+    if pair is not None:
+        return (f"{name}: the pixels cannot tell {pair[0]:g}x from {pair[1]:g}x (estimate {est.magnification:.3g}x, "
+                f"{est.level:.0%} interval {lo:.3g}-{hi:.3g}x); give the true resolution (mpp=)")
+    factor = est.uncertainty_factor
+    if max_uncertainty is not None and factor is not None and factor > max_uncertainty:
+        return (f"{name}: the estimate {est.magnification:.3g}x is uncertain by a factor ×{factor:.2f} ({est.level:.0%} "
+                f"interval {lo:.3g}-{hi:.3g}x), more than the allowed ×{max_uncertainty:g}; give the true resolution "
+                "(mpp=), or allow more (max_uncertainty=)")
+    return None
+
+
+def source_text(est: MagnificationEstimate) -> str:
+    """``'estimated 17.9x, 90% 15.6-20.5x (rulers)'``: an estimate as a resolution's recorded source."""
+    text = f"estimated {est.magnification:.3g}x"
+    if est.interval is not None:
+        text += f", {est.level:.0%} {est.interval[0]:.3g}-{est.interval[1]:.3g}x"
+    return f"{text} ({est.method or 'cnn'})"
+
+
 def estimate_resolutions(paths: Sequence[str | Path], checkpoint: str | Path | None = None,
-                         max_uncertainty: float = 0.25) -> tuple[dict[str, float], dict[str, str], list[str]]:
-    """Recover the resolution of each slide or image from its pixels, refusing estimates too uncertain to use.
+                         max_uncertainty: float | None = None, *,
+                         same_acquisition: bool = False) -> ResolvedResolutions:
+    """Recover the resolution of each slide or image from its pixels, using every estimate that can
+    tell the standard objectives apart.
 
     Args:
         paths: slides or images (each is opened with :func:`histomag.slide.open_slide`).
-        checkpoint: magnification model (default: the shipped one).
-        max_uncertainty: an estimate whose interval is wider than ± this share is refused.
+        checkpoint: estimator (default: the shipped rulers; see :func:`load_estimator`).
+        max_uncertainty: also refuse an estimate whose interval is wider than this factor either
+            side (``1.25``: from /1.25 to ×1.25); None: only the objective rule.
+        same_acquisition: the files are one acquisition (one scanner or camera setting): one
+            estimate pooled over all their fields serves them all (the rulers only).
 
     Returns:
-        ``(mpp per path, one-line error per refused or unreadable path, one warning per estimate
-        used)``; the warnings say loudly that the resolution is an estimate, with its interval.
+        The values used, the one-line refusals, one warning for the batch, and each value's source.
 
     Raises:
-        CheckpointError: the model cannot be loaded.
+        CheckpointError: the estimator cannot be loaded.
     """
     from histomag.errors import HistomagError
     from histomag.slide import open_slide
 
     estimator = load_estimator(checkpoint)
-    values: dict[str, float] = {}
-    failed: dict[str, str] = {}
-    warnings: list[str] = []
-    for p in map(Path, paths):
-        try:
-            with open_slide(p) as slide:
-                est = estimator.estimate_slide(slide)
-                meta = f"metadata: {slide.magnification:.3g}x" if slide.mpp else "no resolution in metadata"
-        except HistomagError as exc:
-            failed[str(p)] = str(exc)
+    out = ResolvedResolutions()
+    estimates: dict[str, MagnificationEstimate] = {}
+    if same_acquisition:
+        if not hasattr(estimator, "estimate_group"):
+            from histomag.errors import ConfigError
+
+            raise ConfigError("same_acquisition=True pools the rulers' evidence; it needs the rulers' estimator "
+                              "(no checkpoint, or a rulers' calibration .json)")
+        est, errors = estimator.estimate_group(paths)
+        out.failed.update(errors)
+        if est is not None:
+            estimates = {str(p): est for p in paths if str(p) not in errors}
+    else:
+        for p in map(Path, paths):
+            try:
+                with open_slide(p) as slide:
+                    estimates[str(p)] = estimator.estimate_slide(slide)
+            except HistomagError as exc:
+                out.failed[str(p)] = str(exc)
+    for key, est in estimates.items():
+        why = refusal(Path(key).name, est, max_uncertainty)
+        if why:
+            out.failed[key] = why
             continue
-        unc = est.relative_uncertainty
-        if unc is not None and unc > max_uncertainty:
-            failed[str(p)] = (f"{p.name}: the estimated resolution {est.describe()} is uncertain by ±{unc:.0%}, more "
-                              f"than the allowed ±{max_uncertainty:.0%}; give the true resolution (mpp=), or allow "
-                              "more uncertainty (max_uncertainty=)")
-            continue
-        values[str(p)] = est.mpp  # type: ignore[assignment]
-        note = "" if unc is not None else "; this model has no calibrated interval, its uncertainty is unknown"
-        warnings.append(f"{p.name}: using the ESTIMATED resolution {est.describe()} ({meta}){note}")
-    return values, failed, warnings
+        out.values[key] = est.mpp
+        out.sources[key] = source_text(est)
+    if out.values:
+        used = [estimates[k] for k in out.values]
+        mags = sorted(e.magnification for e in used)
+        span = f"{mags[0]:.3g}x" if len(mags) == 1 or same_acquisition else f"{mags[0]:.3g}-{mags[-1]:.3g}x"
+        pooled = f", one pooled estimate {used[0].describe()}" if same_acquisition else ""
+        uncal = "" if all(e.interval is not None for e in used) else "; some have no calibrated interval"
+        out.warnings.append(f"using ESTIMATED resolutions for {len(out.values)} of {len(list(paths))} file(s) "
+                            f"({span}{pooled}){uncal}; each file's value and interval are recorded with it")
+    return out
 
 
 def export_model(run_or_ckpt: str | Path, out: str | Path, *, calibration: IntervalCalibration | None = None,

@@ -95,11 +95,14 @@ def _robust_sd(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-def fit_cues(readings: Sequence[FieldReading], cues: Sequence[str], min_objects: int = 20) -> RulerCalibration:
+def fit_cues(readings: Sequence[FieldReading], cues: Sequence[str], min_objects: int = 20,
+             unit_of: dict[str, str] | None = None) -> RulerCalibration:
     """Priors, between-field spreads and the systematic floor from readings of known resolution.
 
-    The prior of a cue is the median over groups of each group's median implied diameter (each
-    source counts once, however many images it has); ``tau`` is the robust log-sd of the fields'
+    The prior of a cue is the median over sources (``unit_of`` maps a group to its source, e.g.
+    ``breakhis-10x`` to ``breakhis``; default: each group is a source) of each source's median
+    over its groups of their median implied diameters: a source counts once, however many images
+    or groups it has; ``tau`` is the robust log-sd of the fields'
     implied diameters around their group's median, less the part their own object counts explain;
     ``systematic`` the robust log-sd of the groups' median residuals of the first cue's pooled
     estimates (at least :data:`MIN_SYSTEMATIC`).
@@ -113,7 +116,10 @@ def fit_cues(readings: Sequence[FieldReading], cues: Sequence[str], min_objects:
         um = np.array([r.size_px * DEFAULT_POWER_MPP / r.true_magnification for r in rows])
         groups = np.array([r.group for r in rows])
         med = {g: float(np.median(np.log(um[groups == g]))) for g in set(groups.tolist())}
-        prior = float(math.exp(np.median(list(med.values()))))
+        units: dict[str, list[float]] = {}
+        for g, m in med.items():
+            units.setdefault((unit_of or {}).get(g, g), []).append(m)
+        prior = float(math.exp(np.median([np.median(v) for v in units.values()])))
         within = np.array([math.log(u) - med[g] for u, g in zip(um, groups)])
         noise = float(np.median([r.spread ** 2 / max(r.n, 1) for r in rows]))
         tau = math.sqrt(max(_robust_sd(within) ** 2 - noise, MIN_TAU ** 2))
@@ -149,7 +155,7 @@ def cross_validate(readings: Sequence[FieldReading], holdout_of: dict[str, str],
         by_image.setdefault(r.image, []).append(r)
     for u in units:
         train = [r for r in readings if holdout_of[r.group] != u]
-        cal = fit_cues(train, cues, min_objects)
+        cal = fit_cues(train, cues, min_objects, holdout_of)
         per_unit[u] = cal
         for image, rs in by_image.items():
             if holdout_of[rs[0].group] != u:
@@ -162,7 +168,7 @@ def cross_validate(readings: Sequence[FieldReading], holdout_of: dict[str, str],
                     per_cue[cue] = math.exp(pc.centre)
             results.append(HeldOut(image, rs[0].group, float(rs[0].true_magnification),
                                    None if p is None else math.exp(p.centre), None if p is None else p.se, per_cue))
-    final = fit_cues(readings, cues, min_objects)
+    final = fit_cues(readings, cues, min_objects, holdout_of)
     z = [abs(math.log(h.magnification / h.true_magnification)) / h.se for h in results if h.magnification]
     if z:
         n = len(z)

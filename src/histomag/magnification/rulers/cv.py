@@ -175,3 +175,85 @@ def select_cues(readings: Sequence[FieldReading], holdout: dict[str, str], candi
     eligible = [r for r in rows if r["score"] <= best + TIE]
     chosen = min(eligible, key=lambda r: (len(r["cues"].split("+")), r["score"]))
     return chosen["cues"].split("+"), rows, held_by
+
+
+def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence[str] = ("nuclei", "lymphocytes"),
+              *, progress: bool = True, readings_csv: str | Path | None = None) -> dict[str, Any]:
+    """Measure the sources, cross-validate every cue set, choose one, and write its calibration.
+
+    Args:
+        paths: index CSVs, slides or images of known resolution (see :mod:`~histomag.magnification.sources`).
+        out: the calibration file to write (JSON; the CV's figures go in it too).
+        candidates: the rulers to consider (registered names).
+        progress: show a progress bar.
+        readings_csv: where to keep the field readings: read from it when it exists (the sources are
+            then not measured again), written to it otherwise.
+
+    Returns:
+        The report written under ``cv`` in the file: the cue sets' scores, the chosen set, and per
+        group the figures of each cue alone and of the chosen set (native images, and native plus
+        2x/4x views), the pooled estimate of each group of 20+ images, and unreadable sources.
+
+    Raises:
+        HistomagError: no source could be measured.
+    """
+    from histomag.errors import ConfigError
+    from histomag.magnification.rulers.base import RULERS
+
+    for c in candidates:
+        RULERS.get(c)  # an unknown name: one line listing the valid ones
+    if readings_csv is not None and Path(readings_csv).is_file():
+        readings, holdout, errors = read_readings(readings_csv)
+        readings = [r for r in readings if r.cue in candidates]
+    else:
+        readings, holdout, errors = measure_sources(collect_labelled(paths), candidates, progress=progress)
+        if readings_csv is not None:
+            write_readings(readings_csv, readings, holdout)
+    if not readings:
+        raise ConfigError("no source could be measured: " + ("; ".join(errors[:3]) or "no sources"))
+    chosen, rows, held_by = select_cues(readings, holdout, candidates)
+    held, cal, per_unit = cross_validate(readings, holdout, chosen)
+    groups = sorted({r.group for r in readings})
+    figures: dict[str, Any] = {}
+    for key in [*candidates, "+".join(chosen)]:
+        if key not in held_by:
+            continue
+        q = next(r["q"] for r in rows if r["cues"] == key)
+        hs = held_by[key]
+        figures[key] = {
+            view: {g: group_figures([h for h in hs if h.group == g and (view == "all" or h.image.endswith("@1"))], q)
+                   for g in groups}
+            for view in ("native", "all")}
+    report = {"candidates": list(candidates), "chosen": chosen, "criterion": "mean over hold-out units of the median "
+              "relative mpp error on native images; the smaller cue set within 0.005 of the best",
+              "scores": rows, "figures": figures, "holdout": holdout,
+              "pooled_group_error": pooled_group_error(readings, per_unit, holdout), "unreadable": errors}
+    cal.save(out, {"cv": report})
+    return report
+
+
+READING_COLUMNS = ["image", "group", "holdout", "true_magnification", "cue", "size_px", "n", "spread"]
+
+
+def write_readings(path: str | Path, readings: Sequence[FieldReading], holdout: dict[str, str]) -> None:
+    """The field readings as CSV (atomically): one row per cue per field."""
+    from histomag.data.atomic import atomic_write_csv
+
+    atomic_write_csv(Path(path), READING_COLUMNS, [
+        {"image": r.image, "group": r.group, "holdout": holdout[r.group], "true_magnification": r.true_magnification,
+         "cue": r.cue, "size_px": "" if r.size_px is None else r.size_px, "n": r.n, "spread": r.spread}
+        for r in readings])
+
+
+def read_readings(path: str | Path) -> tuple[list[FieldReading], dict[str, str], list[str]]:
+    """Field readings written by :func:`write_readings` (with the hold-out unit of each group)."""
+    import csv
+
+    readings, holdout = [], {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            holdout[row["group"]] = row["holdout"]
+            readings.append(FieldReading(row["image"], row["cue"], float(row["size_px"]) if row["size_px"] else None,
+                                         int(row["n"]), float(row["spread"]), row["group"],
+                                         float(row["true_magnification"])))
+    return readings, holdout, []

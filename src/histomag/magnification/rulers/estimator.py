@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from histomag.errors import CheckpointError, NoTissueError
-from histomag.magnification.estimate import (MagnificationEstimate, rgb_tissue_mask, slide_tissue_mask,
-                                             spread_crops)
+from histomag.magnification.estimate import (FileEstimates, MagnificationEstimate, rgb_tissue_mask,
+                                             slide_tissue_mask, spread_crops)
 from histomag.magnification.rulers.base import RULERS, RulerReading
+from histomag.magnification.rulers.nuclei import as_rgb
 from histomag.magnification.rulers.calibration import FieldReading, RulerCalibration
 from histomag.magnification.rulers.evidence import Pooled, Z90, objective_probabilities
 from histomag.tissue import TissueMask
@@ -48,7 +49,7 @@ def field_boxes(mask: TissueMask, width: int, height: int, max_fields: int, name
     Raises:
         NoTissueError: no place holds enough tissue.
     """
-    return spread_crops(mask, width, height, FIELD, max_fields, MIN_TISSUE, name, stride=FIELD)
+    return spread_crops(mask, width, height, FIELD, max_fields, MIN_TISSUE, name, overlap=False)
 
 
 def read_fields(fields: Iterable[np.ndarray], cues: Sequence[str], image: str = "image") -> list[FieldReading]:
@@ -61,8 +62,28 @@ def read_fields(fields: Iterable[np.ndarray], cues: Sequence[str], image: str = 
     return out
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the rulers measured, for a person to see: the field with the most objects, each ruler's
+    reading of it (objects with their diameters), the priors, and the estimate of the whole image.
+
+    Attributes:
+        field: the field's RGB pixels.
+        readings: per cue, its reading of that field.
+        priors_um: per cue, the calibrated object diameter in µm.
+        estimate: the image's estimate (all fields pooled).
+        name: the file or image name.
+    """
+
+    field: np.ndarray
+    readings: dict[str, RulerReading]
+    priors_um: dict[str, float]
+    estimate: MagnificationEstimate
+    name: str
+
+
 @dataclass
-class RulerEstimator:
+class RulerEstimator(FileEstimates):
     """Estimates magnifications from the rulers chosen and calibrated by leave-groups-out CV.
 
     Attributes:
@@ -71,25 +92,28 @@ class RulerEstimator:
     """
 
     calibration: RulerCalibration
-    source: str = "default calibration"
+    source: str = "shipped rulers"
 
     @property
     def cues(self) -> list[str]:
         return list(self.calibration.cues)
 
-    def readings_rgb(self, rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None) -> list[FieldReading]:
+    def readings_rgb(self, rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None,
+                     max_fields: int = MAX_FIELDS_IMAGE) -> list[FieldReading]:
         """The field readings of a square-pixel image in memory."""
         h, w = rgb.shape[:2]
         mask = mask if mask is not None else rgb_tissue_mask(rgb)
-        boxes = field_boxes(mask, w, h, MAX_FIELDS_IMAGE, name)
+        boxes = field_boxes(mask, w, h, max_fields, name)
         return read_fields((rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes), self.cues, name)
 
-    def readings_slide(self, slide: Any, mask: TissueMask | None = None) -> list[FieldReading]:
+    def readings_slide(self, slide: Any, mask: TissueMask | None = None,
+                       max_fields: int = MAX_FIELDS_SLIDE) -> list[FieldReading]:
         """The field readings of a slide or image file (level 0, square pixels)."""
         mask = mask if mask is not None else slide_tissue_mask(slide)
         w, h = slide.dimensions
-        boxes = field_boxes(mask, w, h, MAX_FIELDS_SLIDE, slide.path.name)
-        return read_fields((slide.read_native(x, y, bw, bh) for x, y, bw, bh in boxes), self.cues, slide.path.name)
+        boxes = field_boxes(mask, w, h, max_fields, slide.path.name)
+        return read_fields((slide.read_native(x, y, bw, bh) for x, y, bw, bh in boxes), self.cues,
+                           str(slide.path.name))
 
     def estimate_readings(self, readings: Sequence[FieldReading], name: str = "image") -> MagnificationEstimate:
         """One estimate from field readings (of one image, or of a whole acquisition).
@@ -116,11 +140,65 @@ class RulerEstimator:
             (float(math.exp(pooled.centre - half)), float(math.exp(pooled.centre + half))), cal.level,
             method="rulers", objectives=odds, cues=pooled.by_cue(), n_images=n_images)
 
-    def estimate_rgb(self, rgb: np.ndarray, name: str = "image") -> MagnificationEstimate:
-        return self.estimate_readings(self.readings_rgb(rgb, name), name)
+    def estimate_rgb(self, rgb: np.ndarray, n_crops: int | None = None, name: str = "image") -> MagnificationEstimate:
+        """Estimate of a square-pixel image in memory (``n_crops``: at most that many fields)."""
+        return self.estimate_readings(self.readings_rgb(as_rgb(rgb), name, max_fields=n_crops or MAX_FIELDS_IMAGE),
+                                      name)
 
-    def estimate_slide(self, slide: Any) -> MagnificationEstimate:
-        return self.estimate_readings(self.readings_slide(slide), slide.path.name)
+    def estimate_slide(self, slide: Any, n_crops: int | None = None) -> MagnificationEstimate:
+        """Estimate of a slide or image opened with :func:`histomag.slide.open_slide` (``n_crops``: at most
+        that many fields)."""
+        return self.estimate_readings(self.readings_slide(slide, max_fields=n_crops or MAX_FIELDS_SLIDE),
+                                      slide.path.name)
+
+    def evidence(self, image: Any, name: str | None = None) -> Evidence:
+        """The evidence behind an image's (an RGB array) or a slide's estimate.
+
+        Raises:
+            NoTissueError: nothing to measure.
+        """
+        if isinstance(image, np.ndarray):
+            rgb = as_rgb(image)
+            name = name or "image"
+            h, w = rgb.shape[:2]
+            boxes = field_boxes(rgb_tissue_mask(rgb), w, h, MAX_FIELDS_IMAGE, name)
+            fields = [rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes]
+        else:
+            name = name or image.path.name
+            w, h = image.dimensions
+            boxes = field_boxes(slide_tissue_mask(image), w, h, MAX_FIELDS_SLIDE, name)
+            fields = [image.read_native(x, y, bw, bh) for x, y, bw, bh in boxes]
+        per_field = [{cue: RULERS.get(cue)(np.ascontiguousarray(f)) for cue in self.cues} for f in fields]
+        readings = [FieldReading(name, cue, r.size_px, r.n, r.spread) for fr in per_field for cue, r in fr.items()]
+        estimate = self.estimate_readings(readings, name)
+        best = max(range(len(fields)), key=lambda i: sum(r.n for r in per_field[i].values() if r.size_px))
+        return Evidence(np.ascontiguousarray(fields[best]), per_field[best],
+                        {c: v.prior_um for c, v in self.calibration.cues.items()}, estimate, name)
+
+    def estimate_group(self, paths: Sequence[str | Path]) -> tuple[MagnificationEstimate | None, dict[str, str]]:
+        """One estimate pooled over the fields of files that are one acquisition (one scanner or
+        camera setting); a file that cannot be read or measured is left out and named.
+
+        Returns:
+            ``(the pooled estimate, or None when no file gave evidence; one line per file left out)``.
+        """
+        from histomag.errors import HistomagError
+        from histomag.slide import open_slide
+
+        readings: list[FieldReading] = []
+        errors: dict[str, str] = {}
+        for p in map(Path, paths):
+            try:
+                with open_slide(p) as slide:
+                    mine = self.readings_slide(slide)
+                if self.calibration.pool(mine) is None:
+                    raise NoTissueError(f"{p.name}: nothing to measure (no field shows enough nuclei)")
+                readings.extend(mine)
+            except HistomagError as exc:
+                errors[str(p)] = str(exc)
+        if not readings:
+            return None, errors
+        return self.estimate_readings(readings, f"{len(paths)} files"), errors
 
 
 def load_ruler_calibration(path: str | Path | None = None) -> RulerCalibration:
@@ -142,4 +220,4 @@ def load_ruler_calibration(path: str | Path | None = None) -> RulerCalibration:
 
 
 def load_ruler_estimator(path: str | Path | None = None) -> RulerEstimator:
-    return RulerEstimator(load_ruler_calibration(path), "default calibration" if path is None else str(path))
+    return RulerEstimator(load_ruler_calibration(path), "shipped rulers" if path is None else str(path))

@@ -32,7 +32,7 @@ On ideal discs the size tracks the true diameter within about 1% from 4 to 40 px
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,7 @@ from scipy import ndimage as ndi
 from scipy.special import ive
 
 from histomag.errors import ConfigError, NoTissueError
+from histomag.magnification.rulers.base import RULERS, RulerReading
 
 #: Prior nuclear diameter in µm, in the units of :attr:`NucleiMeasurement.size_px` (LoG disc
 #: diameters, not segmented areas). Calibrated as the median over six real sources (MoNuSeg,
@@ -54,6 +55,9 @@ MIN_NUCLEI = 20
 #: blurs them: +6% at 3 px, +10% at 2 px, and below about 2.5 px every size reads as about 2.2 px),
 #: so a field this coarse can be of any lower magnification.
 FLOOR_PX = 3.0
+#: the nuclear population is looked for among blobs at least this large (px) first: below it the
+#: LoG sizes saturate and pixel texture, JPEG blocks, sharpening halos and noise pile up.
+POPULATION_FLOOR_PX = 3.0
 #: the reference blob response (haematoxylin optical density) below which an image has no nuclei.
 MIN_CONTRAST = 0.01
 #: larger images are measured on a known-factor downsample (or on a full-resolution window).
@@ -91,11 +95,15 @@ class NucleiMeasurement:
             Laplacian-of-Gaussian response peaks; for a uniform disc this is its diameter.
         spread: interquartile range of the per-nucleus diameters divided by their median
             (0.3-0.5 is typical tissue; the window limits it to at most about 0.8).
+        log_spread: the same spread as a robust log-sd (interquartile range of the log diameters / 1.349).
+        objects: ``(n, 3)`` rows of ``y, x, diameter_px`` of the nuclei measured (image px).
     """
 
     n_nuclei: int
     size_px: float
     spread: float
+    log_spread: float = 0.0
+    objects: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def haematoxylin(rgb: np.ndarray, chroma_sigma: float = _CHROMA_SIGMA) -> np.ndarray:
@@ -139,7 +147,7 @@ def measure_nuclei(rgb: np.ndarray) -> NucleiMeasurement:
         ConfigError: not an ``(H, W, 3)`` uint8 image.
         NoTissueError: fewer than :data:`MIN_NUCLEI` nuclei, or no haematoxylin contrast.
     """
-    rgb = _as_rgb(rgb)
+    rgb = as_rgb(rgb)
     h, w = rgb.shape[:2]
     if h * w <= MAX_PIXELS:
         return _measure(rgb)
@@ -148,13 +156,16 @@ def measure_nuclei(rgb: np.ndarray) -> NucleiMeasurement:
                                                    box=(0, 0, w // factor * factor, h // factor * factor)))
     coarse, centres = _measure(small, return_centres=True)
     if coarse.size_px >= MIN_RESOLVED_PX:
-        return NucleiMeasurement(coarse.n_nuclei, coarse.size_px * factor, coarse.spread)
+        objects = coarse.objects * factor if coarse.objects is not None else None
+        return NucleiMeasurement(coarse.n_nuclei, coarse.size_px * factor, coarse.spread, coarse.log_spread, objects)
     # nuclei too small to survive the downsample: measure the full-resolution window with most of them
     side = int(math.sqrt(MAX_PIXELS))
     wh, ww = min(side, h), min(side, w)
     counts, ys, xs = _window_counts(centres * factor, h, w, wh, ww)
     y0, x0 = ys[counts.argmax()], xs[counts.argmax()]
-    return _measure(np.ascontiguousarray(rgb[y0:y0 + wh, x0:x0 + ww]))
+    fine = _measure(np.ascontiguousarray(rgb[y0:y0 + wh, x0:x0 + ww]))
+    objects = fine.objects + np.array([y0, x0, 0.0]) if fine.objects is not None else None
+    return NucleiMeasurement(fine.n_nuclei, fine.size_px, fine.spread, fine.log_spread, objects)
 
 
 def mpp_from_nuclei(measurement: NucleiMeasurement, prior_um: float = NUCLEUS_SIZE_UM) -> float:
@@ -177,17 +188,26 @@ def mpp_from_nuclei(measurement: NucleiMeasurement, prior_um: float = NUCLEUS_SI
 
 
 # ----- internals -------------------------------------------------------------------------------
-def _as_rgb(rgb: np.ndarray) -> np.ndarray:
+def as_rgb(rgb: np.ndarray) -> np.ndarray:
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ConfigError(f"expected an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}; convert it first")
     return np.ascontiguousarray(arr[..., :3])
 
 
-def _measure(rgb: np.ndarray,
-             return_centres: bool = False) -> NucleiMeasurement | tuple[NucleiMeasurement, np.ndarray]:
+def candidate_blobs(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The blobs that may be nuclei: ``(σ, y, x, density)`` of those responding at least half as
+    strongly as the reference and not inside a larger, stronger one (cached for the last image,
+    so that several rulers measuring one field find its blobs once).
+
+    Raises:
+        NoTissueError: no haematoxylin blobs, or too little contrast.
+    """
+    key = (rgb.shape, rgb.__array_interface__["data"][0], hash(rgb[::7, ::11].tobytes()))
+    if _CANDIDATES.get("key") == key:
+        return _CANDIDATES["value"]
     h, w = rgb.shape[:2]
-    sigma, response, ys, xs = _blobs(_fill_holes(haematoxylin(rgb, _CHROMA_SIGMA)))
+    sigma, response, ys, xs, density = _blobs(_fill_holes(haematoxylin(rgb, _CHROMA_SIGMA)))
     if sigma.size == 0:
         raise NoTissueError(f"no nuclei in a {w}x{h} image (no haematoxylin blobs); give an H&E field with "
                             f"at least {MIN_NUCLEI} nuclei")
@@ -196,18 +216,42 @@ def _measure(rgb: np.ndarray,
         raise NoTissueError(f"no nuclei in a {w}x{h} image (haematoxylin contrast {reference:.3f} < "
                             f"{MIN_CONTRAST}); give an H&E field with at least {MIN_NUCLEI} nuclei")
     keep = _outermost(sigma, response, ys, xs, response >= _RELATIVE_RESPONSE * reference)
-    sigma, ys, xs = sigma[keep], ys[keep], xs[keep]
-    peak = _population_peak(sigma)
+    value = (sigma[keep], ys[keep], xs[keep], density[keep])
+    _CANDIDATES.update(key=key, value=value)
+    return value
+
+
+_CANDIDATES: dict = {}
+
+
+def nuclear_peak(sigma: np.ndarray) -> float:
+    """σ of the nuclear population: the area-weighted mode of the blob sizes, among blobs of at least
+    :data:`POPULATION_FLOOR_PX` (where pixel texture, JPEG blocks, sharpening halos and noise pile
+    up below), unless fewer than a population's worth are that large."""
+    floor = POPULATION_FLOOR_PX / _DISC_DIAMETER_PER_SIGMA
+    above = sigma >= floor
+    if above.sum() >= _POPULATION:
+        return _population_peak(sigma[above])
+    return _population_peak(sigma)
+
+
+def _measure(rgb: np.ndarray,
+             return_centres: bool = False) -> NucleiMeasurement | tuple[NucleiMeasurement, np.ndarray]:
+    h, w = rgb.shape[:2]
+    sigma, ys, xs, _ = candidate_blobs(rgb)
+    peak = nuclear_peak(sigma)
     nuclei = (sigma >= peak / _WINDOW) & (sigma <= peak * _WINDOW)
     if nuclei.sum() < MIN_NUCLEI:
         raise NoTissueError(f"only {int(nuclei.sum())} nuclei in a {w}x{h} image; at least {MIN_NUCLEI} are "
                             "needed: give a larger field or one with more cells")
     diameters = _DISC_DIAMETER_PER_SIGMA * sigma[nuclei]
     q1, med, q3 = np.percentile(diameters, [25, 50, 75])
+    objects = np.stack([ys[nuclei], xs[nuclei], diameters], axis=1)
     result = NucleiMeasurement(n_nuclei=int(nuclei.sum()), size_px=float(_weighted_median(diameters, diameters ** 2)),
-                               spread=float((q3 - q1) / med))
+                               spread=float((q3 - q1) / med), log_spread=float(math.log(q3 / q1) / 1.349),
+                               objects=objects)
     if return_centres:
-        return result, np.stack([ys[nuclei], xs[nuclei]], axis=1)
+        return result, objects[:, :2]
     return result
 
 
@@ -268,8 +312,9 @@ def _max3x3(a: np.ndarray) -> np.ndarray:
     return n
 
 
-def _blobs(hd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Maxima of ``-σ²∇²(G_σ * hd)`` over space and scale: (σ, response, y, x), σ and y/x in input px.
+def _blobs(hd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Maxima of ``-σ²∇²(G_σ * hd)`` over space and scale: (σ, response, y, x, density at the centre
+    at that scale), σ and y/x in input px.
 
     Octave 0 runs at full resolution from σ = 0.5 to 2 px; every further octave decimates the
     image blurred to σ = 2 (local px) by 2 and covers σ = 1..2 local px again, as in SIFT.
@@ -299,15 +344,15 @@ def _blobs(hd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
             offset = np.where(curvature < 0, 0.5 * (r0 - r2) / np.where(curvature < 0, curvature, -1.0), 0.0)
             log_sigma = math.log2(sigmas[k]) + np.clip(offset, -0.5, 0.5) / _SCALES_PER_OCTAVE
             found.append(np.stack([factor * 2.0 ** log_sigma, r1, factor * y + (factor - 1) / 2.0,
-                                   factor * x + (factor - 1) / 2.0], axis=1))
+                                   factor * x + (factor - 1) / 2.0, smoothed[k][y, x]], axis=1))
         nxt = smoothed[int(np.argmin([abs(s - 2.0) for s in sigmas]))][::2, ::2]
         factor *= 2
         if 2.0 * factor > _SIGMA_MAX * 1.01 or min(nxt.shape) < 16:
             break
         image, t_now = np.ascontiguousarray(nxt), 1.0
         sigmas = [step ** k for k in range(_SCALES_PER_OCTAVE + 2)]
-    blobs = np.concatenate(found) if found else np.zeros((0, 4))
-    return blobs[:, 0], blobs[:, 1], blobs[:, 2], blobs[:, 3]
+    blobs = np.concatenate(found) if found else np.zeros((0, 5))
+    return blobs[:, 0], blobs[:, 1], blobs[:, 2], blobs[:, 3], blobs[:, 4]
 
 
 def _reference_response(sigma: np.ndarray, response: np.ndarray, area: float) -> float:
@@ -367,3 +412,14 @@ def _window_counts(centres: np.ndarray, h: int, w: int, wh: int,
     cy, cx = centres[:, 0][None, :], centres[:, 1][None, :]
     counts = ((cy >= gy[:, None]) & (cy < gy[:, None] + wh) & (cx >= gx[:, None]) & (cx < gx[:, None] + ww)).sum(1)
     return counts, gy, gx
+
+
+@RULERS.register("nuclei")
+def read_nuclei(rgb: np.ndarray) -> RulerReading:
+    """The nuclei ruler's reading of one field (``size_px`` None, with the reason, when it offers none)."""
+    try:
+        m = measure_nuclei(rgb)
+    except NoTissueError as exc:
+        return RulerReading("nuclei", None, 0, 0.0, reason=str(exc))
+    objects = m.objects if m.objects is not None else np.zeros((0, 3))
+    return RulerReading("nuclei", m.size_px, m.n_nuclei, m.log_spread, objects)
