@@ -252,9 +252,13 @@ def predict(
     paths: list[Path] = typer.Argument(..., help="Images, folders of images, or slides."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Run folder or model file "
                                               "(default: the model shipped with histomag)."),
-    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per image or slide (median of logs)."),
+    n_crops: Optional[int] = typer.Option(None, "--n-crops", help="At most this many fields (rulers; default 16 per "
+                                          "image, 24 per slide) or crops (a network; default 32) per file."),
+    same_acquisition: bool = typer.Option(False, "--same-acquisition", help="The files are one acquisition (one "
+                                          "scanner or camera setting): also print one estimate pooled over all of "
+                                          "them (its path: 'pooled')."),
 ) -> int:
-    """Print one JSON object per image: path, magnification, mpp, interval, n_crops (or an error)."""
+    """Print one JSON object per image: path, magnification, mpp, interval, objective odds (or an error)."""
     import json
 
     from histomag.magnification.infer import load_estimator
@@ -267,6 +271,14 @@ def predict(
     for path in items:
         record = estimator.estimate_file(path, n_crops)
         failures += "error" in record
+        print(json.dumps(record), flush=True)
+    if same_acquisition:
+        if not hasattr(estimator, "estimate_group"):
+            raise ConfigError("--same-acquisition pools the rulers' evidence: drop --checkpoint, or give a rulers' "
+                              "calibration (.json)")
+        pooled, left_out = estimator.estimate_group(items)
+        record = {"path": "pooled", "files": len(items) - len(left_out), "left_out": sorted(left_out)}
+        record.update(pooled.to_dict() if pooled is not None else {"error": "no file gave evidence to pool"})
         print(json.dumps(record), flush=True)
     if failures:
         return 2 if failures == len(items) else 1
@@ -296,14 +308,15 @@ def calibrate(
         print(f"{row['cues']:24s} {row['score']:7.3f} {row['answered']:9.2f}")
     chosen = "+".join(report["chosen"])
     print(f"chosen: {chosen} (mean over held-out datasets of the median relative mpp error, native images)")
-    print(f"{'group':14s} {'n':>4s} {'med.err':>8s} {'w/in10%':>8s} {'bias':>7s} {'p90x':>6s} {'cover':>6s} {'obj.ok':>7s}")
+    print(f"{'group':14s} {'n':>4s} {'med.err':>8s} {'w/in10%':>8s} {'bias':>7s} {'p90x':>6s} {'cover':>6s} {'obj.ok':>7s} "
+          f"{'served':>7s} {'factor':>7s}")
     for group, f in report["figures"][chosen]["native"].items():
         if "median_rel_error" not in f:
             print(f"{group:14s} {f['n']:4d}  nothing measured")
             continue
         obj = f"{f['objective_right']:.2f}" if "objective_right" in f else "-"
         print(f"{group:14s} {f['n']:4d} {f['median_rel_error']:8.3f} {f['within_10']:8.2f} {f['bias']:+7.3f} "
-              f"{f['p90_factor']:6.2f} {f['coverage']:6.2f} {obj:>7s}")
+              f"{f['p90_factor']:6.2f} {f['coverage']:6.2f} {obj:>7s} {f['served']:7.2f} {f['interval_factor']:7.2f}")
     for group, err in report["pooled_group_error"].items():
         print(f"pooled estimate of {group}: {err:.3f} from the truth")
     print(f"-> {out}")

@@ -165,3 +165,44 @@ def simulate_acquisition(region: np.ndarray, size: int, settings: AcquisitionSet
         with Image.open(buf) as im:
             out = np.asarray(im.convert("RGB"))
     return np.ascontiguousarray(out)
+
+
+# ----- the acquisition checks: fixed transforms an estimate of scale must not follow ----------------
+def unsharp(rgb: np.ndarray, radius: float = 2, percent: int = 150) -> np.ndarray:
+    """An ordinary unsharp mask (as cameras and several scanners apply)."""
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=0)))
+
+
+def gaussian_blur(rgb: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """A Gaussian blur of ``sigma`` px (slight defocus)."""
+    from scipy.ndimage import gaussian_filter
+
+    return np.clip(gaussian_filter(rgb.astype(np.float32), (sigma, sigma, 0)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def jpeg_again(rgb: np.ndarray, quality: int = 70) -> np.ndarray:
+    """The image JPEG-compressed once more at ``quality``."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def stain_shift(rgb: np.ndarray, h: float = 1.15, e: float = 0.85) -> np.ndarray:
+    """Haematoxylin 15% stronger, eosin 15% weaker (colour deconvolution)."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(rgb)
+    hed[..., 0] *= h
+    hed[..., 1] *= e
+    return np.clip(hed2rgb(hed) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def sensor_noise(rgb: np.ndarray, sd: float = 6.0, seed: int = 0) -> np.ndarray:
+    """Gaussian pixel noise of ``sd`` grey levels (seeded)."""
+    noise = np.random.default_rng(seed).normal(0, sd, rgb.shape)
+    return np.clip(rgb + noise, 0, 255).astype(np.uint8)
+
+
+#: the acquisition checks by name: an estimate of scale should move less than 10% under each
+ACQUISITION_CHECKS = {"unsharp": unsharp, "blur-1px": gaussian_blur, "jpeg-q70": jpeg_again, "stain": stain_shift,
+                      "noise": sensor_noise}

@@ -22,7 +22,7 @@ import numpy as np
 
 from histomag.errors import HistomagError
 from histomag.magnification.rulers.calibration import FieldReading, HeldOut, RulerCalibration, cross_validate
-from histomag.magnification.rulers.evidence import STANDARD_OBJECTIVES, Z90, objective_probabilities, pool
+from histomag.magnification.rulers.evidence import STANDARD_OBJECTIVES, Z90, ambiguous_objectives, objective_probabilities
 from histomag.progress import progress_bar
 from histomag.resolution import DEFAULT_POWER_MPP
 
@@ -115,9 +115,12 @@ def group_figures(held: Sequence[HeldOut], q: float) -> dict[str, float]:
     lr = np.array([math.log(h.true_magnification / h.magnification) for h in ok])  # log(pred mpp / true mpp)
     rel = np.abs(np.exp(lr) - 1)
     covered = [abs(math.log(h.magnification / h.true_magnification)) <= q * h.se for h in ok]
+    served = [ambiguous_objectives((h.magnification * math.exp(-q * h.se), h.magnification * math.exp(q * h.se)))
+              is None for h in ok]
     out = {"n": n, "answered": len(ok), "median_rel_error": float(np.median(rel)),
            "within_10": float(np.mean(rel <= 0.10)), "bias": float(np.median(lr)),
-           "p90_factor": float(np.exp(np.quantile(np.abs(lr), 0.9))), "coverage": float(np.mean(covered))}
+           "p90_factor": float(np.exp(np.quantile(np.abs(lr), 0.9))), "coverage": float(np.mean(covered)),
+           "served": float(np.mean(served)), "interval_factor": float(np.median([math.exp(q * h.se) for h in ok]))}
     standard = [h for h in ok if _standard(h.true_magnification)]
     if standard:
         right = [_most_likely(h, q) == _standard(h.true_magnification) for h in standard]

@@ -57,7 +57,7 @@ MIN_NUCLEI = 20
 FLOOR_PX = 3.0
 #: the nuclear population is looked for among blobs at least this large (px) first: below it the
 #: LoG sizes saturate and pixel texture, JPEG blocks, sharpening halos and noise pile up.
-POPULATION_FLOOR_PX = 3.0
+POPULATION_FLOOR_PX = 4.0
 #: the reference blob response (haematoxylin optical density) below which an image has no nuclei.
 MIN_CONTRAST = 0.01
 #: larger images are measured on a known-factor downsample (or on a full-resolution window).
@@ -74,6 +74,8 @@ _RELATIVE_RESPONSE = 0.5   # a nucleus responds at least this share of the refer
 _POPULATION = 30           # blobs within ±0.3 octave that make a population (the mode's gate)
 _MODE_BANDWIDTH = 0.3      # octaves
 _WINDOW = 1.5              # nuclei: blobs within this factor of the population's peak size
+_NEAR_PARENT = 2.0         # a blob inside a larger one at most this many times its σ ...
+_NEAR_PARENT_RESPONSE = 0.5  # ... is dropped when that one responds at least this share as strongly
 _FILL_PERCENTILES = (60, 70, 80, 88, 94, 98)
 _CHROMA_SIGMA = 1.0
 
@@ -225,10 +227,14 @@ _CANDIDATES: dict = {}
 
 
 def nuclear_peak(sigma: np.ndarray) -> float:
-    """σ of the nuclear population: the area-weighted mode of the blob sizes, among blobs of at least
-    :data:`POPULATION_FLOOR_PX` (where pixel texture, JPEG blocks, sharpening halos and noise pile
-    up below), unless fewer than a population's worth are that large."""
+    """σ of the nuclear population: the highest local maximum of the area-weighted size density at or
+    above :data:`POPULATION_FLOOR_PX` (below it pixel texture, JPEG blocks, sharpening halos and
+    noise pile up); without one, the density's peak among blobs that large, or among all blobs
+    when fewer than a population's worth are that large."""
     floor = POPULATION_FLOOR_PX / _DISC_DIAMETER_PER_SIGMA
+    local = _local_peak_above(sigma, floor)
+    if local is not None:
+        return local
     above = sigma >= floor
     if above.sum() >= _POPULATION:
         return _population_peak(sigma[above])
@@ -364,7 +370,8 @@ def _reference_response(sigma: np.ndarray, response: np.ndarray, area: float) ->
 
 def _outermost(sigma: np.ndarray, response: np.ndarray, ys: np.ndarray, xs: np.ndarray,
                candidate: np.ndarray) -> np.ndarray:
-    """Candidates that do not sit inside a larger, stronger candidate (their centre within its radius)."""
+    """Candidates that do not sit inside a larger candidate (their centre within its radius) that is
+    stronger, or, when at most twice as large, at least half as strong."""
     from scipy.spatial import cKDTree
 
     idx = np.flatnonzero(candidate)
@@ -378,13 +385,17 @@ def _outermost(sigma: np.ndarray, response: np.ndarray, ys: np.ndarray, xs: np.n
         i, j = pairs[:, 0], pairs[:, 1]
         big, small = np.where(sigma[idx[i]] >= sigma[idx[j]], i, j), np.where(sigma[idx[i]] >= sigma[idx[j]], j, i)
         dist = np.hypot(ys[idx[big]] - ys[idx[small]], xs[idx[big]] - xs[idx[small]])
-        inside = (dist < radius[big]) & (response[idx[big]] >= response[idx[small]])
+        # a near parent (at most _NEAR_PARENT times larger) needs only half the child's response: sharpened
+        # chromatin and fragments of a nucleus respond strongly at their small scales
+        near = sigma[idx[big]] <= _NEAR_PARENT * sigma[idx[small]]
+        k = np.where(near, _NEAR_PARENT_RESPONSE, 1.0)
+        inside = (dist < radius[big]) & (response[idx[big]] >= k * response[idx[small]])
         keep[idx[small[inside]]] = False
     return keep
 
 
-def _population_peak(sigma: np.ndarray, step: float = 0.02) -> float:
-    """σ at the peak of the area-weighted log-size density, counting only scales with a population."""
+def _size_density(sigma: np.ndarray, step: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """``(log2 σ grid, density)``: the area-weighted log-size density, counting only scales with a population."""
     log_s = np.log2(sigma)
     grid = np.arange(log_s.min() - 2 * _MODE_BANDWIDTH, log_s.max() + 2 * _MODE_BANDWIDTH + step, step)
     edges = np.r_[grid - step / 2, grid[-1] + step / 2]
@@ -393,7 +404,23 @@ def _population_peak(sigma: np.ndarray, step: float = 0.02) -> float:
     bw = _MODE_BANDWIDTH / step
     density = ndi.gaussian_filter1d(area.astype(np.float64), bw, mode="constant")
     population = ndi.gaussian_filter1d(count.astype(np.float64), bw, mode="constant") * math.sqrt(2 * math.pi) * bw
-    return float(2.0 ** grid[int(np.argmax(density * np.minimum(1.0, population / _POPULATION)))])
+    return grid, density * np.minimum(1.0, population / _POPULATION)
+
+
+def _population_peak(sigma: np.ndarray) -> float:
+    """σ at the peak of the area-weighted log-size density, counting only scales with a population."""
+    grid, density = _size_density(sigma)
+    return float(2.0 ** grid[int(np.argmax(density))])
+
+
+def _local_peak_above(sigma: np.ndarray, floor_sigma: float) -> float | None:
+    """σ of the highest local maximum of the size density (of all blobs) at or above ``floor_sigma``,
+    or None: a population below the floor (pixel texture, JPEG blocks) whose tail crosses it is no
+    peak there."""
+    grid, f = _size_density(sigma)
+    interior = (f[1:-1] > f[:-2]) & (f[1:-1] >= f[2:]) & (grid[1:-1] >= math.log2(floor_sigma))
+    ii = np.flatnonzero(interior) + 1
+    return float(2.0 ** grid[ii[np.argmax(f[ii])]]) if ii.size else None
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
