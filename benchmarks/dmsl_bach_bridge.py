@@ -6,8 +6,9 @@ the images of its *test* groups (never seen in training) three times, reading ea
 * ``true``: the index's resolution (0.56 µm wide x 0.42 µm tall, squared to 0.56 µm/px);
 * ``estimated``: what the magnification model recovers from the pixels (``histomag.magnification.infer``,
   the shipped default unless ``--checkpoint``), from the file as a user has it (no anisotropy
-  known); an estimate whose interval is wider than ``--max-uncertainty`` is refused, as
-  ``histomag dmsl predict --mpp estimate`` refuses it, and counts as not predicted;
+  known); an estimate is refused as ``histomag dmsl predict --mpp estimate`` refuses it (its interval
+  holds two standard objectives a factor 2 apart, or is wider than ``--max-uncertainty``, a factor)
+  and then counts as not predicted;
 * ``estimated-anyway``: the same estimates, every one used however uncertain;
 * ``assumed-40x``: 0.25 µm/px for every image (a user who takes snapshots for 40x scans).
 
@@ -45,12 +46,26 @@ def test_images(run_dir: Path, index: Path, fold: int, group_block: int) -> list
 
 
 def uncertainty(e: dict) -> float | None:
-    """Half the magnification interval's width relative to the estimate (as MagnificationEstimate has it)."""
-    if e.get("relative_uncertainty") is not None:
-        return float(e["relative_uncertainty"])
+    """The interval as a factor either side of the estimate (as MagnificationEstimate.uncertainty_factor)."""
     if e.get("magnification_interval") and e.get("magnification"):
         lo, hi = e["magnification_interval"]
-        return (hi - lo) / (2 * e["magnification"])
+        return max(e["magnification"] / lo, hi / e["magnification"])
+    return None
+
+
+def refused(e: dict, max_uncertainty: float | None) -> str | None:
+    """Why ``dmsl predict --mpp estimate`` would refuse this estimate (the library's rule), or None."""
+    from histomag.magnification.rulers.evidence import ambiguous_objectives
+
+    if e.get("mpp") is None:
+        return e.get("error") or "no estimate"
+    if e.get("magnification_interval"):
+        pair = ambiguous_objectives(tuple(e["magnification_interval"]))
+        if pair:
+            return f"cannot tell {pair[0]:g}x from {pair[1]:g}x"
+    unc = uncertainty(e)
+    if max_uncertainty is not None and unc is not None and unc > max_uncertainty:
+        return f"uncertain by x{unc:.2f}"
     return None
 
 
@@ -70,7 +85,7 @@ def main() -> None:
     parser.add_argument("index", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--max-uncertainty", type=float, default=0.25)
+    parser.add_argument("--max-uncertainty", type=float, default=None, help="A factor (as dmsl predict takes it).")
     parser.add_argument("--group-block", type=int, default=10)
     args = parser.parse_args()
 
@@ -103,9 +118,9 @@ def main() -> None:
                 use = []
                 for j in jobs:
                     e = estimates[j.path]
-                    unc = uncertainty(e)
-                    if e.get("mpp") is None or (unc is not None and unc > args.max_uncertainty):
-                        failed[j.path] = f"estimate refused ({e.get('error') or f'±{unc:.0%}'})"
+                    why = refused(e, args.max_uncertainty)
+                    if why:
+                        failed[j.path] = f"estimate refused ({why})"
                     use.append(replace(j, mpp=e.get("mpp")))
             res = predict_images(args.run, use, args.out / f"fold{k}" / setting, fold=k, failed=failed)
             for r in res.images:

@@ -133,3 +133,15 @@ def test_nuclei_reading_is_scale_free(tissue):
     a, b = RULERS.get("nuclei")(rgb), RULERS.get("nuclei")(half)
     assert a.size_px / b.size_px == pytest.approx(2.0, rel=0.08)
     assert math.isfinite(a.spread) and a.objects.shape == (a.n, 3)
+
+
+def test_nuclei_at_the_pixel_floor_give_an_upper_bound_that_is_refused():
+    from histomag.magnification.infer import refusal
+
+    rgb = nuclei_image(900, 900, 2.6, np.random.default_rng(1))  # 7 µm nuclei of about 2.7 px: 3.8x
+    reading = RULERS.get("nuclei")(rgb)
+    assert reading.size_px is None and reading.at_floor and "floor" in reading.reason
+    est = _estimator(7.0).estimate_rgb(rgb, name="tiny.png")
+    assert est.interval[0] == 1.0 and est.interval[1] == pytest.approx(10 * 4 / 7.0)
+    assert "floor" in est.caveat and "floor" in est.describe()
+    assert "cannot tell 2.5x from 5x" in refusal("tiny.png", est)

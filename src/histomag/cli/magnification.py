@@ -293,6 +293,7 @@ def calibrate(
                              "the CV chooses among their combinations."),
     readings: Optional[Path] = typer.Option(None, "--readings", help="CSV of the field readings: reused when it "
                                             "exists (no measuring), written otherwise."),
+    field: int = typer.Option(768, "--field", help="Side in px of the fields measured (the calibration records it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> int:
     """Leave-groups-out CV of the rulers (each dataset held out in turn), the cue set it chooses, and its
@@ -300,7 +301,7 @@ def calibrate(
     from histomag.magnification.rulers.cv import calibrate as run
 
     report = run(sources, out, [c.strip() for c in cues.split(",") if c.strip()], progress=not quiet,
-                 readings_csv=readings)
+                 readings_csv=readings, field=field)
     for message in report["unreadable"]:
         error(message)
     print(f"{'cues':24s} {'score':>7s} {'answered':>9s}")
@@ -309,14 +310,14 @@ def calibrate(
     chosen = "+".join(report["chosen"])
     print(f"chosen: {chosen} (mean over held-out datasets of the median relative mpp error, native images)")
     print(f"{'group':14s} {'n':>4s} {'med.err':>8s} {'w/in10%':>8s} {'bias':>7s} {'p90x':>6s} {'cover':>6s} {'obj.ok':>7s} "
-          f"{'served':>7s} {'factor':>7s}")
+          f"{'served':>7s} {'factor':>7s} {'floor':>6s}")
     for group, f in report["figures"][chosen]["native"].items():
         if "median_rel_error" not in f:
             print(f"{group:14s} {f['n']:4d}  nothing measured")
             continue
         obj = f"{f['objective_right']:.2f}" if "objective_right" in f else "-"
         print(f"{group:14s} {f['n']:4d} {f['median_rel_error']:8.3f} {f['within_10']:8.2f} {f['bias']:+7.3f} "
-              f"{f['p90_factor']:6.2f} {f['coverage']:6.2f} {obj:>7s} {f['served']:7.2f} {f['interval_factor']:7.2f}")
+              f"{f['p90_factor']:6.2f} {f['coverage']:6.2f} {obj:>7s} {f['served']:7.2f} {f['interval_factor']:7.2f} {f['at_floor']:6.2f}")
     for group, err in report["pooled_group_error"].items():
         print(f"pooled estimate of {group}: {err:.3f} from the truth")
     print(f"-> {out}")

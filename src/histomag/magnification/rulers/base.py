@@ -21,6 +21,8 @@ class RulerReading:
         spread: the robust log-sd of their diameters (how consistent they are).
         objects: ``(k, 3)`` rows of ``y, x, diameter_px``: what was measured, for drawing the evidence.
         reason: why there is no size (``"12 nuclei, fewer than 20"``), else empty.
+        at_floor: no size because the objects are at the ruler's pixel floor: the image's
+            magnification is then at most the ruler's floor magnification.
     """
 
     cue: str
@@ -29,6 +31,7 @@ class RulerReading:
     spread: float
     objects: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     reason: str = ""
+    at_floor: bool = False
 
 
 Ruler = Callable[[np.ndarray], RulerReading]

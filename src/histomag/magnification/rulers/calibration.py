@@ -39,6 +39,7 @@ class FieldReading:
     spread: float
     group: str = ""
     true_magnification: float | None = None
+    at_floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RulerCalibration:
     level: float = 0.9
     n: int = 0           # held-out estimates q was calibrated on
     groups: tuple[str, ...] = ()
+    field: int = 768     # side (px) of the fields the readings were taken on
 
     def evidence(self, r: FieldReading) -> Evidence | None:
         c = self.cues.get(r.cue)
@@ -71,7 +73,7 @@ class RulerCalibration:
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "cues": {k: asdict(v) for k, v in self.cues.items()},
                 "systematic": self.systematic, "q": self.q, "level": self.level, "n": self.n,
-                "groups": list(self.groups)}
+                "groups": list(self.groups), "field": self.field}
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write the calibration as JSON (atomically), with ``extra`` fields (e.g. the CV's figures)."""
@@ -85,7 +87,7 @@ class RulerCalibration:
             raise ValueError(f"schema version {d.get('schema_version')} is newer than this histomag reads "
                              f"({SCHEMA_VERSION}); upgrade histomag")
         return cls({k: CueCalibration(**v) for k, v in d["cues"].items()}, float(d["systematic"]), float(d["q"]),
-                   float(d.get("level", 0.9)), int(d.get("n", 0)), tuple(d.get("groups", ())))
+                   float(d.get("level", 0.9)), int(d.get("n", 0)), tuple(d.get("groups", ())), int(d.get("field", 768)))
 
 
 def _robust_sd(x: np.ndarray) -> float:
@@ -137,6 +139,7 @@ class HeldOut:
     magnification: float | None
     se: float | None
     by_cue: dict[str, float] = field(default_factory=dict)
+    floor_magnification: float | None = None  # every field at a ruler's floor: at most this magnification
 
 
 def cross_validate(readings: Sequence[FieldReading], holdout_of: dict[str, str], cues: Sequence[str],
@@ -166,14 +169,21 @@ def cross_validate(readings: Sequence[FieldReading], holdout_of: dict[str, str],
                 pc = cal.pool([r for r in rs if r.cue == cue])
                 if pc is not None:
                     per_cue[cue] = math.exp(pc.centre)
+            floor = None
+            if p is None and any(r.at_floor for r in rs):
+                from histomag.magnification.rulers.nuclei import POPULATION_FLOOR_PX
+
+                floor = max(DEFAULT_POWER_MPP * POPULATION_FLOOR_PX / cal.cues[r.cue].prior_um
+                            for r in rs if r.at_floor and r.cue in cal.cues)
             results.append(HeldOut(image, rs[0].group, float(rs[0].true_magnification),
-                                   None if p is None else math.exp(p.centre), None if p is None else p.se, per_cue))
+                                   None if p is None else math.exp(p.centre), None if p is None else p.se, per_cue,
+                                   floor))
     final = fit_cues(readings, cues, min_objects, holdout_of)
     z = [abs(math.log(h.magnification / h.true_magnification)) / h.se for h in results if h.magnification]
     if z:
         n = len(z)
         rank = min(1.0, math.ceil((n + 1) * final.level) / n)
         q = float(np.quantile(z, rank, method="higher"))
-        final = RulerCalibration(final.cues, final.systematic, q, final.level, n, tuple(units))
+        final = RulerCalibration(final.cues, final.systematic, q, final.level, n, tuple(units), final.field)
         per_unit = {u: dataclasses.replace(c, q=q) for u, c in per_unit.items()}
     return results, final, per_unit

@@ -11,6 +11,7 @@ multiplier from the held-out estimates.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -69,7 +70,8 @@ def _regroup(entry: Any, group: str) -> Any:
 
 
 def measure_sources(sources: Sequence[LabelledSource], cues: Sequence[str], *, progress: bool = True,
-                    factors: Sequence[float] = VIEW_FACTORS) -> tuple[list[FieldReading], dict[str, str], list[str]]:
+                    factors: Sequence[float] = VIEW_FACTORS, field: int = 768
+                    ) -> tuple[list[FieldReading], dict[str, str], list[str]]:
     """Every cue's field readings of every source and view.
 
     Returns:
@@ -91,13 +93,13 @@ def measure_sources(sources: Sequence[LabelledSource], cues: Sequence[str], *, p
                     name = f"{src.group}/{src.source_id}@{src.magnification / view.magnification:.3g}"
                     rgb = view.rgb
                     try:
-                        boxes = field_boxes(rgb_tissue_mask(rgb), rgb.shape[1], rgb.shape[0], 16, name)
+                        boxes = field_boxes(rgb_tissue_mask(rgb), rgb.shape[1], rgb.shape[0], 16, name, field)
                     except HistomagError:
                         continue
                     fields = (rgb[y:y + h, x:x + w] for x, y, w, h in boxes)
                     for r in read_fields(fields, cues, name):
                         readings.append(FieldReading(r.image, r.cue, r.size_px, r.n, r.spread, src.group,
-                                                     float(view.magnification)))
+                                                     float(view.magnification), r.at_floor))
                 holdout[src.group] = ls.dataset
             except HistomagError as exc:
                 errors.append(str(exc))
@@ -110,8 +112,12 @@ def group_figures(held: Sequence[HeldOut], q: float) -> dict[str, float]:
     """The issue's figures for a set of held-out estimates (a NaN where nothing was answered)."""
     ok = [h for h in held if h.magnification]
     n = len(held)
+    floor = [h for h in held if h.floor_magnification]
+    at_floor = {"at_floor": len(floor) / n if n else 0.0,
+                "floor_right": float(np.mean([h.true_magnification <= 1.1 * h.floor_magnification for h in floor]))
+                if floor else float("nan")}
     if not ok:
-        return {"n": n, "answered": 0}
+        return {"n": n, "answered": 0, **at_floor}
     lr = np.array([math.log(h.true_magnification / h.magnification) for h in ok])  # log(pred mpp / true mpp)
     rel = np.abs(np.exp(lr) - 1)
     covered = [abs(math.log(h.magnification / h.true_magnification)) <= q * h.se for h in ok]
@@ -120,7 +126,8 @@ def group_figures(held: Sequence[HeldOut], q: float) -> dict[str, float]:
     out = {"n": n, "answered": len(ok), "median_rel_error": float(np.median(rel)),
            "within_10": float(np.mean(rel <= 0.10)), "bias": float(np.median(lr)),
            "p90_factor": float(np.exp(np.quantile(np.abs(lr), 0.9))), "coverage": float(np.mean(covered)),
-           "served": float(np.mean(served)), "interval_factor": float(np.median([math.exp(q * h.se) for h in ok]))}
+           "served": float(np.mean(served)), "interval_factor": float(np.median([math.exp(q * h.se) for h in ok])),
+           **at_floor}
     standard = [h for h in ok if _standard(h.true_magnification)]
     if standard:
         right = [_most_likely(h, q) == _standard(h.true_magnification) for h in standard]
@@ -181,7 +188,7 @@ def select_cues(readings: Sequence[FieldReading], holdout: dict[str, str], candi
 
 
 def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence[str] = ("nuclei", "lymphocytes"),
-              *, progress: bool = True, readings_csv: str | Path | None = None) -> dict[str, Any]:
+              *, progress: bool = True, readings_csv: str | Path | None = None, field: int = 768) -> dict[str, Any]:
     """Measure the sources, cross-validate every cue set, choose one, and write its calibration.
 
     Args:
@@ -189,6 +196,7 @@ def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence
         out: the calibration file to write (JSON; the CV's figures go in it too).
         candidates: the rulers to consider (registered names).
         progress: show a progress bar.
+        field: the side (px) of the fields measured (stated in the calibration).
         readings_csv: where to keep the field readings: read from it when it exists (the sources are
             then not measured again), written to it otherwise.
 
@@ -209,13 +217,15 @@ def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence
         readings, holdout, errors = read_readings(readings_csv)
         readings = [r for r in readings if r.cue in candidates]
     else:
-        readings, holdout, errors = measure_sources(collect_labelled(paths), candidates, progress=progress)
+        readings, holdout, errors = measure_sources(collect_labelled(paths), candidates, progress=progress,
+                                                    field=field)
         if readings_csv is not None:
             write_readings(readings_csv, readings, holdout)
     if not readings:
         raise ConfigError("no source could be measured: " + ("; ".join(errors[:3]) or "no sources"))
     chosen, rows, held_by = select_cues(readings, holdout, candidates)
     held, cal, per_unit = cross_validate(readings, holdout, chosen)
+    cal = dataclasses.replace(cal, field=field)
     groups = sorted({r.group for r in readings})
     figures: dict[str, Any] = {}
     for key in [*candidates, "+".join(chosen)]:
@@ -235,7 +245,7 @@ def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence
     return report
 
 
-READING_COLUMNS = ["image", "group", "holdout", "true_magnification", "cue", "size_px", "n", "spread"]
+READING_COLUMNS = ["image", "group", "holdout", "true_magnification", "cue", "size_px", "n", "spread", "at_floor"]
 
 
 def write_readings(path: str | Path, readings: Sequence[FieldReading], holdout: dict[str, str]) -> None:
@@ -244,7 +254,8 @@ def write_readings(path: str | Path, readings: Sequence[FieldReading], holdout: 
 
     atomic_write_csv(Path(path), READING_COLUMNS, [
         {"image": r.image, "group": r.group, "holdout": holdout[r.group], "true_magnification": r.true_magnification,
-         "cue": r.cue, "size_px": "" if r.size_px is None else r.size_px, "n": r.n, "spread": r.spread}
+         "cue": r.cue, "size_px": "" if r.size_px is None else r.size_px, "n": r.n, "spread": r.spread,
+         "at_floor": int(r.at_floor)}
         for r in readings])
 
 
@@ -258,5 +269,5 @@ def read_readings(path: str | Path) -> tuple[list[FieldReading], dict[str, str],
             holdout[row["group"]] = row["holdout"]
             readings.append(FieldReading(row["image"], row["cue"], float(row["size_px"]) if row["size_px"] else None,
                                          int(row["n"]), float(row["spread"]), row["group"],
-                                         float(row["true_magnification"])))
+                                         float(row["true_magnification"]), row.get("at_floor") == "1"))
     return readings, holdout, []

@@ -31,7 +31,7 @@ from histomag.magnification.rulers.calibration import FieldReading, RulerCalibra
 from histomag.magnification.rulers.evidence import Pooled, Z90, objective_probabilities
 from histomag.tissue import TissueMask
 
-#: side (px) of the fields the rulers measure: large enough for 20+ nuclei at 5x
+#: side (px) of the fields the rulers measure by default (the calibration states its own)
 FIELD = 768
 #: fields measured per image and per slide (non-overlapping, spread evenly over the tissue)
 MAX_FIELDS_IMAGE = 16
@@ -43,13 +43,14 @@ MIN_TISSUE = 0.4
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "weights" / "rulers.json"
 
 
-def field_boxes(mask: TissueMask, width: int, height: int, max_fields: int, name: str) -> list[tuple[int, int, int, int]]:
-    """Non-overlapping ``FIELD``-px boxes on tissue, spread over all of it (a smaller image: itself).
+def field_boxes(mask: TissueMask, width: int, height: int, max_fields: int, name: str,
+                field: int = FIELD) -> list[tuple[int, int, int, int]]:
+    """Non-overlapping ``field``-px boxes on tissue, spread over all of it (a smaller image: itself).
 
     Raises:
         NoTissueError: no place holds enough tissue.
     """
-    return spread_crops(mask, width, height, FIELD, max_fields, MIN_TISSUE, name, overlap=False)
+    return spread_crops(mask, width, height, field, max_fields, MIN_TISSUE, name, overlap=False)
 
 
 def read_fields(fields: Iterable[np.ndarray], cues: Sequence[str], image: str = "image") -> list[FieldReading]:
@@ -58,7 +59,7 @@ def read_fields(fields: Iterable[np.ndarray], cues: Sequence[str], image: str = 
     for fld in fields:
         for cue in cues:
             r: RulerReading = RULERS.get(cue)(np.ascontiguousarray(fld))
-            out.append(FieldReading(image, cue, r.size_px, r.n, r.spread))
+            out.append(FieldReading(image, cue, r.size_px, r.n, r.spread, at_floor=r.at_floor))
     return out
 
 
@@ -103,7 +104,7 @@ class RulerEstimator(FileEstimates):
         """The field readings of a square-pixel image in memory."""
         h, w = rgb.shape[:2]
         mask = mask if mask is not None else rgb_tissue_mask(rgb)
-        boxes = field_boxes(mask, w, h, max_fields, name)
+        boxes = field_boxes(mask, w, h, max_fields, name, self.calibration.field)
         return read_fields((rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes), self.cues, name)
 
     def readings_slide(self, slide: Any, mask: TissueMask | None = None,
@@ -111,7 +112,7 @@ class RulerEstimator(FileEstimates):
         """The field readings of a slide or image file (level 0, square pixels)."""
         mask = mask if mask is not None else slide_tissue_mask(slide)
         w, h = slide.dimensions
-        boxes = field_boxes(mask, w, h, max_fields, slide.path.name)
+        boxes = field_boxes(mask, w, h, max_fields, slide.path.name, self.calibration.field)
         return read_fields((slide.read_native(x, y, bw, bh) for x, y, bw, bh in boxes), self.cues,
                            str(slide.path.name))
 
@@ -122,11 +123,27 @@ class RulerEstimator(FileEstimates):
             NoTissueError: no field held enough objects to measure.
         """
         pooled = self.calibration.pool(readings)
+        if pooled is None and any(r.at_floor for r in readings):
+            return self.floor_estimate(readings)
         if pooled is None:
             wanted = ", ".join(f"{c.min_objects} {cue}" for cue, c in self.calibration.cues.items())
             raise NoTissueError(f"{name}: nothing to measure (no field shows {wanted} or more; it may be blank, fat, "
                                 "blood or out of focus); give its resolution (mpp=)")
         return self.from_pooled(pooled, len({r.image for r in readings}))
+
+    def floor_estimate(self, readings: Sequence[FieldReading]) -> MagnificationEstimate:
+        """The answer when every field's objects are at a ruler's pixel floor: at most the floor's
+        magnification (interval down to 1x), with a caveat; it can never tell 2.5x from 5x."""
+        from histomag.magnification.estimate import LOWEST_MAGNIFICATION
+        from histomag.magnification.rulers.nuclei import POPULATION_FLOOR_PX
+
+        cues = [c for c in self.calibration.cues if any(r.at_floor and r.cue == c for r in readings)]
+        top = max(10.0 * POPULATION_FLOOR_PX / self.calibration.cues[c].prior_um for c in cues)
+        caveat = (f"{' and '.join(cues)} at the ruler's {POPULATION_FLOOR_PX:g} px floor: the magnification is at "
+                  f"most about {top:.2g}x, and may be as low as {LOWEST_MAGNIFICATION:g}x")
+        fields = len({(r.image, id(r)) for r in readings if r.at_floor})
+        return MagnificationEstimate(top, fields, 0.0, 0.0, (LOWEST_MAGNIFICATION, top), self.calibration.level,
+                                     caveat, "rulers", None, None, len({r.image for r in readings}))
 
     def from_pooled(self, pooled: Pooled, n_images: int = 1) -> MagnificationEstimate:
         """The estimate a pooled log-magnification states: its calibrated interval and objective odds."""
@@ -161,15 +178,16 @@ class RulerEstimator(FileEstimates):
             rgb = as_rgb(image)
             name = name or "image"
             h, w = rgb.shape[:2]
-            boxes = field_boxes(rgb_tissue_mask(rgb), w, h, MAX_FIELDS_IMAGE, name)
+            boxes = field_boxes(rgb_tissue_mask(rgb), w, h, MAX_FIELDS_IMAGE, name, self.calibration.field)
             fields = [rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes]
         else:
             name = name or image.path.name
             w, h = image.dimensions
-            boxes = field_boxes(slide_tissue_mask(image), w, h, MAX_FIELDS_SLIDE, name)
+            boxes = field_boxes(slide_tissue_mask(image), w, h, MAX_FIELDS_SLIDE, name, self.calibration.field)
             fields = [image.read_native(x, y, bw, bh) for x, y, bw, bh in boxes]
         per_field = [{cue: RULERS.get(cue)(np.ascontiguousarray(f)) for cue in self.cues} for f in fields]
-        readings = [FieldReading(name, cue, r.size_px, r.n, r.spread) for fr in per_field for cue, r in fr.items()]
+        readings = [FieldReading(name, cue, r.size_px, r.n, r.spread, at_floor=r.at_floor)
+                    for fr in per_field for cue, r in fr.items()]
         estimate = self.estimate_readings(readings, name)
         best = max(range(len(fields)), key=lambda i: sum(r.n for r in per_field[i].values() if r.size_px))
         return Evidence(np.ascontiguousarray(fields[best]), per_field[best],
