@@ -170,7 +170,7 @@ def cross_validate(readings: Sequence[FieldReading], holdout_of: dict[str, str],
                 if pc is not None:
                     per_cue[cue] = math.exp(pc.centre)
             floor = None
-            if p is None and any(r.at_floor for r in rs):
+            if p is None and any(r.at_floor and r.cue in cal.cues for r in rs):
                 from histomag.magnification.rulers.nuclei import POPULATION_FLOOR_PX
 
                 floor = max(DEFAULT_POWER_MPP * POPULATION_FLOOR_PX / cal.cues[r.cue].prior_um
