@@ -9,7 +9,9 @@ the images of its *test* groups (never seen in training) three times, reading ea
   known); an estimate is refused as ``histomag dmsl predict --mpp estimate`` refuses it (its interval
   holds two standard objectives a factor 2 apart, or is wider than ``--max-uncertainty``, a factor)
   and then counts as not predicted;
-* ``estimated-anyway``: the same estimates, every one used however uncertain;
+* ``estimated-pooled``: one estimate pooled over the fold's test images, as ``--same-acquisition``
+  gives it (refused for all of them when it cannot tell two objectives apart);
+* ``estimated-anyway``: the per-image estimates, every one used however uncertain;
 * ``assumed-40x``: 0.25 µm/px for every image (a user who takes snapshots for 40x scans).
 
 Prints image-level accuracy and macro F1 per setting (over all test images; refused or failed
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 
-SETTINGS = ("true", "estimated", "estimated-anyway", "assumed-40x")
+SETTINGS = ("true", "estimated", "estimated-pooled", "estimated-anyway", "assumed-40x")
 
 
 def test_images(run_dir: Path, index: Path, fold: int, group_block: int) -> list:
@@ -112,6 +114,16 @@ def main() -> None:
                 use = jobs
             elif setting == "assumed-40x":
                 use = [replace(j, mpp=0.25) for j in jobs]
+            elif setting == "estimated-pooled":
+                key = f"pooled fold {k}"
+                if key not in estimates:  # one estimate for the fold's test images as one acquisition
+                    estimator = estimator or load_estimator(args.checkpoint)
+                    pooled, _ = estimator.estimate_group([j.path for j in jobs])
+                    estimates[key] = pooled.to_dict() if pooled is not None else {"mpp": None}
+                    cache.write_text(json.dumps(estimates))
+                why = refused(estimates[key], args.max_uncertainty)
+                use = [replace(j, mpp=estimates[key].get("mpp")) for j in jobs]
+                failed = {j.path: f"pooled estimate refused ({why})" for j in jobs} if why else {}
             elif setting == "estimated-anyway":
                 use = [replace(j, mpp=estimates[j.path].get("mpp")) for j in jobs]
             else:
