@@ -131,3 +131,17 @@ def test_cv_coverage_opens_below_the_ruler_floor_as_inference_does():
     assert g["coverage"] == 0.5
     cnn_rows = [dict(group="g", true_magnification=1.25, predicted_magnification=3.3, log_mad=0.0)]
     assert summarise_predictions(cnn_rows, cal, "cnn")[0]["coverage"] == 0.0   # the CNN's interval is its own
+
+
+def test_verdict_text_is_one_line_a_person_can_act_on():
+    from histomag.magnification.estimate import MagnificationEstimate, verdict_text
+
+    odds = {2.5: 0.0, 4.0: 0.0, 5.0: 0.0, 10.0: 0.02, 20.0: 0.97, 40.0: 0.01, 60.0: 0.0}
+    est = MagnificationEstimate(19.0, 4, 0.0, 0.1, (15.0, 24.0), method="rulers", objectives=odds)
+    wrong = verdict_text(0.25, est)  # metadata 40x
+    assert wrong.startswith("metadata 40x, pixels say 20x (p = 0.97") and "check" in wrong
+    assert verdict_text(0.5, est).startswith("metadata 20x agrees with the pixels (20x (p = 0.97)")
+    assert "usable with --mpp estimate" in verdict_text(None, est)
+    unsure = MagnificationEstimate(14.0, 1, 0.0, 0.3, (8.0, 25.0), method="rulers", objectives=odds)
+    assert "cannot tell 10x from 20x" in verdict_text(None, unsure)
+    assert all("\n" not in t for t in (wrong, verdict_text(None, unsure)))

@@ -114,6 +114,25 @@ def test_audit_reports_every_file_and_goes_on(cv_and_model, sources, tmp_path, c
     html = (tmp_path / "aud" / "audit.html").read_text()
     assert "a_snapshot.png" in html and "data:image/png;base64" in html and "1 missing" in html
     assert captured.err.count("error:") == 2
+    assert rows["a_snapshot.png"]["message"].startswith("no resolution in the metadata")
+
+
+def test_audit_with_the_shipped_rulers_says_what_the_pixels_show(shared_data, tmp_path, capsys):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    Image.open(shared_data / "monuseg" / "images" / "TCGA-21-5784-01Z-00-DX1.png").save(folder / "m.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    code = run(["audit", str(folder), str(shared_data / "slides" / "cmu-1-small-region.svs"), "--out",
+                str(tmp_path / "aud"), "-q"])
+    assert code == 1  # one file of three is broken, the others go on
+    with open(tmp_path / "aud" / "audit.csv", newline="") as fh:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(fh)}
+    cmu = rows["cmu-1-small-region.svs"]
+    assert cmu["metadata_magnification"] and cmu["objective"] and 0 < float(cmu["objective_p"]) <= 1
+    assert cmu["message"].startswith("metadata 20")  # "metadata 20x agrees ..." or "metadata 20x, pixels say ..."
+    assert rows["m.png"]["verdict"] == "missing" and "pixels" in rows["m.png"]["message"]
+    html = (tmp_path / "aud" / "audit.html").read_text()
+    assert "µm/px =" in html and "objective" in html
 
 
 def test_nuclei_ruler_and_combination_through_the_estimator():
