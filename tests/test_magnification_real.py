@@ -123,7 +123,7 @@ def test_audit_with_the_shipped_rulers_says_what_the_pixels_show(shared_data, tm
     Image.open(shared_data / "monuseg" / "images" / "TCGA-21-5784-01Z-00-DX1.png").save(folder / "m.png")
     (folder / "broken.png").write_bytes(b"not an image")
     code = run(["audit", str(folder), str(shared_data / "slides" / "cmu-1-small-region.svs"), "--out",
-                str(tmp_path / "aud"), "-q"])
+                str(tmp_path / "aud"), "-q", "--evidence"])
     assert code == 1  # one file of three is broken, the others go on
     with open(tmp_path / "aud" / "audit.csv", newline="") as fh:
         rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(fh)}
@@ -133,6 +133,8 @@ def test_audit_with_the_shipped_rulers_says_what_the_pixels_show(shared_data, tm
     assert rows["m.png"]["verdict"] == "missing" and "pixels" in rows["m.png"]["message"]
     html = (tmp_path / "aud" / "audit.html").read_text()
     assert "µm/px =" in html and "objective" in html
+    drawn = tmp_path / "aud" / cmu["evidence"]  # what the ruler measured, linked from the page
+    assert drawn.read_bytes()[:4] == b"\x89PNG" and cmu["evidence"] in html and not rows["broken.png"]["evidence"]
 
 
 def test_nuclei_ruler_and_combination_through_the_estimator():

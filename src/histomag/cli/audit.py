@@ -15,9 +15,12 @@ from histomag.cli.options import CLUSTER_HELP, cluster_client, shard_option
 def audit(
     paths: list[Path] = typer.Argument(..., help="Slides, images, or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for audit.csv and audit.html."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Magnification model "
-                                              "(default: the model shipped with histomag)."),
-    n_crops: int = typer.Option(32, "--n-crops", help="Tissue crops per file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Estimator (default: the rulers "
+                                              "shipped with histomag; a rulers' .json, cnn, or a network's run or "
+                                              "model file)."),
+    n_crops: int = typer.Option(32, "--n-crops", help="At most this many fields (rulers) or crops (a network) per file."),
+    evidence: bool = typer.Option(False, "--evidence", help="Also draw what the rulers measured in each file "
+                                  "(OUT/evidence/*.png, linked from audit.html)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: audit only every N-th file from the K-th (copy K "
                                         "of N copies given the same files) into OUT/shards/K-of-N; join them with "
@@ -41,9 +44,17 @@ def audit(
 
         items, out = start_shard(out, the_shard, items, [str(p) for p in items], kind="audit",
                                  model=estimator.source)
+    if evidence and cluster:
+        from histomag.errors import ConfigError
+
+        raise ConfigError("--evidence draws each file here; drop --cluster, or audit without --evidence")
+    draw = None
+    if evidence:
+        from histomag.report.evidence import evidence_png as draw
     with cluster_client(cluster) as client:
         rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet, client=client,
-                           checkpoint=checkpoint, keep_thumbs=the_shard is not None, render=render_audit)
+                           checkpoint=checkpoint, keep_thumbs=the_shard is not None, render=render_audit,
+                           evidence=draw)
     bad = [r for r in rows if r["verdict"] == "error"]
     for r in bad:
         error(r["error"])

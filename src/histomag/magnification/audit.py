@@ -21,7 +21,7 @@ from histomag.errors import HistomagError
 from histomag.magnification.estimate import verdict, verdict_text
 from histomag.progress import progress_bar
 
-AUDIT_COLUMNS = ["path", "verdict", "message", "metadata_mpp", "metadata_magnification", "mpp_source", "estimated_mpp",
+AUDIT_COLUMNS = ["path", "verdict", "message", "evidence", "metadata_mpp", "metadata_magnification", "mpp_source", "estimated_mpp",
                  "mpp_low", "mpp_high", "estimated_magnification", "objective", "objective_p", "interval_level",
                  "n_crops", "caveat", "error"]
 THUMB_SIDE = 160
@@ -44,8 +44,13 @@ def _thumbnail(slide: Any) -> bytes | None:
         return None
 
 
-def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, Any], bytes | None]:
-    """Audit one file; a bad file gives a row with ``verdict`` ``error`` and the one-line reason."""
+def audit_one(path: Path, estimator: Any, n_crops: int = 32,
+              evidence: Callable[[Any], bytes] | None = None) -> tuple[dict[str, Any], bytes | None]:
+    """Audit one file; a bad file gives a row with ``verdict`` ``error`` and the one-line reason.
+
+    ``evidence``: renders the rulers' evidence (what they measured) as PNG bytes, kept in the row
+    under ``_evidence`` for :func:`audit_files` to write (estimators without evidence: ignored).
+    """
     from histomag.slide import open_slide
 
     row: dict[str, Any] = {"path": str(path), "verdict": "error"}
@@ -56,7 +61,12 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
             meta_mpp = slide.mpp if slide.mpp_source not in ("missing",) and slide.mpp else None
             row.update(metadata_mpp=round(meta_mpp, 5) if meta_mpp else "", mpp_source=slide.mpp_source,
                        metadata_magnification=round(10.0 / meta_mpp, 3) if meta_mpp else "")
-            est = estimator.estimate_slide(slide, n_crops)
+            if evidence is not None and hasattr(estimator, "evidence"):
+                ev = estimator.evidence(slide)
+                est = ev.estimate
+                row["_evidence"] = evidence(ev)
+            else:
+                est = estimator.estimate_slide(slide, n_crops)
         lo, hi = est.mpp_interval if est.mpp_interval else ("", "")
         best = est.most_likely_objective
         row.update(verdict=verdict(meta_mpp, est), message=verdict_text(meta_mpp, est), estimated_mpp=round(est.mpp, 5),
@@ -72,12 +82,17 @@ def audit_one(path: Path, estimator: Any, n_crops: int = 32) -> tuple[dict[str, 
 
 def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n_crops: int = 32,
                 progress: bool = True, client: Any = None, checkpoint: Path | None = None,
-                keep_thumbs: bool = False, render: Render | None = None) -> list[dict[str, Any]]:
+                keep_thumbs: bool = False, render: Render | None = None,
+                evidence: Callable[[Any], bytes] | None = None) -> list[dict[str, Any]]:
     """Audit every file and write ``audit.csv`` (and ``audit.html`` with ``render``) into ``out_dir``; returns the rows.
 
     ``render``: ``(rows, thumbnails, model name) -> HTML``, e.g. :func:`histomag.report.audit.render_audit`.
 
     ``keep_thumbs``: also keep each row's thumbnail as ``thumbs/NNNNNN.png`` (for a shard's merge).
+
+    ``evidence``: also write what the rulers measured per file as ``evidence/NNNNNN.png`` (named in
+    the row's ``evidence`` column), e.g. :func:`histomag.report.evidence.evidence_png`; files run
+    here only (not with ``client``).
 
     With ``client`` (a ``distributed.Client``) each file is one task on that Dask cluster, whose
     workers load the magnification model from ``checkpoint`` (default: the shipped one) once each.
@@ -96,7 +111,7 @@ def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n
 
         if client is None:
             for i, p in enumerate(paths):
-                done(i, audit_one(Path(p), estimator, n_crops))
+                done(i, audit_one(Path(p), estimator, n_crops, evidence))
         else:
             from histomag.cluster import check_shared, map_tasks
 
@@ -109,6 +124,11 @@ def audit_files(paths: Sequence[Path], estimator: Any, out_dir: str | Path, *, n
                                                           f"retries ({reason}); re-run to audit it"}, None)))
     rows = [o[0] for o in outcomes if o is not None]
     thumbs = [o[1] for o in outcomes if o is not None]
+    for i, row in enumerate(rows):
+        png = row.pop("_evidence", None)
+        if png is not None:
+            row["evidence"] = f"evidence/{i:06d}.png"
+            atomic_write_bytes(out_dir / row["evidence"], png)
     if keep_thumbs:  # a shard: its thumbnails go into the merged page later
         for i, thumb in enumerate(thumbs):
             if thumb:
