@@ -382,7 +382,10 @@ def nuclei_predictions(crops: Sequence[np.ndarray]) -> list[float]:
     out = []
     for c in crops:
         try:
-            out.append(DEFAULT_POWER_MPP / mpp_from_nuclei(measure_nuclei(np.ascontiguousarray(c))))
+            m = measure_nuclei(np.ascontiguousarray(c))
+            if m.at_floor:  # nuclei at the pixel floor: their own (saturated) size, which opens the interval
+                m = dataclasses.replace(m, size_px=m.floor_size_px)
+            out.append(DEFAULT_POWER_MPP / mpp_from_nuclei(m))
         except NoTissueError:
             continue
     return out

@@ -102,6 +102,7 @@ class NucleiMeasurement:
         at_floor: the strongest size population lies below :data:`POPULATION_FLOOR_PX` and outweighs
             the one measured: the nuclei may be too small to resolve, and the size measured may be
             of clusters (see :func:`below_floor`).
+        floor_size_px: then, the diameter of that sub-floor population (px).
     """
 
     n_nuclei: int
@@ -109,6 +110,7 @@ class NucleiMeasurement:
     spread: float
     log_spread: float = 0.0
     at_floor: bool = False
+    floor_size_px: float | None = None
     objects: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
@@ -164,7 +166,7 @@ def measure_nuclei(rgb: np.ndarray) -> NucleiMeasurement:
     if coarse.size_px >= MIN_RESOLVED_PX:
         objects = coarse.objects * factor if coarse.objects is not None else None
         return NucleiMeasurement(coarse.n_nuclei, coarse.size_px * factor, coarse.spread, coarse.log_spread,
-                                 coarse.at_floor, objects)
+                                 coarse.at_floor, coarse.floor_size_px and coarse.floor_size_px * factor, objects)
     # nuclei too small to survive the downsample: measure the full-resolution window with most of them
     side = int(math.sqrt(MAX_PIXELS))
     wh, ww = min(side, h), min(side, w)
@@ -172,7 +174,8 @@ def measure_nuclei(rgb: np.ndarray) -> NucleiMeasurement:
     y0, x0 = ys[counts.argmax()], xs[counts.argmax()]
     fine = _measure(np.ascontiguousarray(rgb[y0:y0 + wh, x0:x0 + ww]))
     objects = fine.objects + np.array([y0, x0, 0.0]) if fine.objects is not None else None
-    return NucleiMeasurement(fine.n_nuclei, fine.size_px, fine.spread, fine.log_spread, fine.at_floor, objects)
+    return NucleiMeasurement(fine.n_nuclei, fine.size_px, fine.spread, fine.log_spread, fine.at_floor,
+                             fine.floor_size_px, objects)
 
 
 def mpp_from_nuclei(measurement: NucleiMeasurement, prior_um: float = NUCLEUS_SIZE_UM) -> float:
@@ -246,15 +249,17 @@ def nuclear_peak(sigma: np.ndarray) -> float:
     return _population_peak(sigma)
 
 
-def below_floor(sigma: np.ndarray, peak: float) -> bool:
+def below_floor(sigma: np.ndarray, peak: float) -> float | None:
     """Whether the size density's highest point lies below :data:`POPULATION_FLOOR_PX` and above the
     density at the population ``peak`` measured: then the field's nuclei may be at the pixel grid's
     floor (a snapshot at 4x, a 20x field shown at a quarter) and the population above it clusters,
-    so the field gives no size (measured leaving datasets out: BACH at 4.5x read 2.1x too high)."""
+    so the field gives no size (measured leaving datasets out: BACH at 4.5x read 2.1x too high).
+    Returns the sub-floor population's diameter (px) when so, else None."""
     grid, f = _size_density(sigma)
     top = int(np.argmax(f))
     at_peak = f[int(np.argmin(np.abs(grid - math.log2(peak))))]
-    return bool(2.0 ** grid[top] * _DISC_DIAMETER_PER_SIGMA < POPULATION_FLOOR_PX and f[top] > at_peak)
+    diameter = float(2.0 ** grid[top] * _DISC_DIAMETER_PER_SIGMA)
+    return diameter if diameter < POPULATION_FLOOR_PX and f[top] > at_peak else None
 
 
 def _measure(rgb: np.ndarray,
@@ -262,7 +267,7 @@ def _measure(rgb: np.ndarray,
     h, w = rgb.shape[:2]
     sigma, ys, xs, _ = candidate_blobs(rgb)
     peak = nuclear_peak(sigma)
-    at_floor = below_floor(sigma, peak)
+    floor_size = below_floor(sigma, peak)
     nuclei = (sigma >= peak / _WINDOW) & (sigma <= peak * _WINDOW)
     if nuclei.sum() < MIN_NUCLEI:
         raise NoTissueError(f"only {int(nuclei.sum())} nuclei in a {w}x{h} image; at least {MIN_NUCLEI} are "
@@ -272,7 +277,7 @@ def _measure(rgb: np.ndarray,
     objects = np.stack([ys[nuclei], xs[nuclei], diameters], axis=1)
     result = NucleiMeasurement(n_nuclei=int(nuclei.sum()), size_px=float(_weighted_median(diameters, diameters ** 2)),
                                spread=float((q3 - q1) / med), log_spread=float(math.log(q3 / q1) / 1.349),
-                               at_floor=at_floor, objects=objects)
+                               at_floor=floor_size is not None, floor_size_px=floor_size, objects=objects)
     if return_centres:
         return result, objects[:, :2]
     return result
