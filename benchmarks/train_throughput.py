@@ -178,7 +178,8 @@ def main() -> int:
     from histomag.data.tuples import TupleDataset, tuple_transform
     from histomag.resolution import parse_magnifications
     from histomag.fitloop import make_loader
-    from histomag.dmsl.fit import DMSLConfig, DMSLTask
+    from histomag.dmsl.config import DMSLConfig
+    from histomag.dmsl.fit import DMSLTask
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # after the import, which sets them to INFO
         logging.getLogger(name).setLevel(logging.ERROR)

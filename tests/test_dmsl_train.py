@@ -28,7 +28,8 @@ from histomag.dmsl.cv import (
     patient_folds,
     subsample,
 )
-from histomag.dmsl.fit import DMSLConfig, fit_fold, load_task, predict_probs
+from histomag.dmsl.config import DMSLConfig
+from histomag.dmsl.fit import fit_fold, load_task, predict_probs
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -392,7 +393,7 @@ def test_evaluate_recomputes_from_predictions_and_warns_for_a_missing_class(tmp_
 
 
 def test_run_folder_errors_are_one_line_and_name_the_fix(tmp_path: Path, capsys) -> None:
-    with pytest.raises(CheckpointError, match="has no readable config.json; make it with: histomag dmsl train"):
+    with pytest.raises(CheckpointError, match=r"has no readable config.json; make it with: histomag\.dmsl\.cv\.cross_validate\(DATA, RUN, config\)"):
         evaluate_cv_run(tmp_path)
     run_dir = tmp_path / "run"
     _fake_run(run_dir, tmp_path, {1: [("A", "dots", 0.2)], 2: [("C", "dots", 0.1)]})

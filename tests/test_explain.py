@@ -47,7 +47,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two 2-fold runs of the tiny backbone (with and without SIM) on dots-vs-rings tuples (~6 s)."""
     from histomag.dmsl.cv import cross_validate
-    from histomag.dmsl.fit import DMSLConfig
+    from histomag.dmsl.config import DMSLConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("explain")
@@ -245,7 +245,7 @@ def test_cam_on_a_run_folder_missing_files_names_the_file_and_the_command(runs: 
     broken = tmp_path / "run"
     broken.mkdir()
     shutil.copy(runs["sim"] / "config.json", broken / "config.json")
-    with pytest.raises(CheckpointError, match="folds/1/split.json is missing .*histomag dmsl train"):
+    with pytest.raises(CheckpointError, match=r"folds/1/split.json is missing .*histomag\.dmsl\.cv\.cross_validate\(DATA, RUN, config, resume=True\)"):
         fold_test_data(broken, runs["data"], 1)
     (broken / "folds" / "1").mkdir(parents=True)
     shutil.copy(runs["sim"] / "folds" / "1" / "split.json", broken / "folds" / "1" / "split.json")

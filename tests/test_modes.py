@@ -40,7 +40,7 @@ def test_builtin_modes_are_registered_with_their_parts() -> None:
 
 def test_a_registered_toy_mode_builds_trains_and_is_named_in_tables(toy_mode: ModeSpec, tmp_path: Path) -> None:
     from histomag.dmsl.cv import cross_validate
-    from histomag.dmsl.fit import DMSLConfig
+    from histomag.dmsl.config import DMSLConfig
 
     net = MultiMagNet("tiny", 2, (40, 20), mode=toy_mode.name)
     assert len(net.heads) == 1 and net.heads[0].in_features == 2 * net.branches[0].num_features

@@ -372,7 +372,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(case: str, expected: st
 def test_library_errors_are_checkpoint_and_input_path_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="has no config.json"):
         render_report([tmp_path])
-    with pytest.raises(InputPathError, match="histomag dmsl cam"):
+    with pytest.raises(InputPathError, match=r"cams=.*missing: no such folder; .*gradcam\.run_cams\("):
         render_report([make_dmsl_run(tmp_path / "run", folds=2)], cams=[tmp_path / "missing"])
 
 
@@ -416,7 +416,7 @@ def test_a_report_of_really_trained_runs(tmp_path: Path) -> None:
     from histomag.dmsl.explain.gradcam import run_cams
     from histomag.dmsl.explain.similarity_stats import write_similarity
     from histomag.dmsl.cv import cross_validate
-    from histomag.dmsl.fit import DMSLConfig
+    from histomag.dmsl.config import DMSLConfig
     from histomag.magnification.metrics import evaluate_run
     from histomag.magnification.fit import preset, train_magnifier
 

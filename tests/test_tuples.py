@@ -182,7 +182,8 @@ def test_training_streams_tuples_straight_from_slides(slide_with_labels, tmp_pat
     """No pre-extraction: a model trains on tuples read lazily from the slide in 2 loader workers."""
     from histomag.data.folder import TileSettings
     from histomag.tiling.jobs import SlideJob
-    from histomag.dmsl.fit import DMSLConfig, fit_fold, load_task, predict_probs
+    from histomag.dmsl.config import DMSLConfig
+    from histomag.dmsl.fit import fit_fold, load_task, predict_probs
 
     path, lab = slide_with_labels
     settings = TileSettings((40.0, 20.0), 64, overlap=0.0, min_tissue=0.5, tissue_mpp=2.0)

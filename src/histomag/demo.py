@@ -102,7 +102,7 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
         log.info("demo: %d tuples from %d slides", n_tuples, len(slides))
 
     from histomag.dmsl.cv import cross_validate, evaluate_cv_run
-    from histomag.dmsl.fit import DMSLConfig
+    from histomag.dmsl.config import DMSLConfig
     from histomag.dmsl.runfolder import RunFolder
 
     for mode, mags in plan.modes:

@@ -41,7 +41,25 @@ PARAMETER_FLAGS = {
     "val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "train_fraction": "--train-fraction",
     "num_workers": "--workers", "num_nodes": "--num-nodes", "max_tuples": "--max-tuples", "out_dir": "--out",
     "resume": "--resume", "partial": "--partial", "max_uncertainty": "--max-uncertainty",
+    "cams": "--cams", "similarity": "--similarity",
 }
+#: library hints name the call that makes something (``histomag.dmsl.cv.cross_validate(DATA, RUN, config)``); the CLI
+#: names the command instead (``histomag dmsl train DATA --out RUN``); the most specific pattern first
+API_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), command) for pattern, command in (
+    (r"histomag\.dmsl\.cv\.cross_validate\(DATA, (.+?), config, resume=True\)", r"histomag dmsl train DATA --out \1 --resume"),
+    (r"histomag\.dmsl\.cv\.cross_validate\(DATA, (.+?), config\)", r"histomag dmsl train DATA --out \1"),
+    (r"histomag\.dmsl\.cv\.cross_validate\(\.\.\.\)", "`histomag dmsl train`"),
+    (r"histomag\.dmsl\.cv\.evaluate_cv_run\((.+?)\)", r"histomag dmsl evaluate \1"),
+    (r"histomag\.dmsl\.explain\.gradcam\.run_cams\(RUN, DATA, RUN/cams\)", "histomag dmsl cam RUN DATA --out RUN/cams"),
+    (r"histomag\.dmsl\.explain\.similarity_stats\.write_similarity\(\{name: RUN\}, DATA, RUN/similarity\)",
+     "histomag dmsl similarity RUN [RUN...] DATA --out RUN/similarity"),
+    (r"histomag\.magnification\.fit\.train_magnifier\(DATA, (.+?), config\)", r"histomag magnification train DATA --out \1"),
+    (r"histomag\.magnification\.metrics\.evaluate_run\((.+?)\)", r"histomag magnification evaluate \1"),
+    (r"`histomag\.data\.shards\.start_shard \+ histomag\.tiling\.jobs\.tile_slides` \(out_dir=(.+?), shard=K/N\)",
+     r"`histomag tile ... --out \1 --shard K/N`"),
+    (r"histomag\.tiling\.jobs\.tile_slides\(jobs, settings, (.+?)\)", r"histomag tile SLIDE... --out \1"),
+    (r"re-run the same histomag\.tiling\.jobs\.tile_slides\(\.\.\.\) call", "re-run the same `histomag tile` command"),
+))
 _SWITCH = re.compile(r"(?<![\w.])(allow_upsample|resume|partial)=True\b")
 _MAGS = re.compile(r"(?<![\w.])magnifications=\(([^()]*)\)")
 _BARE_FLAG = re.compile(r"(--[a-z-]+) (?=[\s),;:.]|$)")
@@ -50,7 +68,10 @@ _PARAM = re.compile(r"(?<![\w.])(" + "|".join(sorted(PARAMETER_FLAGS, key=len, r
 
 def cli_message(message: str) -> str:
     """A library message as the command line says it: ``mpp=0.25`` -> ``--mpp 0.25``,
-    ``allow_upsample=True`` -> ``--allow-upsample``, ``magnifications=(40, 20)`` -> ``--mags 40,20``."""
+    ``allow_upsample=True`` -> ``--allow-upsample``, ``magnifications=(40, 20)`` -> ``--mags 40,20``, and a call
+    that makes something -> the command that does (:data:`API_COMMANDS`)."""
+    for pattern, command in API_COMMANDS:
+        message = pattern.sub(command, message)
     message = message.replace("mpp='estimate'", "--mpp estimate")
     message = _SWITCH.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
     message = _MAGS.sub(lambda m: "--mags " + ",".join(p.strip() for p in m.group(1).split(",") if p.strip()), message)

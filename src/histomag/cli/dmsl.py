@@ -9,7 +9,14 @@ import typer
 
 from histomag.cli.app import app, error
 from histomag.cli.options import CLUSTER_HELP, MAX_UNCERTAINTY_HELP, SAME_ACQUISITION_HELP, TILE_DEFAULT, cluster_client
+from histomag.dmsl.config import DMSLConfig
 from histomag.errors import ConfigError
+
+#: the training defaults, read from :class:`~histomag.dmsl.config.DMSLConfig` (stated there only; no torch)
+DMSL_DEFAULT = DMSLConfig.default
+DEFAULT_DMSL_MAGS = ",".join(f"{m:g}" for m in DMSL_DEFAULT("magnifications"))
+#: the CLI's own choice, unlike the library's 0 (in-process loading): worker processes read real slides faster
+CLI_TRAIN_WORKERS = 2
 
 dmsl_app = typer.Typer(help="DMSL multi-magnification similarity learning: train (grouped k-fold CV), "
                             "evaluate, predict, cam (Grad-CAM), similarity (Eq. 4 statistics).", no_args_is_help=True)
@@ -27,39 +34,39 @@ def train(
                                       "(labelled tuples); or slides, folders of them and index CSVs, whose tuples are "
                                       "planned and read while training (no extraction)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, folds/K, metrics, table)."),
-    mode: str = typer.Option("sim", "--mode", help="sim (DMSL), mm (no SIM), single (one magnification), "
+    mode: str = typer.Option(DMSL_DEFAULT("mode"), "--mode", help="sim (DMSL), mm (no SIM), single (one magnification), "
                                                    "mscn (context tuples)."),
-    backbone: str = typer.Option("inception_v3", "--backbone", help="Backbone name (tiny for CPU tests)."),
-    mags: str = typer.Option("40,20", "--mags", help="Magnifications, one branch each, e.g. 40,20 (single: 40)."),
-    folds: int = typer.Option(5, "--folds", help="Patient-grouped cross-validation folds; 1 trains one final "
+    backbone: str = typer.Option(DMSL_DEFAULT("backbone"), "--backbone", help="Backbone name (tiny for CPU tests)."),
+    mags: str = typer.Option(DEFAULT_DMSL_MAGS, "--mags", help="Magnifications, one branch each, e.g. 40,20 (single: 40)."),
+    folds: int = typer.Option(DMSL_DEFAULT("folds"), "--folds", help="Patient-grouped cross-validation folds; 1 trains one final "
                        "model on all the data (validation patients carved out for early stopping)."),
-    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs per fold."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Tuples per batch (paper: 32)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (paper: 1e-3)."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the cross-entropy term."),
-    beta: float = typer.Option(0.1, "--beta", help="Weight of the SIM term (paper: 0.5, with --sim-form paper)."),
-    sim_form: str = typer.Option("dist", "--sim-form", help="SIM formula: dist (JS divergence of the maps' spatial "
+    epochs: int = typer.Option(DMSL_DEFAULT("epochs"), "--epochs", help="Maximum epochs per fold."),
+    batch_size: int = typer.Option(DMSL_DEFAULT("batch_size"), "--batch-size", help="Tuples per batch (paper: 32)."),
+    lr: float = typer.Option(DMSL_DEFAULT("lr"), "--lr", help="Adam learning rate (paper: 1e-3)."),
+    alpha: float = typer.Option(DMSL_DEFAULT("alpha"), "--alpha", help="Weight of the cross-entropy term."),
+    beta: float = typer.Option(DMSL_DEFAULT("beta"), "--beta", help="Weight of the SIM term (paper: 0.5, with --sim-form paper)."),
+    sim_form: str = typer.Option(DMSL_DEFAULT("sim_form"), "--sim-form", help="SIM formula: dist (JS divergence of the maps' spatial "
                                  "distributions), corr (1 - correlation of the maps), l1 (per location) or paper "
                                  "(Eq. 2 as printed)."),
-    sim_warmup: int = typer.Option(2, "--sim-warmup", help="Epochs over which the SIM weight rises from 0 to --beta "
+    sim_warmup: int = typer.Option(DMSL_DEFAULT("sim_warmup"), "--sim-warmup", help="Epochs over which the SIM weight rises from 0 to --beta "
                                    "(0: full weight from the start)."),
-    select_on: str = typer.Option("loss", "--select-on", help="What early stopping and the best checkpoint minimise "
+    select_on: str = typer.Option(DMSL_DEFAULT("select_on"), "--select-on", help="What early stopping and the best checkpoint minimise "
                                   "on the validation patients: loss (alpha*CE + beta*SIM) or ce."),
-    weights: str = typer.Option("none", "--weights", help="none (random init), imagenet (local cache) or a file."),
-    train_fraction: float = typer.Option(1.0, "--train-fraction", help="Share of training tuples used (0.05..1)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of training patients for validation."),
-    patience: int = typer.Option(5, "--patience", help="Early-stopping patience in epochs."),
-    shared_backbone: bool = typer.Option(False, "--shared-backbone", help="One backbone for every magnification."),
-    fusion: str = typer.Option("equal", "--fusion", help="equal or learned branch weights."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="No flips, rotations or colour jitter."),
-    workers: int = typer.Option(2, "--workers", "-j", help="DataLoader worker processes."),
-    devices: str = typer.Option("auto", "--devices", help="Lightning devices: auto, a count, or ids like 0,1."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes for multi-node training."),
-    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Default: 16-mixed on a GPU, else 32-true."),
-    max_time: Optional[str] = typer.Option(None, "--max-time", help="Per-fold limit DD:HH:MM:SS."),
-    seed: int = typer.Option(0, "--seed"),
-    max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
+    weights: str = typer.Option(DMSL_DEFAULT("weights"), "--weights", help="none (random init), imagenet (local cache) or a file."),
+    train_fraction: float = typer.Option(DMSL_DEFAULT("train_fraction"), "--train-fraction", help="Share of training tuples used (0.05..1)."),
+    val_fraction: float = typer.Option(DMSL_DEFAULT("val_fraction"), "--val-fraction", help="Share of training patients for validation."),
+    patience: int = typer.Option(DMSL_DEFAULT("patience"), "--patience", help="Early-stopping patience in epochs."),
+    shared_backbone: bool = typer.Option(DMSL_DEFAULT("shared_backbone"), "--shared-backbone", help="One backbone for every magnification."),
+    fusion: str = typer.Option(DMSL_DEFAULT("fusion"), "--fusion", help="equal or learned branch weights."),
+    no_augment: bool = typer.Option(not DMSL_DEFAULT("augment"), "--no-augment", help="No flips, rotations or colour jitter."),
+    workers: int = typer.Option(CLI_TRAIN_WORKERS, "--workers", "-j", help="DataLoader worker processes."),
+    devices: str = typer.Option(str(DMSL_DEFAULT("devices")), "--devices", help="Lightning devices: auto, a count, or ids like 0,1."),
+    num_nodes: int = typer.Option(DMSL_DEFAULT("num_nodes"), "--num-nodes", help="Nodes for multi-node training."),
+    strategy: str = typer.Option(DMSL_DEFAULT("strategy"), "--strategy", help="Lightning strategy (auto, ddp, ...)."),
+    precision: Optional[str] = typer.Option(DMSL_DEFAULT("precision"), "--precision", help="Default: 16-mixed on a GPU, else 32-true."),
+    max_time: Optional[str] = typer.Option(DMSL_DEFAULT("max_time"), "--max-time", help="Per-fold limit DD:HH:MM:SS."),
+    seed: int = typer.Option(DMSL_DEFAULT("seed"), "--seed"),
+    max_tuples: Optional[int] = typer.Option(DMSL_DEFAULT("max_tuples"), "--max-tuples", help="At most this many tuples per slide."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: finished folds are kept, others resume."),
     size: int = typer.Option(TILE_DEFAULT("size"), "--size", help="Slides: pixel size at the highest magnification."),
     labels_dir: Optional[Path] = typer.Option(None, "--labels-dir", help="Slides: folder with <slide>.labels.png "
@@ -79,7 +86,6 @@ def train(
     """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
     from histomag.resolution import parse_magnifications
     from histomag.dmsl.cv import cross_validate
-    from histomag.dmsl.fit import DMSLConfig
 
     config = DMSLConfig(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),

@@ -33,6 +33,9 @@ from histomag.resolution import format_magnification
 DATASET_VERSION = 1
 BASE_COLUMNS = ["tuple_id", "slide_id", "patient_id", "x", "y", "field_width", "mode", "magnifications",
                 "mpps", "label", "class_fractions", "tissue_fraction", "slide_mpp", "mpp_source"]
+#: how a dataset folder is made, in API terms (errors speak the API; the CLI names ``histomag tile`` instead)
+TILE_API = "histomag.tiling.jobs.tile_slides(jobs, settings, {out})"
+RETILE_HINT = "re-run the same histomag.tiling.jobs.tile_slides(...) call"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: settings that must match for a re-run to resume into the same folder
@@ -163,11 +166,12 @@ class DatasetFolder:
 
     def read_settings(self) -> dict:
         if not self.settings_path.exists():
-            raise DatasetError(f"{self.root}: no dataset.json; make the dataset with `histomag tile ... --out {self.root}`")
+            raise DatasetError(f"{self.root}: no dataset.json; make the dataset with "
+                               f"`{TILE_API.format(out=self.root)}`")
         try:
             return json.loads(self.settings_path.read_text())
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{self.settings_path}: not valid JSON ({exc.msg}); re-run `histomag tile`") from None
+            raise DatasetError(f"{self.settings_path}: not valid JSON ({exc.msg}); {RETILE_HINT}") from None
 
     # ----- ownership -----------------------------------------------------------------------
     def lock(self) -> FolderLock:
@@ -250,7 +254,7 @@ class DatasetFolder:
     def read_manifest(self) -> list[dict]:
         """Rows of ``manifest.csv``; raises :class:`DatasetError` listing missing images."""
         if not self.manifest_path.exists():
-            raise DatasetError(f"{self.root}: no manifest.csv; make it with `histomag tile SLIDE... --out {self.root}`")
+            raise DatasetError(f"{self.root}: no manifest.csv; make it with `{TILE_API.format(out=self.root)}`")
         with open(self.manifest_path, newline="") as fh:
             rows = list(csv.DictReader(fh))
         missing = [v for row in rows for k, v in row.items() if k.startswith("image_") and v
@@ -259,7 +263,7 @@ class DatasetFolder:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise DatasetError(
                 f"{self.manifest_path}: {len(missing)} referenced images are missing ({', '.join(missing[:3])}{more}); "
-                "re-run the same `histomag tile` command to restore them"
+                f"{RETILE_HINT} to restore them"
             )
         return rows
 

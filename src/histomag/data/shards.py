@@ -27,6 +27,8 @@ from histomag.errors import DatasetError
 T = TypeVar("T")
 SHARDS_DIR = "shards"
 SHARD_FILE = "shard.json"
+#: what makes tile shards, in API terms: one tile_slides call per shard, into the folder start_shard returns
+TILE_SHARDS_API = "histomag.data.shards.start_shard + histomag.tiling.jobs.tile_slides"
 
 
 def shard_folder(out: Path, shard: Shard) -> Path:
@@ -73,13 +75,13 @@ def finished_shards(root: str | Path, *, done: str, partial: bool, make: str
 
     Raises:
         DatasetError: no shards, shards of different batches, or (unless ``partial``) a shard that
-            has not finished; ``make`` is the command that makes them, for the message.
+            has not finished; ``make`` is the call that makes them, for the message.
     """
     root = Path(root)
     base = root / SHARDS_DIR
     folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     if not folders:
-        raise DatasetError(f"{root}: no shards to merge; make them with `{make} --out {root} --shard K/N`")
+        raise DatasetError(f"{root}: no shards to merge; make them with `{make}` (out_dir={root}, shard=K/N)")
     infos = {}
     for f in folders:
         if not (f / SHARD_FILE).is_file():
@@ -129,7 +131,7 @@ def merge_shards(root: str | Path, *, partial: bool = False) -> MergeSummary:
         FolderInUseError: another run is writing ``root``.
     """
     root = Path(root)
-    finished, _, batch = finished_shards(root, done="slides.csv", partial=partial, make="histomag tile ...")
+    finished, _, batch = finished_shards(root, done="slides.csv", partial=partial, make=TILE_SHARDS_API)
     with DatasetFolder(root).lock() as token:
         folder = DatasetFolder(root, run_token=token)
         settings = [_read_json(f / "dataset.json") for f in finished]

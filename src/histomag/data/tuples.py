@@ -28,7 +28,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from histomag.data.folder import DatasetFolder, TileSettings, image_column, patient_of
+from histomag.data.folder import RETILE_HINT, DatasetFolder, TileSettings, image_column, patient_of
 from histomag.errors import ConfigError, DatasetError
 from histomag.resolution import format_magnification
 
@@ -196,7 +196,7 @@ def read_rgb(path: Path) -> np.ndarray:
             return np.array(img.convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({str(exc).splitlines()[0]}); "
-                           "re-run the same `histomag tile` command to restore it") from None
+                           f"{RETILE_HINT} to restore it") from None
 
 
 def class_names_of(labels: Sequence[str]) -> list[str]:
@@ -499,8 +499,8 @@ class SlideSource:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{path}: not a readable slide source ({exc}); re-run `histomag dmsl train` on the "
-                               "slides") from None
+            raise DatasetError(f"{path}: not a readable slide source ({exc}); re-run "
+                               "histomag.dmsl.cv.cross_validate(...) on the slides") from None
 
 
 def open_tuples(data: str | Path, magnifications: Sequence[float], *, subset: bool = False

@@ -2,7 +2,8 @@
 
 - :mod:`~histomag.dmsl.network` — ``MultiMagNet``, one branch per magnification;
   :mod:`~histomag.dmsl.similarity` — the SIM loss; :mod:`~histomag.dmsl.modes` — the mode registry.
-- :mod:`~histomag.dmsl.fit` — ``DMSLConfig`` and one fold's Lightning fit; :mod:`~histomag.dmsl.cv` —
+- :mod:`~histomag.dmsl.config` — ``DMSLConfig``, the training settings and their defaults (no torch);
+  :mod:`~histomag.dmsl.fit` — one fold's Lightning fit; :mod:`~histomag.dmsl.cv` —
   patient-grouped cross-validation and evaluation; :mod:`~histomag.dmsl.predict` — prediction of
   dataset folders, slides and images; :mod:`~histomag.dmsl.metrics` — tuple- and patient-level metrics.
 - :mod:`~histomag.dmsl.runfolder` — ``RunFolder``, the run folder's owner (no torch).

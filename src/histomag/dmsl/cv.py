@@ -29,7 +29,7 @@ from histomag.data.tuples import (
     tuple_transform,
 )
 from histomag.errors import CheckpointError, ConfigError, DatasetError
-from histomag.dmsl.runfolder import RunFolder
+from histomag.dmsl.runfolder import DMSL_RESUME_HINT, DMSL_TRAIN_HINT, RunFolder
 from histomag.dmsl.metrics import (
     METRICS,
     evaluate_predictions,
@@ -38,10 +38,8 @@ from histomag.dmsl.metrics import (
     summarise,
     table_rows,
 )
+from histomag.dmsl.config import RUNTIME_FIELDS, DMSLConfig
 from histomag.dmsl.fit import (
-    RUNTIME_FIELDS,
-    DMSL_TRAIN_HINT,
-    DMSLConfig,
     check_backbone,
     fit_fold,
     load_task,
@@ -372,7 +370,7 @@ def fold_test_set(run: RunFolder, k: int, data_dir: str | Path | None = None) ->
     split = run.read_split(k)
     if split is None:
         raise CheckpointError(f"{run.split_path(k)} is missing (fold {k} never started); make it with: "
-                              f"{DMSL_TRAIN_HINT} --resume")
+                              f"{DMSL_RESUME_HINT}")
     ckpt = fold_checkpoint(run, k)
     wanted = [str(t) for t in split.get("test_tuples", [])]
     data_dir = Path(data_dir) if data_dir is not None else run.data_dir
@@ -390,7 +388,7 @@ def fold_test_set(run: RunFolder, k: int, data_dir: str | Path | None = None) ->
 def _repredict(run: RunFolder, k: int, *, progress: bool) -> None:
     if not run.split_path(k).is_file():
         raise CheckpointError(f"{run.predictions_path(k)} and split.json are missing; "
-                              f"make them with: {DMSL_TRAIN_HINT} --resume")
+                              f"make them with: {DMSL_RESUME_HINT}")
     task, test_set = fold_test_set(run, k)
     probs = predict_probs([task], test_set, batch_size=run.config.batch_size, progress=progress)
     run.write_predictions(run.predictions_path(k), test_set.rows, probs, run.class_names)

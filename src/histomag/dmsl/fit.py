@@ -1,4 +1,4 @@
-"""DMSL training with PyTorch Lightning: config, task, data loading, one fold's fit, checkpoints.
+"""DMSL training with PyTorch Lightning: task, data loading, one fold's fit, checkpoints.
 
 Diao et al., IEEE JBHI 2023: one CNN branch per magnification, loss ``alpha * CE + beta * SIM``
 (paper: alpha = beta = 0.5 with its raw SIM; here by default alpha = 0.5, beta = 0.1 with the
@@ -14,7 +14,8 @@ A fold folder holds::
 Multi-GPU and multi-node training go through Lightning's strategies: ``devices``,
 ``num_nodes`` and ``strategy`` are passed to the Trainer unchanged.
 
-Cross-validation and the run folder are in :mod:`histomag.dmsl.cv`.
+The run's :class:`~histomag.dmsl.config.DMSLConfig` is in :mod:`histomag.dmsl.config` (no torch);
+cross-validation is in :mod:`histomag.dmsl.cv`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from histomag.errors import CheckpointError, ConfigError
-from histomag.dmsl.network import FUSIONS, MultiMagNet
-from histomag.dmsl.modes import ModeSpec, get_mode
-from histomag.dmsl.similarity import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, DMSLLoss
+from histomag.dmsl.network import MultiMagNet
+from histomag.dmsl.similarity import DMSLLoss
+from histomag.dmsl.config import RUNTIME_FIELDS, SELECT_ON, DMSLConfig
 from histomag.dmsl.runfolder import MODEL_TYPE, DMSL_TRAIN_HINT
 from histomag.fitloop import (
     checkpoint_callbacks,
@@ -47,138 +48,6 @@ from histomag.fitloop import (
 )
 
 log = logging.getLogger(__name__)
-
-#: config fields that may change when a run is resumed (they do not change what is learned)
-#: what early stopping and the best checkpoint may follow (see DMSLConfig.select_on)
-SELECT_ON = ("loss", "ce")
-#: default SIM warm-up in epochs (chosen by measurement, docs/dmsl.md)
-DEFAULT_SIM_WARMUP = 2
-RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
-                  "precision", "max_time")
-
-
-@dataclass(frozen=True)
-class DMSLConfig:
-    """Everything that defines a DMSL (or baseline) training run.
-
-    Attributes:
-        mode: ``sim`` (DMSL), ``mm``, ``single`` or ``mscn``.
-        backbone: backbone name (``inception_v3`` in the paper; ``tiny`` for CPU tests).
-        weights: ``"none"`` (random init), ``"imagenet"`` (local torchvision cache) or a file.
-        magnifications: one per branch, in input order (exactly one for ``single``).
-        batch_size, lr: Adam's batch size and learning rate (paper: 32, 1e-3).
-        alpha, beta: weights of CE and SIM (paper: 0.5, 0.5 with its raw SIM; default 0.5, 0.1).
-        sim_form: ``"dist"`` (default), ``"corr"``, ``"l1"`` or ``"paper"`` (see
-            :class:`~histomag.dmsl.similarity.SimilarityLoss`).
-        sim_warmup: epochs over which the SIM weight rises linearly from 0 to ``beta`` (per
-            batch); 0: full ``beta`` from the start (the paper). Validation always uses ``beta``,
-            so the monitored validation loss means the same thing in every epoch.
-        select_on: what early stopping and the best checkpoint minimise: ``"loss"`` (the
-            training objective, ``alpha * CE + beta * SIM``) or ``"ce"`` (the cross-entropy
-            alone); on the validation patients, or on the training tuples without them.
-        epochs: maximum epochs per fold; patience: early-stopping patience in epochs.
-        folds: number of patient-grouped cross-validation folds.
-        val_fraction: share of a fold's training patients held out for early stopping.
-        train_fraction: share of the training tuples kept (the paper's data-volume experiment).
-        seed: seed of splits, subsampling, initialisation and augmentation.
-        num_workers: DataLoader worker processes.
-        devices, num_nodes, strategy, accelerator: passed to ``lightning.Trainer``.
-        precision: Lightning precision; None: ``16-mixed`` on a GPU, else ``32-true``.
-        shared_backbone, fusion, dropout: :class:`~histomag.dmsl.network.MultiMagNet` options.
-        augment: flips, 90° rotations, colour jitter (identical for a tuple's members).
-        max_time: per-fold wall-clock limit, ``"DD:HH:MM:SS"``, or None.
-        max_tuples: at most this many tuples per slide (seeded choice), or None.
-    """
-
-    mode: str = "sim"
-    backbone: str = "inception_v3"
-    weights: str = "none"
-    magnifications: tuple[float, ...] = (40.0, 20.0)
-    batch_size: int = 32
-    lr: float = 1e-3
-    alpha: float = 0.5
-    beta: float = DEFAULT_BETA
-    sim_form: str = DEFAULT_SIM_FORM
-    sim_warmup: int = DEFAULT_SIM_WARMUP
-    select_on: str = "loss"
-    epochs: int = 30
-    patience: int = 5
-    folds: int = 5
-    val_fraction: float = 0.2
-    train_fraction: float = 1.0
-    seed: int = 0
-    num_workers: int = 0
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    accelerator: str = "auto"
-    precision: str | None = None
-    shared_backbone: bool = False
-    fusion: str = "equal"
-    dropout: float = 0.0
-    augment: bool = True
-    max_time: str | None = None
-    max_tuples: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "magnifications", tuple(float(m) for m in self.magnifications))
-        spec = get_mode(self.mode)  # ConfigError listing the valid modes
-        if self.sim_form not in SIM_FORMS:
-            raise ConfigError(f"unknown SIM form {self.sim_form!r}; valid: {', '.join(SIM_FORMS)}")
-        if self.select_on not in SELECT_ON:
-            raise ConfigError(f"unknown select_on {self.select_on!r}; valid: {', '.join(SELECT_ON)}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
-        n = len(self.magnifications)
-        if spec.single and n != 1:
-            raise ConfigError(f"mode={self.mode} takes one magnification, got magnifications=({_mags(self.magnifications)}); "
-                              "e.g. magnifications=(40,)")
-        if not spec.single and n < 2:
-            raise ConfigError(f"mode={self.mode} needs at least two magnifications, e.g. magnifications=(40, 20)")
-        checks = [(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
-                  (self.lr > 0, f"lr={self.lr} must be > 0"),
-                  (self.alpha >= 0 and self.beta >= 0, f"alpha {self.alpha} and beta {self.beta} must be >= 0"),
-                  (self.sim_warmup >= 0, f"sim_warmup={self.sim_warmup} must be >= 0 epochs"),
-                  (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
-                  (self.patience >= 1, f"patience={self.patience} must be >= 1"),
-                  (self.folds >= 1, f"folds={self.folds} must be >= 1 (1: one final model on all the data)"),
-                  (0 < self.val_fraction < 1, f"val_fraction={self.val_fraction} must be in (0, 1)"),
-                  (0 < self.train_fraction <= 1, f"train_fraction={self.train_fraction} must be in (0, 1]"),
-                  (self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0"),
-                  (self.num_nodes >= 1, f"num_nodes={self.num_nodes} must be >= 1"),
-                  (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-                  (self.max_tuples is None or self.max_tuples >= 1, f"max_tuples={self.max_tuples} must be >= 1")]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-    @property
-    def spec(self) -> ModeSpec:
-        """The registered :class:`~histomag.dmsl.modes.ModeSpec` of ``mode``."""
-        return get_mode(self.mode)
-
-    def replace(self, **changes: Any) -> DMSLConfig:
-        """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["magnifications"] = list(self.magnifications)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DMSLConfig:
-        """Build from :meth:`to_dict` output, ignoring unknown keys.
-
-        A stored config without ``sim_warmup`` or ``select_on`` (written before they existed)
-        trained without a warm-up and selected on the loss, so it reads so, not as today's defaults.
-        """
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs.setdefault("sim_warmup", 0)
-        kwargs.setdefault("select_on", "loss")
-        return cls(**kwargs)
-
 
 def monitor_key(config: DMSLConfig, has_val: bool) -> str:
     """The logged metric that early stopping and the best checkpoint minimise."""
@@ -198,10 +67,6 @@ def sim_weight(beta: float, warmup: float, progress: float) -> float:
     if warmup <= 0:
         return float(beta)
     return float(beta) * min(1.0, max(0.0, progress) / warmup)
-
-
-def _mags(mags: Sequence[float]) -> str:
-    return ",".join(f"{m:g}" for m in mags)
 
 
 def check_backbone(name: str) -> None:

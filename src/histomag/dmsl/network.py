@@ -27,10 +27,9 @@ from torch import Tensor, nn
 
 from histomag.errors import ConfigError
 from histomag.backbones import Backbone, create_backbone
+from histomag.dmsl.config import FUSIONS, Fusion
 from histomag.dmsl.modes import get_mode, mode_names
 
-Fusion = Literal["equal", "learned"]
-FUSIONS: tuple[str, ...] = ("equal", "learned")
 
 
 class MultiMagNet(nn.Module):

@@ -34,8 +34,12 @@ from histomag.errors import CheckpointError
 
 MODEL_TYPE = "dmsl"
 RUN_VERSION = 1
-DMSL_TRAIN_HINT = "histomag dmsl train DATA --out RUN"
-EVALUATE_HINT = "histomag dmsl evaluate {run}"
+#: how a DMSL run folder is made, resumed and evaluated, in API terms (the CLI names its commands instead)
+DMSL_TRAIN_API = "histomag.dmsl.cv.cross_validate(DATA, {run}, config)"
+DMSL_RESUME_API = "histomag.dmsl.cv.cross_validate(DATA, {run}, config, resume=True)"
+DMSL_EVALUATE_API = "histomag.dmsl.cv.evaluate_cv_run({run})"
+DMSL_TRAIN_HINT = DMSL_TRAIN_API.format(run="RUN")
+DMSL_RESUME_HINT = DMSL_RESUME_API.format(run="RUN")
 PREDICTION_COLUMNS = ["tuple_id", "slide_id", "patient_id", "label", "predicted"]
 
 
@@ -84,9 +88,9 @@ class RunFolder:
 
     @property
     def config(self) -> Any:
-        """The run's :class:`~histomag.dmsl.fit.DMSLConfig` (imports torch)."""
+        """The run's :class:`~histomag.dmsl.config.DMSLConfig`."""
         if self._config is None:
-            from histomag.dmsl.fit import DMSLConfig
+            from histomag.dmsl.config import DMSLConfig
 
             self._config = DMSLConfig.from_dict(self.meta["config"])
         return self._config
@@ -193,7 +197,7 @@ class RunFolder:
             if (self.checkpoint_dir(k) / name).is_file():
                 return self.checkpoint_dir(k) / name
         raise CheckpointError(f"{self.checkpoint_dir(k) / 'best.ckpt'} is missing (fold {k} never trained); "
-                              f"make it with: {DMSL_TRAIN_HINT} --resume")
+                              f"make it with: {DMSL_RESUME_HINT}")
 
     def write_predictions(self, path: Path, rows: Sequence[dict], probs: np.ndarray,
                           class_names: Sequence[str]) -> None:
@@ -227,7 +231,7 @@ class RunFolder:
         path = self.predictions_path(k)
         if not path.is_file():
             return None
-        hint = f"re-run `{EVALUATE_HINT.format(run=self.root)}`"
+        hint = f"re-run `{DMSL_EVALUATE_API.format(run=self.root)}`"
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
         cols = [f"prob_{c}" for c in class_names]

@@ -24,16 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from histomag.dmsl.config import DEFAULT_BETA, DEFAULT_SIM_FORM, SIM_FORMS, SimForm
 from histomag.errors import ConfigError
 
-SimForm = Literal["paper", "l1", "corr", "dist"]
-SIM_FORMS: tuple[str, ...] = ("paper", "l1", "corr", "dist")
 #: forms that compare the spatial layout of standardised maps (need >= 2 locations)
 NORMALISED_FORMS: tuple[str, ...] = ("corr", "dist")
-#: chosen by measurement on ``histomag demo --quick`` (docs/dmsl.md)
-DEFAULT_SIM_FORM: SimForm = "dist"
-#: default SIM weight beta (the paper's 0.5 was for its raw form; measured in docs/dmsl.md)
-DEFAULT_BETA = 0.1
 #: floor of a map's spatial standard deviation in the normalised forms, relative to its mean
 #: absolute value (keeps flat maps finite without breaking scale invariance)
 STD_EPS = 1e-6

@@ -17,20 +17,24 @@ from histomag.errors import InputPathError
 from histomag.report.markup import code, esc, figure, image, note, table
 from histomag.report.sections import Section
 
-CAM_HINT = "histomag dmsl cam RUN DATA --out RUN/cams"
-SIMILARITY_HINT = "histomag dmsl similarity RUN [RUN...] DATA --out RUN/similarity"
+#: the commands the report's pages tell their reader to run (page text, not errors)
+CAM_COMMAND = "histomag dmsl cam RUN DATA --out RUN/cams"
+SIMILARITY_COMMAND = "histomag dmsl similarity RUN [RUN...] DATA --out RUN/similarity"
+#: the calls that make an explain folder, in API terms (errors speak the API; the CLI names its commands)
+CAM_API = "histomag.dmsl.explain.gradcam.run_cams(RUN, DATA, RUN/cams)"
+SIMILARITY_API = "histomag.dmsl.explain.similarity_stats.write_similarity({name: RUN}, DATA, RUN/similarity)"
 #: most Grad-CAM panels shown per folder (keeps the report's size reasonable)
 MAX_CAMS = 24
 
 
-def check_folder(path: Path, option: str, hint: str) -> Path:
+def check_folder(path: Path, parameter: str, make: str) -> Path:
     """An explicitly given folder must exist.
 
     Raises:
-        InputPathError: no such folder (the message names the command that makes it).
+        InputPathError: no such folder (the message names ``make``, the call that makes it).
     """
     if not Path(path).is_dir():
-        raise InputPathError(f"{option} {path}: no such folder; make it with `{hint}`")
+        raise InputPathError(f"{parameter}={path}: no such folder; make it with `{make}`")
     return Path(path)
 
 
@@ -68,7 +72,7 @@ def gradcam_section(folders: Sequence[tuple[str, Path]]) -> Section:
         entries = _cam_entries(folder)
         if not entries:
             body.append(f"<h4>{esc(label)}</h4>"
-                        + note(f"{code(str(folder))} holds no PNG panels: run {code(CAM_HINT)}."))
+                        + note(f"{code(str(folder))} holds no PNG panels: run {code(CAM_COMMAND)}."))
             continue
         body.append(f"<h4>{esc(label)} <span class=\"muted\">({code(str(folder))})</span></h4>")
         body.append('<p class="hint">Columns: the tuple\'s magnifications at one physical scale; rows: input, '
@@ -80,7 +84,7 @@ def gradcam_section(folders: Sequence[tuple[str, Path]]) -> Section:
             body.append(f'<p class="hint">{len(entries) - MAX_CAMS} more panels in {code(str(folder))} are not '
                         "shown.</p>")
     if not shown:
-        hint = note(f"no Grad-CAM panels: run {code(CAM_HINT)} (or pass {code('--cams DIR')}).")
+        hint = note(f"no Grad-CAM panels: run {code(CAM_COMMAND)} (or pass {code('--cams DIR')}).")
         return Section("gradcam", title, hint + "".join(body), available=False)
     return Section("gradcam", title, "".join(body))
 
@@ -125,7 +129,7 @@ def similarity_section(folders: Sequence[tuple[str, Path]]) -> Section:
         rows = _read_csv(csv_path) if csv_path.is_file() else []
         if not rows and not png_path.is_file():
             body.append(f"<h4>{esc(label)}</h4>" + note(f"{code(str(folder))} has no similarity.csv: run "
-                                                        f"{code(SIMILARITY_HINT)}."))
+                                                        f"{code(SIMILARITY_COMMAND)}."))
             continue
         shown += 1
         body.append(f"<h4>{esc(label)} <span class=\"muted\">({code(str(folder))})</span></h4>")
@@ -140,6 +144,6 @@ def similarity_section(folders: Sequence[tuple[str, Path]]) -> Section:
         if rows:
             body.append(_similarity_table(rows))
     if not shown:
-        hint = note(f"no similarity statistics: run {code(SIMILARITY_HINT)} (or pass {code('--similarity DIR')}).")
+        hint = note(f"no similarity statistics: run {code(SIMILARITY_COMMAND)} (or pass {code('--similarity DIR')}).")
         return Section("similarity", title, hint + "".join(body), available=False)
     return Section("similarity", title, "".join(body))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from histomag.data.atomic import atomic_write_text
 from histomag.errors import ConfigError
-from histomag.report.explain import CAM_HINT, SIMILARITY_HINT, check_folder, gradcam_section, similarity_section
+from histomag.report.explain import CAM_API, SIMILARITY_API, check_folder, gradcam_section, similarity_section
 from histomag.report.magnification import magnification_section
 from histomag.report.markup import esc
 from histomag.report.runs import DMSLRun, MagRun, load_run, unique_names
@@ -119,16 +119,16 @@ def page(title: str, sections: Sequence[Section], *, subtitle: str = "", generat
         "</footer>\n</main>\n</body>\n</html>\n")
 
 
-def _explain_folders(given: Sequence[str | Path], option: str, hint: str, dmsl: Sequence[DMSLRun],
+def _explain_folders(given: Sequence[str | Path], parameter: str, make: str, dmsl: Sequence[DMSLRun],
                      sub: str) -> list[tuple[str, Path]]:
     """Explicit folders (which must exist), then ``RUN/<sub>*`` folders of each DMSL run, without repeats."""
     out: list[tuple[str, Path]] = []
     seen: set[Path] = set()
     for d in given:
-        folder = check_folder(Path(d), option, hint)
+        folder = check_folder(Path(d), parameter, make)
         if folder.resolve() not in seen:
             seen.add(folder.resolve())
-            out.append((f"{option} {folder.name or folder}", folder))
+            out.append((f"--{parameter} {folder.name or folder}", folder))  # the page's label, as the CLI says it
     for r in dmsl:
         for folder in sorted(p for p in r.path.iterdir() if p.is_dir() and p.name.startswith(sub)):
             if folder.resolve() not in seen:
@@ -147,13 +147,13 @@ def report_sections(runs: Sequence[str | Path], *, cams: Sequence[str | Path] = 
         InputPathError: a ``--cams`` or ``--similarity`` folder that does not exist.
     """
     if not runs and not cams and not similarity:
-        raise ConfigError("nothing to report on: give run folders (RUN...), --cams DIR or --similarity DIR")
+        raise ConfigError("nothing to report on: give run folders (RUN...), cams=DIR or similarity=DIR")
     paths = [Path(r) for r in runs]
     loaded = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
     dmsl = [r for r in loaded if isinstance(r, DMSLRun)]
     mag = [r for r in loaded if isinstance(r, MagRun)]
-    cam_dirs = _explain_folders(cams, "--cams", CAM_HINT, dmsl, "cams")
-    sim_dirs = _explain_folders(similarity, "--similarity", SIMILARITY_HINT, dmsl, "similarity")
+    cam_dirs = _explain_folders(cams, "cams", CAM_API, dmsl, "cams")
+    sim_dirs = _explain_folders(similarity, "similarity", SIMILARITY_API, dmsl, "similarity")
     sections = [settings_section(dmsl, mag), metrics_section(dmsl), roc_section(dmsl), confusion_section(dmsl),
                 data_fraction_section(dmsl), gradcam_section(cam_dirs), similarity_section(sim_dirs),
                 magnification_section(mag)]

@@ -6,7 +6,7 @@ curves, and ``split.json`` where present) and :class:`~histomag.magnification.ru
 a magnification run (``histomag magnification train``: ``config.json`` and ``eval/metrics.json`` from
 ``histomag magnification evaluate``; ``eval/predictions.csv`` and ``eval/scatter.png`` where present), schema
 version checks included. Anything else raises :class:`~histomag.errors.CheckpointError` with a one-line message
-that names the missing file and the command that makes it.
+that names the missing file and the call that makes it.
 """
 
 from __future__ import annotations
@@ -20,17 +20,20 @@ from typing import Any
 import numpy as np
 
 from histomag.dmsl.runfolder import MODEL_TYPE as DMSL_TYPE
-from histomag.dmsl.runfolder import FoldPredictions, RunFolder
+from histomag.dmsl.runfolder import DMSL_EVALUATE_API, DMSL_TRAIN_API, FoldPredictions, RunFolder
 from histomag.errors import CheckpointError
 from histomag.magnification.runfolder import MODEL_TYPES as MAG_TYPES
 from histomag.magnification.runfolder import MagnificationRun
 
 __all__ = ["DMSLRun", "FoldPredictions", "MagRun", "Run", "load_run", "unique_names"]
 
+#: the commands the report's pages tell their reader to run (page text, not errors)
 DMSL_TRAIN = "histomag dmsl train DATA --out {run}"
 DMSL_EVALUATE = "histomag dmsl evaluate {run}"
 MAG_TRAIN = "histomag magnification train DATA --out {run}"
 MAG_EVALUATE = "histomag magnification evaluate {run}"
+#: how a magnification run folder is made, in API terms (errors speak the API; the CLI names its commands)
+MAG_TRAIN_API = "histomag.magnification.fit.train_magnifier(DATA, {run}, config)"
 
 
 def _one_line(text: str) -> str:
@@ -119,21 +122,21 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     path = Path(path)
     name = name or path.resolve().name or str(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path} is not a run folder: make one with `{DMSL_TRAIN.format(run=path)}` "
-                              f"or `{MAG_TRAIN.format(run=path)}`")
+        raise CheckpointError(f"{path} is not a run folder: make one with `{DMSL_TRAIN_API.format(run=path)}` "
+                              f"or `{MAG_TRAIN_API.format(run=path)}`")
     config_path = path / "config.json"
     if not config_path.is_file():
-        raise CheckpointError(f"{path} has no config.json: run `{DMSL_TRAIN.format(run=path)}` "
-                              f"or `{MAG_TRAIN.format(run=path)}`")
-    meta = _read_json(config_path, f"re-run `{DMSL_TRAIN.format(run=path)}` or `{MAG_TRAIN.format(run=path)}`")
+        raise CheckpointError(f"{path} has no config.json: run `{DMSL_TRAIN_API.format(run=path)}` "
+                              f"or `{MAG_TRAIN_API.format(run=path)}`")
+    meta = _read_json(config_path, f"re-run `{DMSL_TRAIN_API.format(run=path)}` or `{MAG_TRAIN_API.format(run=path)}`")
     model_type = meta.get("model_type") if isinstance(meta, dict) else None
     if model_type == DMSL_TYPE:
         return _load_dmsl(path, name)
     if model_type in MAG_TYPES:
         return _load_mag(path, name)
     raise CheckpointError(f"{path} holds a {_one_line(model_type or 'unknown')} run, which the report does not "
-                          f"know: give DMSL runs (`{DMSL_TRAIN.format(run='RUN')}`) or magnification runs "
-                          f"(`{MAG_TRAIN.format(run='RUN')}`)")
+                          f"know: give DMSL runs (`{DMSL_TRAIN_API.format(run='RUN')}`) or magnification runs "
+                          f"(`{MAG_TRAIN_API.format(run='RUN')}`)")
 
 
 # ----- DMSL -------------------------------------------------------------------------------------
@@ -142,13 +145,13 @@ def _load_dmsl(path: Path, name: str) -> DMSLRun:
     meta = folder.read_meta()  # the model type, the schema version, the config and the classes checked
     metrics_path = folder.metrics_path
     if not metrics_path.is_file():
-        raise CheckpointError(f"{path} has no metrics.json: run `{DMSL_TRAIN.format(run=path)}` "
-                              f"(or `{DMSL_EVALUATE.format(run=path)}` when its folds finished)")
-    metrics = _read_json(metrics_path, f"run `{DMSL_EVALUATE.format(run=path)}`")
+        raise CheckpointError(f"{path} has no metrics.json: run `{DMSL_TRAIN_API.format(run=path)}` "
+                              f"(or `{DMSL_EVALUATE_API.format(run=path)}` when its folds finished)")
+    metrics = _read_json(metrics_path, f"run `{DMSL_EVALUATE_API.format(run=path)}`")
     summary = metrics.get("summary") if isinstance(metrics, dict) else None
     if not isinstance(summary, dict) or not {"patch", "patient"} <= set(summary):
         raise CheckpointError(f"{metrics_path} has no patch and patient summary: run "
-                              f"`{DMSL_EVALUATE.format(run=path)}`")
+                              f"`{DMSL_EVALUATE_API.format(run=path)}`")
     classes = [str(c) for c in meta["classes"]]
     n_folds = int(meta["config"].get("folds") or len(metrics.get("folds", [])) or 0)
     folds, missing = [], []

@@ -14,13 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from histomag.dmsl.config import RUNTIME_FIELDS  # what does not change what a run learns
 from histomag.report import plots
 from histomag.report.markup import code, esc, figure, image, note, table
 from histomag.report.runs import DMSL_EVALUATE, DMSL_TRAIN, MAG_TRAIN, DMSLRun, MagRun
 
-#: config fields that do not change what a run learns (ignored when grouping runs by settings)
-RUNTIME_FIELDS = frozenset({"epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
-                            "precision", "max_time"})
 LEVELS = ("patch", "patient")
 
 
