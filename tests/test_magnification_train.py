@@ -290,7 +290,7 @@ def test_load_magnifier_errors_are_one_line(tmp_path: Path) -> None:
         load_magnifier(run)
     message = str(info.value)
     assert "\n" not in message and "checkpoints/best.ckpt" in message
-    assert "histomag magnification train DATA --out RUN" in message
+    assert "histomag.magnification.fit.train_magnifier(DATA, RUN, config)" in message  # the API; the CLI says the command
 
     random_sd = tmp_path / "random.ckpt"
     torch.save({"weight": torch.randn(3, 3)}, random_sd)

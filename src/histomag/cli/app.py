@@ -58,6 +58,10 @@ API_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(patter
     (r"`histomag\.data\.shards\.start_shard \+ histomag\.tiling\.jobs\.tile_slides` \(out_dir=(.+?), shard=K/N\)",
      r"`histomag tile ... --out \1 --shard K/N`"),
     (r"histomag\.tiling\.jobs\.tile_slides\(jobs, settings, (.+?)\)", r"histomag tile SLIDE... --out \1"),
+    (r"`histomag\.data\.shards\.start_shard \+ histomag\.magnification\.audit\.audit_files` \(out_dir=(.+?), shard=K/N\)",
+     r"`histomag audit ... --out \1 --shard K/N`"),
+    (r"histomag\.magnification\.magset\.build_magnification_set\(sources, (.+?), settings\)",
+     r"histomag magnification build SOURCES --out \1"),
     (r"re-run the same histomag\.tiling\.jobs\.tile_slides\(\.\.\.\) call", "re-run the same `histomag tile` command"),
 ))
 _SWITCH = re.compile(r"(?<![\w.])(allow_upsample|resume|partial)=True\b")

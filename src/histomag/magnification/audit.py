@@ -25,6 +25,8 @@ AUDIT_COLUMNS = ["path", "verdict", "message", "evidence", "metadata_mpp", "meta
                  "mpp_low", "mpp_high", "estimated_magnification", "objective", "objective_p", "interval_level",
                  "n_crops", "caveat", "error"]
 THUMB_SIDE = 160
+#: what makes audit shards, in API terms: one audit_files call per shard, into the folder start_shard returns
+AUDIT_SHARDS_API = "histomag.data.shards.start_shard + histomag.magnification.audit.audit_files"
 THUMBS_DIR = "thumbs"
 #: renders the audit page: (rows, thumbnails, model name) -> HTML
 Render = Callable[[Sequence[dict[str, Any]], Sequence[bytes | None], str], str]
@@ -148,7 +150,7 @@ def merge_audit_shards(root: str | Path, *, partial: bool = False, render: Rende
     from histomag.data.shards import finished_shards, remove_shards
 
     root = Path(root)
-    finished, infos, batch = finished_shards(root, done="audit.csv", partial=partial, make="histomag audit ...")
+    finished, infos, batch = finished_shards(root, done="audit.csv", partial=partial, make=AUDIT_SHARDS_API)
     entries: list[tuple[dict[str, Any], bytes | None]] = []
     for folder in finished:
         with open(folder / "audit.csv", newline="") as fh:

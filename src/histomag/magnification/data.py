@@ -29,7 +29,7 @@ REQUIRED_COLUMNS = ("image", "source_id", "organ", "magnification", "mpp", "spli
 SPLITS = ("train", "val", "test")
 #: constant used where an image is too small to pad by reflection (white: empty glass)
 PAD_FILL = 255
-BUILD_HINT = "build one with: histomag magnification build SOURCES --out DIR"
+BUILD_HINT = "build one with histomag.magnification.magset.build_magnification_set(sources, DIR, settings)"
 
 
 @dataclass(frozen=True)

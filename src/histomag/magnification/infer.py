@@ -140,8 +140,8 @@ def crop_predictor(model: nn.Module, crop: int):
 
 #: the magnification model shipped with histomag (used when no checkpoint is given)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "magnifier-small.pt"
-DEFAULT_MODEL_HINT = ("reinstall histomag (the package ships weights/magnifier-small.pt), or pass a model made by: "
-                      "histomag magnification train SOURCES --out RUN")
+DEFAULT_MODEL_HINT = ("reinstall histomag (the package ships weights/magnifier-small.pt), or pass a model made by "
+                      "histomag.magnification.fit.train_magnifier(DATA, RUN, config)")
 
 
 @dataclass

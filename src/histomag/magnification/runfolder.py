@@ -32,8 +32,8 @@ MODEL_TYPE_REGRESSOR = "magnification-regressor"
 MODEL_TYPE_CLASSIFIER = "magnification-classifier"
 MODEL_TYPES: tuple[str, ...] = (MODEL_TYPE_REGRESSOR, MODEL_TYPE_CLASSIFIER)
 RUN_VERSION = 1
-MAG_TRAIN_HINT = "histomag magnification train DATA --out RUN"
-MAG_EVALUATE_HINT = "histomag magnification evaluate {run}"
+MAG_TRAIN_HINT = "histomag.magnification.fit.train_magnifier(DATA, RUN, config)"
+MAG_EVALUATE_HINT = "histomag.magnification.metrics.evaluate_run({run})"
 
 
 class MagnificationRun:
