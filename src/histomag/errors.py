@@ -50,3 +50,11 @@ class CheckpointError(HistomagError):
 
 class FolderInUseError(DatasetError):
     """An output folder that another run is writing to, or that a newer run has taken over."""
+
+
+class DecoderLimitError(UnreadableSlideError):
+    """A file whose header claims more than histomag will decode (a plain image over the pixel limit)
+    or more than the file can hold (missing tile offsets, tiles or strips past its end).
+
+    Raised where the file is opened, before anything is decoded; no other slide reader is tried.
+    """

@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from histomag.magnification.acquisition import AcquisitionSettings, resample, simulate_acquisition
-from histomag.errors import ConfigError, DatasetError, HistomagError, InputPathError
+from histomag.errors import (ConfigError, DatasetError, DecoderLimitError, HistomagError, InputPathError,
+                             UnreadableSlideError)
 from histomag.progress import progress_bar
 from histomag.resolution import DEFAULT_POWER_MPP, square_pixels
 from histomag.slide import PLAIN_IMAGE_SUFFIXES, SLIDE_AND_IMAGE_SUFFIXES
@@ -149,14 +150,20 @@ def collect_entries(paths: Sequence[str | Path]) -> list[SourceEntry]:
 
 def load_rgb_square(path: str | Path, mpp_x: float, mpp_y: float) -> tuple[np.ndarray, float]:
     """A plain image file as square-pixel uint8 RGB (transparent pixels become white) and its mpp."""
+    from histomag.slide.image import open_image
+
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # DecoderLimitError (one line) for a header over histomag's limits
             if im.mode in ("RGBA", "LA", "P"):
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(white, im)
             rgb = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnreadableSlideError as exc:
+        if isinstance(exc, DecoderLimitError):
+            raise
+        raise DatasetError(f"{path}: cannot read the image ({str(exc).split(': ', 1)[-1]}); check the file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{path}: cannot read the image ({type(exc).__name__}); check the file") from None
     return square_pixels(rgb, mpp_x, mpp_y)
 

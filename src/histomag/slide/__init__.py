@@ -7,7 +7,7 @@ from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from histomag.errors import ConfigError, InputPathError, UnreadableSlideError
+from histomag.errors import ConfigError, DecoderLimitError, InputPathError, UnreadableSlideError
 from histomag.registry import Registry
 from histomag.slide.base import MppOverride, MppSource, Slide, SlideMetadata, slide_id_from_path
 
@@ -117,6 +117,9 @@ def open_slide(path: str | Path, *, mpp: MppOverride | None = None, backend: Bac
     Raises:
         InputPathError: the path does not exist or is a folder.
         UnreadableSlideError: no backend can read the file, or it is truncated/corrupt.
+        DecoderLimitError: (an UnreadableSlideError) a plain image over the pixel limit
+            (:func:`histomag.slide.image.max_image_pixels`), or a tiled TIFF whose tiles are missing
+            or lie past the end of the file; checked on the header, before any pixel is decoded.
     """
     path = Path(path)
     if not path.exists():
@@ -136,6 +139,8 @@ def open_slide(path: str | Path, *, mpp: MppOverride | None = None, backend: Bac
             slide = _open_with(name, path, mpp)
             if probe:
                 _probe(slide)
+        except DecoderLimitError:
+            raise  # a header over histomag's limits, or claiming more than the file holds: no other reader is tried
         except UnreadableSlideError as exc:
             reasons.append(f"{name}: {str(exc).split(': ', 1)[-1]}")
             log.debug("%s: %s failed: %s", path.name, name, exc)

@@ -135,6 +135,7 @@ class TileSlide(TiffSlideSlide):
             self._ts.close()
             raise UnreadableSlideError(f"{Path(path).name}: tifffile cannot list its levels "
                                        f"({_one_line(exc)})") from None
+        # the levels' tile tables were checked against the file by TiffSlideSlide (tile_table_problem)
         problem = self._unsupported() or self._prepare_jpeg()
         if problem:
             self.close()
@@ -269,8 +270,8 @@ class TileSlide(TiffSlideSlide):
         """One tile, decoded (``factor`` times coarser for JPEG) and cached; a damaged one is an
         UnreadableSlideError naming the tile."""
         page = self._pages[level]
-        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
         try:
+            offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
             if count <= 0:
                 raise ValueError("no data stored for it")
             raw = os.pread(self._fd, count, offset)
