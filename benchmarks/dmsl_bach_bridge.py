@@ -48,27 +48,22 @@ def test_images(run_dir: Path, index: Path, fold: int, group_block: int) -> list
 
 
 def uncertainty(e: dict) -> float | None:
-    """The interval as a factor either side of the estimate (as MagnificationEstimate.uncertainty_factor)."""
-    if e.get("magnification_interval") and e.get("magnification"):
-        lo, hi = e["magnification_interval"]
-        return max(e["magnification"] / lo, hi / e["magnification"])
-    return None
+    """The interval as a factor either side of the estimate (``MagnificationEstimate.uncertainty_factor``)."""
+    return e.get("uncertainty_factor")
 
 
 def refused(e: dict, max_uncertainty: float | None) -> str | None:
-    """Why ``dmsl predict --mpp estimate`` would refuse this estimate (the library's rule), or None."""
-    from histomag.magnification.rulers.evidence import ambiguous_objectives
+    """Why ``dmsl predict --mpp estimate`` would refuse this estimate record, or None: the library's
+    own rule (:func:`histomag.magnification.infer.refusal`) on the estimate the record states."""
+    from histomag.magnification.estimate import MagnificationEstimate
+    from histomag.magnification.infer import refusal
 
     if e.get("mpp") is None:
         return e.get("error") or "no estimate"
-    if e.get("magnification_interval"):
-        pair = ambiguous_objectives(tuple(e["magnification_interval"]))
-        if pair:
-            return f"cannot tell {pair[0]:g}x from {pair[1]:g}x"
-    unc = uncertainty(e)
-    if max_uncertainty is not None and unc is not None and unc > max_uncertainty:
-        return f"uncertain by x{unc:.2f}"
-    return None
+    interval = tuple(e["magnification_interval"]) if e.get("magnification_interval") else None
+    est = MagnificationEstimate(e["magnification"], e.get("n_crops", 0), 0.0, interval=interval,
+                                level=e.get("interval_level", 0.9))
+    return refusal("image", est, max_uncertainty)
 
 
 def macro_f1(truth: list[str], pred: list[str], classes: list[str]) -> float:

@@ -299,10 +299,10 @@ def ablation(bach_per_class: int) -> None:
                 "no chroma smoothing (plain rgb2hed H)": ({"_CHROMA_SIGMA": 0.0}, ours),
                 "Otsu + watershed, area-weighted median": ({}, otsu_watershed_size),
                 # the summary statistic of the nuclear diameters (the chosen one weights by area)
-                "count-weighted median diameter": ({"_weighted_median": lambda v, w: float(np.median(v))}, ours),
+                "count-weighted median diameter": ({"weighted_median": lambda v, w: float(np.median(v))}, ours),
                 "count-weighted 25th percentile (small nuclei)": (
-                    {"_weighted_median": lambda v, w: float(np.percentile(v, 25))}, ours),
-                "geometric mean diameter": ({"_weighted_median": lambda v, w: float(np.exp(np.mean(np.log(v))))},
+                    {"weighted_median": lambda v, w: float(np.percentile(v, 25))}, ours),
+                "geometric mean diameter": ({"weighted_median": lambda v, w: float(np.exp(np.mean(np.log(v))))},
                                             ours)}
     print("\nablation: variant | MoNuSeg vs ground truth (median ratio, log-sd) | between-group log-sd | "
           "MoNuSeg /4, /8 vs native | CMU-1 (JPEG) /1, /2: median µm (spread) | "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +36,19 @@ class RulerReading:
 
 
 Ruler = Callable[[np.ndarray], RulerReading]
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value at half the total weight (values in any order)."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][min(int(np.searchsorted(cum, cum[-1] / 2.0)), len(order) - 1)])
+
+
+def log_spread(diameters: np.ndarray) -> float:
+    """The robust log-sd of object diameters: the interquartile range of their logs / 1.349."""
+    q1, q3 = np.percentile(diameters, [25, 75])
+    return float(math.log(q3 / q1) / 1.349)
 
 #: rulers by name: ``RULERS.get("nuclei")(rgb) -> RulerReading``
 RULERS: Registry[Ruler] = Registry("ruler")

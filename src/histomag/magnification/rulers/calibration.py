@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from histomag.magnification.rulers.evidence import Evidence, Pooled, Z90, pool
-
 from histomag.resolution import DEFAULT_POWER_MPP
+
 SCHEMA_VERSION = 1
 #: the smallest between-field log-sd a cue is given (a cue never claims more precision than this)
 MIN_TAU = 0.05
@@ -66,6 +66,15 @@ class RulerCalibration:
         log_mag = math.log(DEFAULT_POWER_MPP * r.size_px / c.prior_um)
         return Evidence(r.cue, log_mag, c.tau ** 2 + (r.spread ** 2) / max(r.n, 1), r.n, r.image)
 
+    def floor_magnification(self, readings: Iterable[FieldReading]) -> float | None:
+        """The highest magnification a set of readings at a ruler's pixel floor allows (objects of the
+        floor's size at the cue's prior), or None when none of this calibration's cues is at its floor."""
+        from histomag.magnification.rulers.nuclei import POPULATION_FLOOR_PX
+
+        tops = [DEFAULT_POWER_MPP * POPULATION_FLOOR_PX / self.cues[r.cue].prior_um
+                for r in readings if r.at_floor and r.cue in self.cues]
+        return max(tops) if tops else None
+
     def pool(self, readings: Iterable[FieldReading]) -> Pooled | None:
         ev = [e for e in (self.evidence(r) for r in readings) if e is not None]
         return pool(ev, self.systematic) if ev else None
@@ -106,8 +115,8 @@ def fit_cues(readings: Sequence[FieldReading], cues: Sequence[str], min_objects:
     over its groups of their median implied diameters: a source counts once, however many images
     or groups it has; ``tau`` is the robust log-sd of the fields'
     implied diameters around their group's median, less the part their own object counts explain;
-    ``systematic`` the robust log-sd of the groups' median residuals of the first cue's pooled
-    estimates (at least :data:`MIN_SYSTEMATIC`).
+    ``systematic`` the robust log-sd of the groups' median implied diameters, the smallest over
+    the cues (at least :data:`MIN_SYSTEMATIC`).
     """
     out: dict[str, CueCalibration] = {}
     sys_parts = []
@@ -169,12 +178,7 @@ def cross_validate(readings: Sequence[FieldReading], holdout_of: dict[str, str],
                 pc = cal.pool([r for r in rs if r.cue == cue])
                 if pc is not None:
                     per_cue[cue] = math.exp(pc.centre)
-            floor = None
-            if p is None and any(r.at_floor and r.cue in cal.cues for r in rs):
-                from histomag.magnification.rulers.nuclei import POPULATION_FLOOR_PX
-
-                floor = max(DEFAULT_POWER_MPP * POPULATION_FLOOR_PX / cal.cues[r.cue].prior_um
-                            for r in rs if r.at_floor and r.cue in cal.cues)
+            floor = cal.floor_magnification(rs) if p is None else None
             results.append(HeldOut(image, rs[0].group, float(rs[0].true_magnification),
                                    None if p is None else math.exp(p.centre), None if p is None else p.se, per_cue,
                                    floor))

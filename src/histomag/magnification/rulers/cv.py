@@ -59,14 +59,8 @@ def collect_labelled(paths: Sequence[str | Path]) -> list[LabelledSource]:
             group = dataset
             if len(mags) > 1 and e.mpp_x and e.mpp_y:
                 group = f"{dataset}-{nominal_magnification(DEFAULT_POWER_MPP / max(e.mpp_x, e.mpp_y)):g}x"
-            out.append(LabelledSource(_regroup(e, group), dataset))
+            out.append(LabelledSource(dataclasses.replace(e, group=group), dataset))
     return out
-
-
-def _regroup(entry: Any, group: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(entry, group=group)
 
 
 def measure_sources(sources: Sequence[LabelledSource], cues: Sequence[str], *, progress: bool = True,
@@ -198,7 +192,8 @@ def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence
         progress: show a progress bar.
         field: the side (px) of the fields measured (stated in the calibration).
         readings_csv: where to keep the field readings: read from it when it exists (the sources are
-            then not measured again), written to it otherwise.
+            then not measured again, and the field side it records is the calibration's), written to
+            it otherwise.
 
     Returns:
         The report written under ``cv`` in the file: the cue sets' scores, the chosen set, and per
@@ -214,13 +209,14 @@ def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence
     for c in candidates:
         RULERS.get(c)  # an unknown name: one line listing the valid ones
     if readings_csv is not None and Path(readings_csv).is_file():
-        readings, holdout, errors = read_readings(readings_csv)
+        readings, holdout, field = read_readings(readings_csv)
         readings = [r for r in readings if r.cue in candidates]
+        errors: list[str] = []
     else:
         readings, holdout, errors = measure_sources(collect_labelled(paths), candidates, progress=progress,
                                                     field=field)
         if readings_csv is not None:
-            write_readings(readings_csv, readings, holdout)
+            write_readings(readings_csv, readings, holdout, field)
     if not readings:
         raise ConfigError("no source could be measured: " + ("; ".join(errors[:3]) or "no sources"))
     chosen, rows, held_by = select_cues(readings, holdout, candidates)
@@ -245,29 +241,32 @@ def calibrate(paths: Sequence[str | Path], out: str | Path, candidates: Sequence
     return report
 
 
-READING_COLUMNS = ["image", "group", "holdout", "true_magnification", "cue", "size_px", "n", "spread", "at_floor"]
+READING_COLUMNS = ["image", "group", "holdout", "true_magnification", "cue", "size_px", "n", "spread", "at_floor",
+                   "field"]
 
 
-def write_readings(path: str | Path, readings: Sequence[FieldReading], holdout: dict[str, str]) -> None:
-    """The field readings as CSV (atomically): one row per cue per field."""
+def write_readings(path: str | Path, readings: Sequence[FieldReading], holdout: dict[str, str], field: int) -> None:
+    """The field readings as CSV (atomically): one row per cue per field, with the field side."""
     from histomag.data.atomic import atomic_write_csv
 
     atomic_write_csv(Path(path), READING_COLUMNS, [
         {"image": r.image, "group": r.group, "holdout": holdout[r.group], "true_magnification": r.true_magnification,
          "cue": r.cue, "size_px": "" if r.size_px is None else r.size_px, "n": r.n, "spread": r.spread,
-         "at_floor": int(r.at_floor)}
+         "at_floor": int(r.at_floor), "field": field}
         for r in readings])
 
 
-def read_readings(path: str | Path) -> tuple[list[FieldReading], dict[str, str], list[str]]:
-    """Field readings written by :func:`write_readings` (with the hold-out unit of each group)."""
+def read_readings(path: str | Path) -> tuple[list[FieldReading], dict[str, str], int]:
+    """Field readings written by :func:`write_readings`: the readings, the hold-out unit of each
+    group, and the field side they were measured at (768 when the file does not say)."""
     import csv
 
-    readings, holdout = [], {}
+    readings, holdout, field = [], {}, 768
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             holdout[row["group"]] = row["holdout"]
+            field = int(row.get("field") or 768)
             readings.append(FieldReading(row["image"], row["cue"], float(row["size_px"]) if row["size_px"] else None,
                                          int(row["n"]), float(row["spread"]), row["group"],
                                          float(row["true_magnification"]), row.get("at_floor") == "1"))
-    return readings, holdout, []
+    return readings, holdout, field

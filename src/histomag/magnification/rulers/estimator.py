@@ -12,10 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,14 +52,15 @@ def field_boxes(mask: TissueMask, width: int, height: int, max_fields: int, name
     return spread_crops(mask, width, height, field, max_fields, MIN_TISSUE, name, overlap=False)
 
 
+def read_rulers(fields: Iterable[np.ndarray], cues: Sequence[str]) -> list[dict[str, RulerReading]]:
+    """Per field, every cue's reading of it."""
+    return [{cue: RULERS.get(cue)(np.ascontiguousarray(f)) for cue in cues} for f in fields]
+
+
 def read_fields(fields: Iterable[np.ndarray], cues: Sequence[str], image: str = "image") -> list[FieldReading]:
-    """Every cue's reading of every field."""
-    out = []
-    for fld in fields:
-        for cue in cues:
-            r: RulerReading = RULERS.get(cue)(np.ascontiguousarray(fld))
-            out.append(FieldReading(image, cue, r.size_px, r.n, r.spread, at_floor=r.at_floor))
-    return out
+    """Every cue's reading of every field, as field readings of ``image``."""
+    return [FieldReading(image, cue, r.size_px, r.n, r.spread, at_floor=r.at_floor)
+            for per_cue in read_rulers(fields, cues) for cue, r in per_cue.items()]
 
 
 @dataclass(frozen=True)
@@ -99,22 +99,32 @@ class RulerEstimator(FileEstimates):
     def cues(self) -> list[str]:
         return list(self.calibration.cues)
 
+    def fields_rgb(self, rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None,
+                   max_fields: int = MAX_FIELDS_IMAGE) -> list[np.ndarray]:
+        """The fields the rulers measure in a square-pixel image in memory."""
+        h, w = rgb.shape[:2]
+        mask = mask if mask is not None else rgb_tissue_mask(rgb)
+        return [rgb[y:y + bh, x:x + bw] for x, y, bw, bh in field_boxes(mask, w, h, max_fields, name,
+                                                                          self.calibration.field)]
+
+    def fields_slide(self, slide: Any, mask: TissueMask | None = None,
+                     max_fields: int = MAX_FIELDS_SLIDE) -> list[np.ndarray]:
+        """The fields the rulers measure in a slide or image file (level 0, square pixels)."""
+        mask = mask if mask is not None else slide_tissue_mask(slide)
+        w, h = slide.dimensions
+        return [slide.read_native(x, y, bw, bh) for x, y, bw, bh in field_boxes(mask, w, h, max_fields,
+                                                                                 slide.path.name,
+                                                                                 self.calibration.field)]
+
     def readings_rgb(self, rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None,
                      max_fields: int = MAX_FIELDS_IMAGE) -> list[FieldReading]:
         """The field readings of a square-pixel image in memory."""
-        h, w = rgb.shape[:2]
-        mask = mask if mask is not None else rgb_tissue_mask(rgb)
-        boxes = field_boxes(mask, w, h, max_fields, name, self.calibration.field)
-        return read_fields((rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes), self.cues, name)
+        return read_fields(self.fields_rgb(rgb, name, mask, max_fields), self.cues, name)
 
     def readings_slide(self, slide: Any, mask: TissueMask | None = None,
                        max_fields: int = MAX_FIELDS_SLIDE) -> list[FieldReading]:
         """The field readings of a slide or image file (level 0, square pixels)."""
-        mask = mask if mask is not None else slide_tissue_mask(slide)
-        w, h = slide.dimensions
-        boxes = field_boxes(mask, w, h, max_fields, slide.path.name, self.calibration.field)
-        return read_fields((slide.read_native(x, y, bw, bh) for x, y, bw, bh in boxes), self.cues,
-                           str(slide.path.name))
+        return read_fields(self.fields_slide(slide, mask, max_fields), self.cues, str(slide.path.name))
 
     def estimate_readings(self, readings: Sequence[FieldReading], name: str = "image") -> MagnificationEstimate:
         """One estimate from field readings (of one image, or of a whole acquisition).
@@ -123,7 +133,7 @@ class RulerEstimator(FileEstimates):
             NoTissueError: no field held enough objects to measure.
         """
         pooled = self.calibration.pool(readings)
-        if pooled is None and any(r.at_floor for r in readings):
+        if pooled is None and self.calibration.floor_magnification(readings) is not None:
             return self.floor_estimate(readings)
         if pooled is None:
             wanted = ", ".join(f"{c.min_objects} {cue}" for cue, c in self.calibration.cues.items())
@@ -138,10 +148,10 @@ class RulerEstimator(FileEstimates):
         from histomag.magnification.rulers.nuclei import POPULATION_FLOOR_PX
 
         cues = [c for c in self.calibration.cues if any(r.at_floor and r.cue == c for r in readings)]
-        top = max(10.0 * POPULATION_FLOOR_PX / self.calibration.cues[c].prior_um for c in cues)
+        top = self.calibration.floor_magnification(readings)
         caveat = (f"{' and '.join(cues)} at the ruler's {POPULATION_FLOOR_PX:g} px floor: the magnification is at "
                   f"most about {top:.2g}x, and may be as low as {LOWEST_MAGNIFICATION:g}x")
-        fields = len({(r.image, id(r)) for r in readings if r.at_floor})
+        fields = sum(r.at_floor for r in readings)
         return MagnificationEstimate(top, fields, 0.0, 0.0, (LOWEST_MAGNIFICATION, top), self.calibration.level,
                                      caveat, "rulers", None, None, len({r.image for r in readings}))
 
@@ -175,17 +185,12 @@ class RulerEstimator(FileEstimates):
             NoTissueError: nothing to measure.
         """
         if isinstance(image, np.ndarray):
-            rgb = as_rgb(image)
             name = name or "image"
-            h, w = rgb.shape[:2]
-            boxes = field_boxes(rgb_tissue_mask(rgb), w, h, MAX_FIELDS_IMAGE, name, self.calibration.field)
-            fields = [rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes]
+            fields = self.fields_rgb(as_rgb(image), name)
         else:
             name = name or image.path.name
-            w, h = image.dimensions
-            boxes = field_boxes(slide_tissue_mask(image), w, h, MAX_FIELDS_SLIDE, name, self.calibration.field)
-            fields = [image.read_native(x, y, bw, bh) for x, y, bw, bh in boxes]
-        per_field = [{cue: RULERS.get(cue)(np.ascontiguousarray(f)) for cue in self.cues} for f in fields]
+            fields = self.fields_slide(image)
+        per_field = read_rulers(fields, self.cues)
         readings = [FieldReading(name, cue, r.size_px, r.n, r.spread, at_floor=r.at_floor)
                     for fr in per_field for cue, r in fr.items()]
         estimate = self.estimate_readings(readings, name)
@@ -231,7 +236,7 @@ def load_ruler_calibration(path: str | Path | None = None) -> RulerCalibration:
         return RulerCalibration.from_dict(data)
     except FileNotFoundError:
         raise CheckpointError(f"the rulers' calibration {p} is missing; reinstall histomag, or make one with "
-                              "histomag.magnification.rulers.calibration.cross_validate") from None
+                              "histomag.magnification.rulers.cv.calibrate") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{p} is not a rulers' calibration ({exc}); give a file written by "
                               "RulerCalibration.save") from None

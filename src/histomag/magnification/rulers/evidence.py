@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from histomag.magnification.rulers.base import weighted_median
+
 #: the objectives (x) an estimate gives the probability of
 STANDARD_OBJECTIVES: tuple[float, ...] = (2.5, 4.0, 5.0, 10.0, 20.0, 40.0, 60.0)
 #: Tukey's biweight constant (in scaled standard errors) beyond which a field gets no weight
@@ -78,10 +80,10 @@ def pool(evidence: Sequence[Evidence], systematic: float = 0.0, c: float = BIWEI
     m = np.array([e.log_mag for e in ev])
     v = np.array([e.var for e in ev])
     w0 = 1.0 / v
-    centre = _weighted_median(m, w0)
+    centre = weighted_median(m, w0)
     # robust overdispersion: the weighted median of the squared standardised residuals against
     # that of a chi-square with one degree of freedom (0.455)
-    phi = max(1.0, _weighted_median((m - centre) ** 2 / v, w0) / 0.455) if len(m) > 2 else 1.0
+    phi = max(1.0, weighted_median((m - centre) ** 2 / v, w0) / 0.455) if len(m) > 2 else 1.0
     scale = np.sqrt(v * phi)
     w = w0
     for _ in range(iterations):
@@ -97,12 +99,6 @@ def pool(evidence: Sequence[Evidence], systematic: float = 0.0, c: float = BIWEI
         centre = new
     se = math.sqrt(phi / float(np.sum(w)) + systematic ** 2)
     return Pooled(float(centre), se, tuple(float(x) for x in w), ev)
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    c = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(c, 0.5 * c[-1])])
 
 
 def objective_probabilities(log_mag: float, sd: float,

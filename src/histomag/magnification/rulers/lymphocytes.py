@@ -10,12 +10,11 @@ A field without such a population offers nothing (``size_px`` None, with the rea
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from histomag.errors import NoTissueError
-from histomag.magnification.rulers.base import RULERS, RulerReading
+from histomag.magnification.rulers.base import RULERS, RulerReading, log_spread
 from histomag.magnification.rulers.nuclei import _DISC_DIAMETER_PER_SIGMA, _WINDOW, MIN_NUCLEI, as_rgb, \
     candidate_blobs, nuclear_peak
 
@@ -58,8 +57,7 @@ def read_lymphocytes(rgb: np.ndarray) -> RulerReading:
     d = _DISC_DIAMETER_PER_SIGMA * s[sel]
     if sel.sum() < MIN_LYMPHOCYTES:
         return _none("too few dense nuclei of one size", int(sel.sum()))
-    q1, q3 = np.percentile(d, [25, 75])
-    spread = float(math.log(q3 / q1) / 1.349)
+    spread = log_spread(d)
     objects = np.stack([ys[dense][sel], xs[dense][sel], d], axis=1)
     if spread > MAX_SPREAD:
         return RulerReading("lymphocytes", None, int(sel.sum()), spread, objects,

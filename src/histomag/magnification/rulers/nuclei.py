@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 from scipy.special import ive
 
 from histomag.errors import ConfigError, NoTissueError
-from histomag.magnification.rulers.base import RULERS, RulerReading
+from histomag.magnification.rulers.base import RULERS, RulerReading, log_spread, weighted_median
 
 #: Prior nuclear diameter in µm, in the units of :attr:`NucleiMeasurement.size_px` (LoG disc
 #: diameters, not segmented areas). Calibrated as the median over six real sources (MoNuSeg,
@@ -275,8 +275,8 @@ def _measure(rgb: np.ndarray,
     diameters = _DISC_DIAMETER_PER_SIGMA * sigma[nuclei]
     q1, med, q3 = np.percentile(diameters, [25, 50, 75])
     objects = np.stack([ys[nuclei], xs[nuclei], diameters], axis=1)
-    result = NucleiMeasurement(n_nuclei=int(nuclei.sum()), size_px=float(_weighted_median(diameters, diameters ** 2)),
-                               spread=float((q3 - q1) / med), log_spread=float(math.log(q3 / q1) / 1.349),
+    result = NucleiMeasurement(n_nuclei=int(nuclei.sum()), size_px=weighted_median(diameters, diameters ** 2),
+                               spread=float((q3 - q1) / med), log_spread=log_spread(diameters),
                                at_floor=floor_size is not None, floor_size_px=floor_size, objects=objects)
     if return_centres:
         return result, objects[:, :2]
@@ -443,12 +443,6 @@ def _local_peak_above(sigma: np.ndarray, floor_sigma: float) -> float | None:
     interior = (f[1:-1] > f[:-2]) & (f[1:-1] >= f[2:]) & (grid[1:-1] >= math.log2(floor_sigma))
     ii = np.flatnonzero(interior) + 1
     return float(2.0 ** grid[ii[np.argmax(f[ii])]]) if ii.size else None
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    cum = np.cumsum(weights[order])
-    return float(values[order][min(int(np.searchsorted(cum, cum[-1] / 2.0)), len(order) - 1)])
 
 
 def _window_counts(centres: np.ndarray, h: int, w: int, wh: int,
