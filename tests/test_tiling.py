@@ -81,6 +81,44 @@ def test_random_placement_is_seeded_and_inside_tissue():
     assert all(tissue.fraction(f.left, f.top, f.width, f.width) >= 0.5 for f in a)
 
 
+def test_random_placement_is_local():
+    """A few mask pixels changed move only the fields that touch them (plus as many replacements)."""
+    slide = MemorySlide(textured(2048, 2048))
+    rng = np.random.default_rng(0)
+    mask = rng.random((128, 128)) < 0.9
+    spec = make_tuple_spec([40, 20], 128, "same-fov")
+    before = plan_fields(slide, spec, TissueMask(mask, (16.0, 16.0)), placement="random", n_random=40, seed=7)
+    changed = mask.copy()
+    changed[60:62, 60:62] = False  # 4 of 16,384 mask pixels: a 32 x 32 px patch of the slide
+    after = plan_fields(slide, spec, TissueMask(changed, (16.0, 16.0)), placement="random", n_random=40, seed=7)
+    assert len(before) == len(after) == 40
+
+    def touches(f):  # the field's box meets the changed patch (level-0 px 960..992)
+        return f.left < 992 and f.left + f.width > 960 and f.top < 992 and f.top + f.width > 960
+
+    lost = set(before) - set(after)
+    gained = set(after) - set(before)
+    assert all(touches(f) for f in lost)  # no field away from the change moved
+    assert len(gained) == len(lost) <= 4
+    # the old scheme drew every field from one stream: this change would have moved most of them
+    other_seed = plan_fields(slide, spec, TissueMask(changed, (16.0, 16.0)), placement="random", n_random=40, seed=8)
+    assert len(set(other_seed) & set(after)) < 10
+
+
+def test_random_placement_is_local_to_the_slide_extent():
+    """Fields of a region do not depend on how far the slide extends elsewhere."""
+    spec = make_tuple_spec([40, 20], 128, "same-fov")
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True
+    small = plan_fields(MemorySlide(textured(1024, 1024)), spec, TissueMask(mask, (16.0, 16.0)),
+                        placement="random", n_random=15, seed=1)
+    wide_mask = np.zeros((64, 96), bool)
+    wide_mask[8:40, 8:40] = True  # the same tissue; the slide is wider, empty on the right
+    wide = plan_fields(MemorySlide(textured(1024, 1536)), spec, TissueMask(wide_mask, (16.0, 16.0)),
+                       placement="random", n_random=15, seed=1)
+    assert small == wide
+
+
 def test_context_tuple_reads_wider_fields():
     slide = MemorySlide(textured(1200, 1600))
     spec = make_tuple_spec([40, 20], 128, "context")

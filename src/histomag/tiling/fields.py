@@ -10,7 +10,8 @@ Two tuple modes:
   magnifications see a wider field.
 
 The plan places *reference fields* (the field at the highest magnification) on a grid over tissue
-with overlap, or at seeded random positions inside tissue.
+with overlap, or at seeded random positions inside tissue (a jittered grid of candidates ranked by
+seeded keys, so that a local change to the mask or the slide moves only the fields near it).
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ def plan_fields(slide: Slide, spec: TupleSpec, tissue: TissueMask, *, placement:
         slide: the slide (its resolution must be known).
         spec: tuple layout; fields are placed for its highest magnification.
         tissue: low-resolution tissue mask of the slide.
-        placement: ``grid`` (with ``overlap`` as a share of the field) or seeded ``random``.
+        placement: ``grid`` (with ``overlap`` as a share of the field) or seeded ``random`` (local:
+            see :func:`_stable_random_fields`).
         overlap: 0 <= overlap < 1.
         min_tissue: minimum tissue share of a reference field.
         n_random: number of random fields wanted.
@@ -236,27 +238,64 @@ def plan_fields(slide: Slide, spec: TupleSpec, tissue: TissueMask, *, placement:
         ys = np.arange(0.0, H - width + 1e-6, stride)
         fields = [Field(float(x + width / 2), float(y + width / 2), width) for y in ys for x in xs]
         return [f for f in fields if tissue.fraction(f.left, f.top, width, width) >= min_tissue]
-    rng = np.random.default_rng(seed)
-    ys_t, xs_t = np.nonzero(tissue.mask)
-    if len(xs_t) == 0:
+    return _stable_random_fields(W, H, width, tissue, min_tissue=min_tissue, n=int(n_random), seed=seed)
+
+
+#: candidate cells of a random plan have this side, as a share of the field width (4 candidates per field area)
+CELL_SHARE = 0.5
+#: a random plan never scores more candidate cells than this (larger slides get larger cells)
+MAX_CANDIDATES = 4_000_000
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser, vectorised: a well-mixed 64-bit hash of each entry."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def cell_uniforms(seed: int, rows: np.ndarray, cols: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform numbers in [0, 1) that depend only on ``(seed, row, col, stream)`` of each cell.
+
+    A cell's numbers never depend on any other cell, the mask or the slide's size: that is
+    what keeps a random plan local (see :func:`plan_fields`).
+    """
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.full(rows.shape, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+                          ^ np.uint64(stream * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF))
+        key = _splitmix64(key ^ rows.astype(np.uint64))
+        key = _splitmix64(key ^ (cols.astype(np.uint64) << np.uint64(32)))
+    return (key >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _stable_random_fields(W: int, H: int, width: float, tissue: TissueMask, *, min_tissue: float, n: int,
+                          seed: int) -> list[Field]:
+    """Seeded random fields whose placement is local: candidates on a jittered grid, the n best keys kept.
+
+    The range of field centres is cut into square cells (side ``CELL_SHARE`` of the field width,
+    larger on huge slides so at most :data:`MAX_CANDIDATES` cells); each cell holds one candidate
+    centre at a seeded uniform position inside it and a seeded priority key, both functions of
+    ``(seed, cell)`` alone. Candidates with ``min_tissue`` are ranked by key and the first ``n`` kept
+    (bottom-k sampling). A change to a few mask pixels therefore changes only the candidates whose
+    field touches them: each one lost lets in the next key, each one gained may push out the last.
+    """
+    if n <= 0:
         return []
-    dsx, dsy = tissue.downsample
-    out: list[Field] = []
-    seen: set[str] = set()
-    for _ in range(n_random * 20):
-        if len(out) >= n_random:
-            break
-        i = int(rng.integers(len(xs_t)))
-        cx = (xs_t[i] + rng.random()) * dsx
-        cy = (ys_t[i] + rng.random()) * dsy
-        cx = float(np.clip(cx, width / 2, W - width / 2))
-        cy = float(np.clip(cy, width / 2, H - width / 2))
-        f = Field(round(cx), round(cy), width)
-        if f.key in seen or tissue.fraction(f.left, f.top, width, width) < min_tissue:
-            continue
-        seen.add(f.key)
-        out.append(f)
-    return out
+    span_x, span_y = W - width, H - width  # centres lie in [width/2, W - width/2]
+    cell = max(width * CELL_SHARE, math.sqrt(max(span_x, 1.0) * max(span_y, 1.0) / MAX_CANDIDATES), 1.0)
+    nx, ny = int(span_x // cell) + 1, int(span_y // cell) + 1
+    rows, cols = np.divmod(np.arange(nx * ny, dtype=np.int64), nx)
+    cx = width / 2 + np.minimum((cols + cell_uniforms(seed, rows, cols, 1)) * cell, span_x)
+    cy = width / 2 + np.minimum((rows + cell_uniforms(seed, rows, cols, 2)) * cell, span_y)
+    cx, cy = np.round(cx), np.round(cy)
+    boxes = np.stack([cx - width / 2, cy - width / 2, np.full_like(cx, width), np.full_like(cy, width)], axis=1)
+    ok = np.flatnonzero(tissue.fractions(boxes) >= min_tissue - 1e-12)
+    if len(ok) == 0:
+        return []
+    order = ok[np.argsort(cell_uniforms(seed, rows[ok], cols[ok], 3), kind="stable")][:n]
+    return [Field(float(cx[i]), float(cy[i]), width) for i in order]
 
 
 def read_tuple(slide: Slide, spec: TupleSpec, field: Field, *, allow_upsample: bool = False) -> list[np.ndarray]:
