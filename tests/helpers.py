@@ -217,3 +217,33 @@ def assert_same_dataset(out: Path, ref: Path) -> None:
         with open(part, newline="") as fh:
             ids = [r["tuple_id"] for r in csv.DictReader(fh)]
         assert len(ids) == len(set(ids)), f"{part.name} repeats a tuple"
+
+
+# ----- slide predictions (as `histomag dmsl predict RUN SLIDE` writes them) --------------------------
+def two_class_slide(path: Path, seed: int = 5) -> Path:
+    """A 1024 x 512 px PNG (read at 0.25 µm/px): ``dots`` fields on the top-left, ``rings`` on the bottom-left,
+    glass on the right half; 64 px fields at 40x tile it in an 8 x 16 grid."""
+    rng = np.random.default_rng(seed)
+    img = np.full((512, 1024, 3), 255, np.uint8)
+    for y in range(0, 512, 64):
+        for x in range(0, 512, 64):
+            img[y:y + 64, x:x + 64] = render("dots" if y < 256 else "rings", 64, rng)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def make_slide_prediction(out_dir: Path, slide: Path, *, overlap: float = 0.0, overlay_width: int = 400,
+                          classes: tuple[str, ...] = ("dots", "rings"), mpp: float = 0.25) -> dict[str, Path]:
+    """A prediction folder written by the library's own writer, with made-up probabilities (no model):
+    fields above the slide's middle get P(dots) = 0.9, the others P(rings) = 0.8."""
+    from histomag.data.folder import TileSettings
+    from histomag.data.tuples import SlideTupleDataset
+    from histomag.dmsl.slides import write_slide_prediction
+    from histomag.tiling.jobs import SlideJob
+
+    settings = TileSettings(magnifications=(40.0, 20.0), size=64, mode="same-fov", placement="grid", overlap=overlap)
+    data = SlideTupleDataset([SlideJob(str(slide), mpp=mpp)], settings, classes=list(classes), labelled_only=False)
+    probs = np.array([[0.9, 0.1] if r.y < 256 else [0.2, 0.8] for r in data.records])
+    data.close()
+    return write_slide_prediction(data, probs, out_dir, class_names=classes, run_dir=out_dir.parent / "run",
+                                  overlay_width=overlay_width)

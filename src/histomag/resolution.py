@@ -66,6 +66,23 @@ class Resolution:
         """Whether this resolution is as fine as ``other`` or finer (within ``rel_tol``)."""
         return self.mpp <= other.mpp * (1.0 + rel_tol)
 
+    def length_um(self, pixels: float) -> float:
+        """µm spanned by ``pixels`` pixels at this resolution."""
+        return float(pixels) * self.mpp
+
+    def length_px(self, um: float) -> float:
+        """Pixels spanning ``um`` µm at this resolution."""
+        return float(um) / self.mpp
+
+    def area_mm2(self, width_px: float, height_px: float | None = None) -> float:
+        """mm² covered by a ``width_px`` x ``height_px`` (default square) rectangle of pixels."""
+        h = width_px if height_px is None else height_px
+        return self.length_um(width_px) * self.length_um(h) / 1e6
+
+    def coarser(self, factor: float) -> "Resolution":
+        """This resolution downsampled by ``factor`` (e.g. a thumbnail's), with the same power ratio."""
+        return Resolution(self.mpp * float(factor), self.power_mpp)
+
     def __str__(self) -> str:
         return f"{format_magnification(self.magnification)} ({self.mpp:.4g} µm/px)"
 

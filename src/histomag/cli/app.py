@@ -41,7 +41,7 @@ PARAMETER_FLAGS = {
     "val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "train_fraction": "--train-fraction",
     "num_workers": "--workers", "num_nodes": "--num-nodes", "max_tuples": "--max-tuples", "out_dir": "--out",
     "resume": "--resume", "partial": "--partial", "max_uncertainty": "--max-uncertainty",
-    "cams": "--cams", "similarity": "--similarity",
+    "cams": "--cams", "similarity": "--similarity", "predictions": "--predictions", "overlay_width": "--overlay-width",
 }
 #: library hints name the call that makes something (``histomag.dmsl.cv.cross_validate(DATA, RUN, config)``); the CLI
 #: names the command instead (``histomag dmsl train DATA --out RUN``); the most specific pattern first
@@ -50,6 +50,7 @@ API_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(patter
     (r"histomag\.dmsl\.cv\.cross_validate\(DATA, (.+?), config\)", r"histomag dmsl train DATA --out \1"),
     (r"histomag\.dmsl\.cv\.cross_validate\(\.\.\.\)", "`histomag dmsl train`"),
     (r"histomag\.dmsl\.cv\.evaluate_cv_run\((.+?)\)", r"histomag dmsl evaluate \1"),
+    (r"histomag\.dmsl\.cv\.predict_slide\(RUN, SLIDE, OUT\)", "histomag dmsl predict RUN SLIDE --out OUT"),
     (r"histomag\.dmsl\.explain\.gradcam\.run_cams\(RUN, DATA, RUN/cams\)", "histomag dmsl cam RUN DATA --out RUN/cams"),
     (r"histomag\.dmsl\.explain\.similarity_stats\.write_similarity\(\{name: RUN\}, DATA, RUN/similarity\)",
      "histomag dmsl similarity RUN [RUN...] DATA --out RUN/similarity"),

@@ -168,9 +168,11 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Several images: " + CLUSTER_HELP),
+    overlay_width: int = typer.Option(1600, "--overlay-width", help="One slide: width in px of SLIDE.overlay.png "
+                                      "(predicted class over the tissue, legend, scale bar) and the per-class overlays."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> int:
-    """Class probabilities per tuple; a heatmap for one slide; per image (images.csv) for image collections."""
+    """Class probabilities per tuple; a heatmap and overlays for one slide; per image (images.csv) for image collections."""
     from histomag.errors import InputPathError
     from histomag.dmsl.cv import predict_folder, predict_slide
 
@@ -194,13 +196,15 @@ def predict(
     if len(targets) == 1 and first.is_file() and first.suffix.lower() != ".csv":
         from histomag.cli.options import resolve_mpp
 
-        mpps, failed, _ = resolve_mpp([first], mpp, checkpoint, max_uncertainty)
+        mpps, failed, sources = resolve_mpp([first], mpp, checkpoint, max_uncertainty)
         if failed:
             raise ConfigError(failed[str(first)])
-        paths = predict_slide(run, first, out_dir, fold=fold, mpp=mpps.get(str(first)), batch_size=batch_size,
-                              num_workers=workers, progress=not quiet)
+        paths = predict_slide(run, first, out_dir, fold=fold, mpp=mpps.get(str(first)),
+                              mpp_source=sources.get(str(first)), batch_size=batch_size, num_workers=workers,
+                              progress=not quiet, overlay_width=overlay_width)
         print(f"predicted {first.name} -> {paths['predictions']}, {paths['npy']}, {paths['png']}, "
-              f"{paths['geojson']} (QuPath: File > Import objects)")
+              f"{paths['geojson']} (QuPath: File > Import objects), {paths['overlay']} (+ one per class), "
+              f"{paths['prediction']} (histomag report --predictions {out_dir})")
         return 0
     with cluster_client(cluster) as client:
         return _predict_images(run, targets, out_dir, fold=fold, mpp=mpp, checkpoint=checkpoint,

@@ -14,17 +14,21 @@ from histomag.cli.app import app
 def report(
     runs: Optional[list[Path]] = typer.Argument(None, metavar="RUN...", help="Run folders: DMSL (`histomag dmsl "
                                                 "train`) and magnification (`histomag magnification train` + "
-                                                "`evaluate`) runs, in any order."),
+                                                "`evaluate`) runs, and slide prediction folders (`histomag dmsl "
+                                                "predict RUN SLIDE --out DIR`), in any order."),
     out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write."),
     title: Optional[str] = typer.Option(None, "--title", help="Page title (default names the runs)."),
     cams: Optional[list[Path]] = typer.Option(None, "--cams", help="Grad-CAM folder of `histomag dmsl cam` "
                                               "(repeatable; RUN/cams is used too)."),
     similarity: Optional[list[Path]] = typer.Option(None, "--similarity", help="Folder of `histomag dmsl "
                                                     "similarity` (repeatable; RUN/similarity is used too)."),
+    predictions: Optional[list[Path]] = typer.Option(None, "--predictions", help="Slide prediction folder of "
+                                                     "`histomag dmsl predict RUN SLIDE --out DIR` (repeatable; "
+                                                     "RUN/predict is used too)."),
     screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="Also write a PNG of the page's top "
                                               "(needs Chromium)."),
 ) -> int:
-    """Settings, metrics table (mean ± std over folds), ROC, confusion, data fraction, Grad-CAM, similarity, ACC_N."""
+    """Settings, metrics table (mean ± std over folds), ROC, confusion, data fraction, Grad-CAM, similarity, slides, ACC_N."""
     from histomag.errors import ConfigError
     from histomag.report.html import write_report
 
@@ -36,7 +40,8 @@ def report(
         if find_chromium() is None:
             raise ConfigError("--screenshot needs Chromium (chromium, chromium-browser or google-chrome on PATH): "
                               "install it or leave out --screenshot")
-    path = write_report(runs or [], out, title=title, cams=cams or [], similarity=similarity or [])
+    path = write_report(runs or [], out, title=title, cams=cams or [], similarity=similarity or [],
+                        predictions=predictions or [])
     size = path.stat().st_size
     print(f"report -> {path} ({size / 1e6:.1f} MB)" if size >= 1e6 else f"report -> {path} ({size / 1e3:.0f} kB)")
     if screenshot is not None:

@@ -7,7 +7,6 @@ the best checkpoint) are carved out of the fold's training patients.
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from histomag.data.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
+from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from histomag.data.folder import patient_of
 from histomag.data.tuples import (
     SLIDE_SOURCE_FILE,
@@ -431,73 +430,5 @@ def grid_tile_settings(run: RunFolder) -> Any:
     return TileSettings.from_json(run.tile_settings, placement="grid", max_tuples=None, extra={})
 
 
-def predict_slide(run_dir: str | Path, slide: str | Path, out_dir: str | Path, *, fold: int | None = None,
-                  mpp: float | None = None, batch_size: int | None = None, num_workers: int = 0,
-                  progress: bool = False) -> dict[str, Path]:
-    """Tile a slide on the fly with the run's tile settings (grid) and map the class probabilities.
-
-    Writes ``OUT/<slide>.predictions.csv``, ``OUT/<slide>.heatmap.npy`` (float32,
-    ``(n_classes, grid_rows, grid_cols)``, NaN where no tuple was taken),
-    ``OUT/<slide>.heatmap.png`` (one panel per class) and ``OUT/<slide>.geojson`` (one QuPath tile
-    object per field, in the file's level-0 pixels, classified with its probabilities as measurements).
-
-    Returns:
-        ``{"predictions": ..., "npy": ..., "png": ..., "geojson": ...}``.
-    """
-    from histomag.annotations import tiles_geojson
-    from histomag.tiling.jobs import SlideJob
-    from histomag.slide.base import slide_id_from_path
-
-    run = read_run(run_dir)
-    models = load_fold_models(run, fold)
-    settings = grid_tile_settings(run)
-    data = SlideTupleDataset([SlideJob(str(slide), mpp=mpp)], settings, magnifications=run.config.magnifications,
-                             classes=run.class_names, labelled_only=False,
-                             transform=tuple_transform(models[0].input_mean, models[0].input_std, train=False))
-    probs = predict_probs(models, data, batch_size=batch_size or run.config.batch_size, num_workers=num_workers,
-                          progress=progress)
-    data.close()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = slide_id_from_path(Path(slide))
-    n_rows, n_cols = data.grid_shapes[0]
-    heat = np.full((len(run.class_names), n_rows, n_cols), np.nan, dtype=np.float32)
-    for rec, p in zip(data.records, probs):
-        if 0 <= rec.grid_row < n_rows and 0 <= rec.grid_col < n_cols:
-            heat[:, rec.grid_row, rec.grid_col] = p
-    paths = {"predictions": out_dir / f"{stem}.predictions.csv", "npy": out_dir / f"{stem}.heatmap.npy",
-             "png": out_dir / f"{stem}.heatmap.png", "geojson": out_dir / f"{stem}.geojson"}
-    sx, sy = data.pixel_scales[0]  # fields are in square pixels; QuPath wants the file's
-    boxes = [((r.x - r.width / 2) / sx, (r.y - r.width / 2) / sy, r.width / sx, r.width / sy) for r in data.records]
-    atomic_write_json(paths["geojson"], tiles_geojson(boxes, probs, run.class_names))
-    header = ["tuple_id", "x", "y", "grid_row", "grid_col", "predicted"] + [f"prob_{c}" for c in run.class_names]
-    atomic_write_csv(paths["predictions"], header, [
-        [r.tuple_id, round(r.x), round(r.y), r.grid_row, r.grid_col, run.class_names[int(np.argmax(p))]]
-        + [f"{v:.6g}" for v in p] for r, p in zip(data.records, probs)])
-    buf = io.BytesIO()
-    np.save(buf, heat)
-    atomic_write_bytes(paths["npy"], buf.getvalue())  # a killed predict leaves the old file or none, never half
-    _heatmap_png(paths["png"], heat, run.class_names, title=stem)
-    return paths
-
-
-def _heatmap_png(path: Path, heat: np.ndarray, class_names: Sequence[str], *, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(class_names)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 0.8, 3.4), squeeze=False)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-    for ax, name, channel in zip(axes[0], class_names, heat):
-        im = ax.imshow(np.ma.masked_invalid(channel), vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
-        ax.set_title(f"P({name})")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    plt.close(fig)
+# slide prediction lives in histomag.dmsl.slides (overlays, the prediction record); kept importable here
+from histomag.dmsl.slides import predict_slide  # noqa: E402,F401

@@ -14,11 +14,13 @@ from datetime import datetime
 from pathlib import Path
 
 from histomag.data.atomic import atomic_write_text
+from histomag.dmsl.slides import PREDICT_SLIDE_API, SIDECAR_SUFFIX
 from histomag.errors import ConfigError
 from histomag.report.explain import CAM_API, SIMILARITY_API, check_folder, gradcam_section, similarity_section
 from histomag.report.magnification import magnification_section
 from histomag.report.markup import esc
 from histomag.report.runs import DMSLRun, MagRun, load_run, unique_names
+from histomag.report.slides import slides_section
 from histomag.report.sections import (
     Section,
     confusion_section,
@@ -30,7 +32,7 @@ from histomag.report.sections import (
 
 #: ids of the report's sections, in page order
 SECTION_IDS: tuple[str, ...] = ("settings", "metrics", "roc", "confusion", "data-fraction", "gradcam", "similarity",
-                                "magnification")
+                                "slides", "magnification")
 
 CSS = """
 :root{--fg:#1d2430;--muted:#5b6574;--line:#d9dee6;--zebra:#f4f6f9;--head:#e6ebf2;--accent:#1f5fa8;
@@ -137,31 +139,61 @@ def _explain_folders(given: Sequence[str | Path], parameter: str, make: str, dms
     return out
 
 
+def _is_prediction_folder(path: Path) -> bool:
+    """A folder of slide predictions (``S.prediction.json``) that is not itself a run folder."""
+    return path.is_dir() and not (path / "config.json").exists() and any(path.glob(f"*{SIDECAR_SUFFIX}"))
+
+
+def _prediction_folders(given: Sequence[Path], dmsl: Sequence[DMSLRun]) -> list[tuple[str, Path]]:
+    """Explicit prediction folders (which must exist), then ``RUN/predict*`` folders holding slide predictions."""
+    out: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    for folder in given:
+        folder = check_folder(Path(folder), "predictions", PREDICT_SLIDE_API)
+        if folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            out.append((folder.name or str(folder), folder))
+    for r in dmsl:
+        for folder in sorted(p for p in r.path.iterdir() if p.is_dir() and p.name.startswith("predict")):
+            if folder.resolve() not in seen and any(folder.glob(f"*{SIDECAR_SUFFIX}")):
+                seen.add(folder.resolve())
+                out.append((f"{r.name}/{folder.name}", folder))
+    return out
+
+
 def report_sections(runs: Sequence[str | Path], *, cams: Sequence[str | Path] = (),
-                    similarity: Sequence[str | Path] = ()) -> tuple[list[Section], list[DMSLRun], list[MagRun]]:
+                    similarity: Sequence[str | Path] = (), predictions: Sequence[str | Path] = (),
+                    ) -> tuple[list[Section], list[DMSLRun], list[MagRun]]:
     """Read the inputs and build every section (see :data:`SECTION_IDS`).
+
+    Prediction folders (of :func:`histomag.dmsl.slides.predict_slide`) may be given in ``runs`` too.
 
     Raises:
         ConfigError: nothing to report on.
         CheckpointError: a run folder of unknown type or with missing files.
-        InputPathError: a ``--cams`` or ``--similarity`` folder that does not exist.
+        InputPathError: a ``cams``, ``similarity`` or ``predictions`` folder that does not exist.
     """
-    if not runs and not cams and not similarity:
-        raise ConfigError("nothing to report on: give run folders (RUN...), cams=DIR or similarity=DIR")
-    paths = [Path(r) for r in runs]
+    if not runs and not cams and not similarity and not predictions:
+        raise ConfigError("nothing to report on: give run folders (RUN...), cams=DIR, similarity=DIR or "
+                          "predictions=DIR")
+    given = [Path(r) for r in runs]
+    pred_paths = [p for p in given if _is_prediction_folder(p)] + [Path(p) for p in predictions]
+    paths = [p for p in given if not _is_prediction_folder(p)]
     loaded = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
     dmsl = [r for r in loaded if isinstance(r, DMSLRun)]
     mag = [r for r in loaded if isinstance(r, MagRun)]
     cam_dirs = _explain_folders(cams, "cams", CAM_API, dmsl, "cams")
     sim_dirs = _explain_folders(similarity, "similarity", SIMILARITY_API, dmsl, "similarity")
+    pred_dirs = _prediction_folders(pred_paths, dmsl)
     sections = [settings_section(dmsl, mag), metrics_section(dmsl), roc_section(dmsl), confusion_section(dmsl),
                 data_fraction_section(dmsl), gradcam_section(cam_dirs), similarity_section(sim_dirs),
-                magnification_section(mag)]
+                slides_section(pred_dirs), magnification_section(mag)]
     return sections, dmsl, mag
 
 
 def render_report(runs: Sequence[str | Path], *, title: str | None = None, cams: Sequence[str | Path] = (),
-                  similarity: Sequence[str | Path] = (), generated: datetime | None = None) -> str:
+                  similarity: Sequence[str | Path] = (), predictions: Sequence[str | Path] = (),
+                  generated: datetime | None = None) -> str:
     """The report's HTML text.
 
     Args:
@@ -170,12 +202,14 @@ def render_report(runs: Sequence[str | Path], *, title: str | None = None, cams:
         title: page title (default names the runs).
         cams: Grad-CAM folders (``histomag dmsl cam``) besides any ``RUN/cams*`` folders.
         similarity: similarity folders (``histomag dmsl similarity``) besides any ``RUN/similarity*``.
+        predictions: slide prediction folders (``histomag dmsl predict RUN SLIDE``) besides any
+            ``RUN/predict*`` holding them (they may also be given in ``runs``).
         generated: the time stamp shown (default: now).
 
     Raises:
         ConfigError, CheckpointError, InputPathError: see :func:`report_sections`.
     """
-    sections, dmsl, mag = report_sections(runs, cams=cams, similarity=similarity)
+    sections, dmsl, mag = report_sections(runs, cams=cams, similarity=similarity, predictions=predictions)
     names = [r.name for r in [*dmsl, *mag]]
     if title is None:
         title = "histomag report" + (f": {', '.join(names[:4])}{' …' if len(names) > 4 else ''}" if names else "")
@@ -184,13 +218,17 @@ def render_report(runs: Sequence[str | Path], *, title: str | None = None, cams:
         parts.append(f"{len(dmsl)} DMSL run{'s' if len(dmsl) > 1 else ''}")
     if mag:
         parts.append(f"{len(mag)} magnification run{'s' if len(mag) > 1 else ''}")
+    slides = next(s for s in sections if s.id == "slides")
+    if slides.available:
+        parts.append(f"{len(slides.subsections)} slide{'s' if len(slides.subsections) > 1 else ''}")
     return page(title, sections, subtitle=", ".join(parts), generated=generated)
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path, *, title: str | None = None,
-                 cams: Sequence[str | Path] = (), similarity: Sequence[str | Path] = ()) -> Path:
+                 cams: Sequence[str | Path] = (), similarity: Sequence[str | Path] = (),
+                 predictions: Sequence[str | Path] = ()) -> Path:
     """Write the report to ``out`` atomically (see :func:`render_report`); returns ``out``."""
     out = Path(out)
-    text = render_report(runs, title=title, cams=cams, similarity=similarity)
+    text = render_report(runs, title=title, cams=cams, similarity=similarity, predictions=predictions)
     atomic_write_text(out, text)
     return out
