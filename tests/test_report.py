@@ -146,9 +146,13 @@ def complete(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "reg": make_mag_run(root / "reg"), "cls": make_mag_run(root / "cls", "classifier")}
     make_cams(root / "sim_100" / "cams")
     runs["similarity"] = make_similarity(root / "similarity")
+    from helpers import make_slide_prediction, two_class_slide
+
+    make_slide_prediction(root / "predict", two_class_slide(root / "slide.png"))
+    runs["predict"] = root / "predict"
     out = root / "report.html"
     write_report([runs[k] for k in ("sim_100", "mm_100", "sim_25", "reg", "cls")], out,
-                 similarity=[runs["similarity"]])
+                 similarity=[runs["similarity"]], predictions=[runs["predict"]])
     runs["report"] = out
     return runs
 
@@ -234,7 +238,8 @@ def test_every_embedded_image_decodes_to_a_nonblank_picture_at_most_1200_px_wide
     page = Page(complete["report"].read_text())
     alts = [img["alt"] for img in page.images]
     # pooled ROC + 3 per-run ROC + 3 confusion + fraction + 3 CAM panels + pies + 2 scatters + level bars
-    assert len(page.images) == 15, alts
+    # + the slide's overlay, its two field strips and two class overlays
+    assert len(page.images) == 20, alts
     assert any(a.startswith("Grad-CAM panel") for a in alts) and "pooled ROC curves of the runs" in alts
     for img in page.images:
         im = decode(img["src"])
@@ -273,11 +278,11 @@ def test_missing_inputs_give_not_available_notes_naming_the_command(tmp_path: Pa
     page = Page(text)
     assert list(page.sections) == list(SECTION_IDS)
     unavailable = {s for s, cls in page.sections.items() if "unavailable" in cls}
-    assert unavailable == {"roc", "data-fraction", "gradcam", "similarity", "magnification"}
+    assert unavailable == {"roc", "data-fraction", "gradcam", "similarity", "slides", "magnification"}
     for command in ("histomag dmsl evaluate", "--train-fraction", "histomag dmsl cam", "histomag dmsl similarity",
-                    "histomag magnification evaluate"):
+                    "histomag dmsl predict", "histomag magnification evaluate"):
         assert command in text, command
-    assert text.count("Not available") >= 5
+    assert text.count("Not available") >= 6
     confusion = text[text.index('id="confusion"'):text.index('id="data-fraction"')]
     assert "<img" in confusion  # pooled from metrics.json without predictions
 
@@ -285,7 +290,7 @@ def test_missing_inputs_give_not_available_notes_naming_the_command(tmp_path: Pa
 def test_a_report_of_magnification_runs_only_notes_the_dmsl_sections(tmp_path: Path) -> None:
     page = Page(render_report([make_mag_run(tmp_path / "reg")]))
     unavailable = {s for s, cls in page.sections.items() if "unavailable" in cls}
-    assert unavailable == {"metrics", "roc", "confusion", "data-fraction", "gradcam", "similarity"}
+    assert unavailable == {"metrics", "roc", "confusion", "data-fraction", "gradcam", "similarity", "slides"}
     assert len(page.images) == 1  # the scatter; no comparison without a classifier
 
 
@@ -338,6 +343,7 @@ def test_cli_writes_the_report_and_says_where(complete, tmp_path: Path, capsys) 
     ("mag-no-eval", "has no eval/metrics.json: run `histomag magnification evaluate"),
     ("bad-predictions", "predictions.csv lacks columns prob_rings: re-run `histomag dmsl evaluate"),
     ("no-cams", "--cams"),
+    ("no-predictions", "--predictions"),
     ("nothing", "nothing to report on"),
 ])
 def test_bad_inputs_are_one_line_errors_with_exit_code_2(case: str, expected: str, tmp_path: Path, capsys) -> None:
@@ -347,7 +353,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(case: str, expected: st
         run.mkdir()
     elif case == "foreign":
         atomic_write_json(run / "config.json", {"model_type": "resnet-classifier"})
-    elif case in ("no-metrics", "bad-json", "bad-predictions", "no-cams"):
+    elif case in ("no-metrics", "bad-json", "bad-predictions", "no-cams", "no-predictions"):
         make_dmsl_run(run, folds=2)
         if case == "no-metrics":
             (run / "metrics.json").unlink()
@@ -356,8 +362,10 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(case: str, expected: st
         elif case == "bad-predictions":
             path = run / "folds" / "2" / "predictions.csv"
             path.write_text(path.read_text().replace("prob_rings", "prob_other"))
-        else:
+        elif case == "no-cams":
             extra = ["--cams", str(tmp_path / "nope")]
+        else:
+            extra = ["--predictions", str(tmp_path / "nope")]
     elif case == "mag-no-eval":
         make_mag_run(run)
         (run / "eval" / "metrics.json").unlink()
@@ -437,7 +445,7 @@ def test_a_report_of_really_trained_runs(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     page = Page(render_report([run, mag]))
     unavailable = {s for s, cls in page.sections.items() if "unavailable" in cls}
-    assert unavailable == {"data-fraction"}  # one training fraction only
+    assert unavailable == {"data-fraction", "slides"}  # one training fraction only; no slide predicted
     alts = [img["alt"] for img in page.images]
     assert sum(a.startswith("Grad-CAM panel") for a in alts) == 2
     assert {"ROC curves of sim", "confusion matrices of sim", "similarity pies of sim/similarity",
