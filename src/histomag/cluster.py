@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from histomag.errors import ConfigError, HistomagError
+from histomag.errors import ConfigError, HistomagError, StorageError
 
 T = TypeVar("T")
 #: how long :func:`connect` waits for the scheduler before giving up
@@ -156,6 +156,9 @@ def map_tasks(client: Any, fn: Callable[..., T], args: Sequence[tuple], *, on_do
         i, attempt = futures.pop(fut)
         try:
             result = fut.result()
+        except StorageError:  # the shared output disk is full or failing: no other task can write either
+            client.cancel(list(futures))
+            raise
         except Exception as exc:  # noqa: BLE001 - KilledWorker, a lost connection or a bug: one line per item
             if attempt < resubmits:
                 again = client.submit(fn, *args[i], pure=False)

@@ -7,6 +7,7 @@ build their Lightning runs from these; each keeps only what is its own (model, d
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -101,10 +102,50 @@ def checkpoint_callbacks(ckpt_dir: Path, monitor: str) -> tuple[Any, Any]:
 
 def ensure_best(ckpt_dir: Path) -> Path:
     """``best.ckpt``, copied from ``last.ckpt`` when no validation finished (e.g. stopped by a time limit)."""
+    from histomag.data.atomic import atomic_write_bytes
+
     best, last = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
     if last.is_file() and not best.is_file():
-        best.write_bytes(last.read_bytes())
+        atomic_write_bytes(best, last.read_bytes())
     return best
+
+
+def _atomic_checkpoint_io_class() -> type:
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from histomag.data.atomic import atomic_write_bytes
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Lightning's checkpoint IO, writing through :func:`histomag.data.atomic.atomic_write_bytes`.
+
+        Lightning's own save stages the file in the system temp folder and *copies* it over when that is
+        another file system, so a full disk could leave a half-written ``last.ckpt``; here a failed save
+        leaves the previous checkpoint and raises :class:`~histomag.errors.StorageError`.
+        """
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            if storage_options is not None:
+                raise TypeError(f"{type(self).__name__} takes no storage_options")
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            atomic_write_bytes(Path(path), buf.getvalue())
+
+    AtomicCheckpointIO.__module__, AtomicCheckpointIO.__qualname__ = __name__, "AtomicCheckpointIO"
+    return AtomicCheckpointIO
+
+
+def __getattr__(name: str) -> Any:
+    """``AtomicCheckpointIO``, made on first use (importing this module does not import Lightning)."""
+    if name == "AtomicCheckpointIO":
+        cls = _atomic_checkpoint_io_class()
+        globals()[name] = cls  # pickles by name, as strategies that spawn processes need
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def checkpoint_plugins() -> list[Any]:
+    """Trainer ``plugins`` that every fit uses: checkpoints saved atomically (:class:`AtomicCheckpointIO`)."""
+    return [__getattr__("AtomicCheckpointIO")()]
 
 
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict, dict | None]:

@@ -64,6 +64,7 @@ API_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(patter
     (r"histomag\.magnification\.magset\.build_magnification_set\(sources, (.+?), settings\)",
      r"histomag magnification build SOURCES --out \1"),
     (r"re-run the same histomag\.tiling\.jobs\.tile_slides\(\.\.\.\) call", "re-run the same `histomag tile` command"),
+    (r"repeat the same call to resume", "run the same command again to resume"),  # errors.RESUME_HINT
 ))
 _SWITCH = re.compile(r"(?<![\w.])(allow_upsample|resume|partial)=True\b")
 _MAGS = re.compile(r"(?<![\w.])magnifications=\(([^()]*)\)")

@@ -86,6 +86,7 @@ def train(
     """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
     from histomag.resolution import parse_magnifications
     from histomag.dmsl.cv import cross_validate
+    from histomag.errors import StorageError, storage_error
 
     config = DMSLConfig(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
@@ -99,7 +100,13 @@ def train(
                               group_block=group_block, overlap=overlap, min_tissue=min_tissue,
                               label_fraction=label_fraction, mpp=mpp, mpp_csv=mpp_csv,
                               max_uncertainty=max_uncertainty, same_acquisition=same_acquisition)
-    result = cross_validate(source, out, config, resume=resume, progress=not quiet)
+    try:
+        result = cross_validate(source, out, config, resume=resume, progress=not quiet)
+    except (StorageError, OSError) as exc:  # a full disk in our writers or Lightning's logs: resuming needs --resume
+        err = storage_error(exc, doing="at", resume="run the same command with --resume (finished folds are kept)")
+        if err is None:
+            raise
+        raise err from None
     if result.table:
         print(result.table, end="")
         print(f"-> {out / 'metrics.json'}, {out / 'table.md'}")

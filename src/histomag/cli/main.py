@@ -12,7 +12,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
 
 from histomag.cli.app import app, error
-from histomag.errors import HistomagError
+from histomag.errors import HistomagError, storage_error
 
 _Abort = typer.Abort
 
@@ -36,6 +36,12 @@ def run(argv: list[str] | None = None) -> int:
         error(f"cannot create the folder {where}: a file is in the way (an output must be a folder, or a path "
               "under one); choose another output path")
         return 2
+    except OSError as exc:  # a full or failing disk outside the library's own writers (Lightning's logs, ...)
+        err = storage_error(exc, doing="at")
+        if err is None:
+            raise
+        error(str(err))
+        return err.exit_code
     except _ClickException as exc:
         error(exc.format_message().replace("\n", " "))
         return exc.exit_code

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from histomag.errors import storage_error
+
+#: fault injection for tests: ``ENOSPC@N`` (or ``EIO@N``, any errno name) makes the N-th write of this
+#: process, and every later one, fail half-way as a full disk would (a disk that is full stays full);
+#: ``ENOSPC@N:.ckpt`` counts and fails only writes to files whose names end so
+WRITE_FAULT_ENV = "HISTOMAG_WRITE_FAULT"
+_writes = 0
+_writes_lock = threading.Lock()
+
 
 
 def _current_umask() -> int:
@@ -23,22 +35,76 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _injected_fault(path: Path) -> int | None:
+    """The errno this write of ``path`` must fail with under :data:`WRITE_FAULT_ENV`, else None."""
+    spec = os.environ.get(WRITE_FAULT_ENV)
+    if not spec:
+        return None
+    global _writes
+    name, _, at = spec.partition("@")
+    at, _, suffix = at.partition(":")
+    if not path.name.endswith(suffix):
+        return None
+    with _writes_lock:
+        _writes += 1
+        n = _writes
+    return getattr(errno, name.strip().upper(), errno.EIO) if n >= int(at or 1) else None
+
+
+def _write_all(fh: Any, data: bytes, path: Path) -> None:
+    fault = _injected_fault(path)
+    if fault is not None:
+        fh.write(data[: len(data) // 2])  # what a disk that fills up mid-write leaves behind
+        fh.flush()
+        raise OSError(fault, os.strerror(fault))
+    fh.write(data)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    Raises:
+        StorageError: the disk is full, over quota, read-only or failing (the temporary file is removed).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path) or exc from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            _write_all(fh, data, path)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        err = storage_error(exc, path)
+        if err is None or err is exc:
+            raise
+        raise err from None
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` (whole lines of a journal) to ``path`` and fsync it.
+
+    A failure can leave a torn last line; journal readers drop it.
+
+    Raises:
+        StorageError: the disk is full, over quota, read-only or failing.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as fh:
+            _write_all(fh, data, path)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise storage_error(exc, path) or exc from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

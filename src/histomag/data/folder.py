@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from typing import Iterable, Sequence
 
-from histomag.data.atomic import IMAGE_FORMATS, atomic_write_csv, atomic_write_json, remove_unreferenced
+from histomag.data.atomic import IMAGE_FORMATS, append_durably, atomic_write_csv, atomic_write_json, remove_unreferenced
 from histomag.data.runlock import FolderLock, owned_by
 from histomag.errors import ConfigError, DatasetError
 from histomag.resolution import format_magnification
@@ -212,16 +213,14 @@ class DatasetFolder:
             FolderInUseError: this handle writes for a run that a newer run has replaced.
         """
         path = self.part_path(slide_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self._writing():
             new = not path.exists() or path.stat().st_size == 0
-            with open(path, "a", newline="") as fh:
-                writer = csv.writer(fh, lineterminator="\n")
-                if new:
-                    writer.writerow(columns)
-                writer.writerow([row.get(c, "") for c in columns])
-                fh.flush()
-                os.fsync(fh.fileno())
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            if new:
+                writer.writerow(columns)
+            writer.writerow([row.get(c, "") for c in columns])
+            append_durably(path, buf.getvalue().encode("utf-8"))  # a full disk: StorageError, a torn line at most
 
     def _images_complete(self, row: dict) -> bool:
         return all(v and _file_complete(self.root / v) for k, v in row.items() if k.startswith("image_"))

@@ -40,6 +40,7 @@ from histomag.dmsl.config import RUNTIME_FIELDS, SELECT_ON, DMSLConfig
 from histomag.dmsl.runfolder import MODEL_TYPE, DMSL_TRAIN_HINT
 from histomag.fitloop import (
     checkpoint_callbacks,
+    checkpoint_plugins,
     default_precision,
     ensure_best,
     lightning_quiet,
@@ -264,7 +265,7 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
             cbs.append(RichProgressBar(console_kwargs={"stderr": True}))
         trainer = L.Trainer(**trainer_kwargs(config), default_root_dir=out_dir, callbacks=cbs,
                             logger=_loggers(out_dir), enable_progress_bar=progress,
-                            num_sanity_val_steps=0)
+                            num_sanity_val_steps=0, plugins=checkpoint_plugins())
         trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.is_file() else None)
     best = ensure_best(ckpt_dir) if trainer.is_global_zero else ckpt_dir / "best.ckpt"
     score = checkpoint.best_model_score

@@ -29,6 +29,7 @@ from histomag.errors import CheckpointError, ConfigError
 from histomag.magnification.network import MODEL_TYPE_CLASSIFIER, recalibrate_statistics
 from histomag.fitloop import (
     checkpoint_callbacks,
+    checkpoint_plugins,
     default_precision,
     ensure_best,
     lightning_quiet,
@@ -282,7 +283,7 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
         n_batches = max(1, len(data.train_set) // config.batch_size)
         trainer = L.Trainer(**_trainer_kwargs(config), default_root_dir=run_dir, callbacks=callbacks,
                             logger=CSVLogger(run_dir, name="logs"), enable_progress_bar=progress,
-                            log_every_n_steps=min(50, n_batches))
+                            log_every_n_steps=min(50, n_batches), plugins=checkpoint_plugins())
         deterministic_before = torch.are_deterministic_algorithms_enabled()
         try:
             trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.is_file() else None)

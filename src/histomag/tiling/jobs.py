@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from histomag.annotations import LabelMask, assign_label, load_geojson, load_label_mask
 from histomag.data.atomic import atomic_write_csv, atomic_write_image
 from histomag.data.folder import DatasetFolder, TileSettings, image_column, manifest_columns
-from histomag.errors import DatasetError, HistomagError, UnreadableSlideError
+from histomag.errors import DatasetError, HistomagError, StorageError, UnreadableSlideError
 from histomag.progress import progress_bar
 from histomag.slide import open_slide
 from histomag.slide.base import Slide
@@ -128,6 +128,8 @@ def tile_slide(job: SlideJob, settings: TileSettings, out_dir: str | Path,
             _tile_open_slide(slide, job, settings, DatasetFolder(Path(out_dir), run_token=run_token), result, report,
                              handles)
             result.status = "ok"
+    except StorageError:
+        raise  # a full or failing disk is no problem of this slide: the batch stops (finished tuples are kept)
     except HistomagError as exc:
         result.error = str(exc)
     return result
@@ -292,6 +294,8 @@ def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str |
     Raises:
         FolderInUseError: another run is writing to ``out_dir``.
         ClusterError: some Dask worker cannot see ``out_dir`` or a slide.
+        StorageError: the disk is full or failing; the batch stops at once, every journalled tuple is
+            complete, no manifest is written, and the same call later resumes.
     """
     with DatasetFolder(Path(out_dir)).lock() as run_token:
         return _tile_slides_owned(jobs, settings, out_dir, workers=workers, progress=progress, run_token=run_token,
@@ -330,11 +334,15 @@ def _tile_slides_owned(jobs: Sequence[SlideJob], settings: TileSettings, out_dir
                 futures = {pool.submit(_tile_slide_queued, job, settings, str(out_dir), run_token): i
                            for i, job in enumerate(jobs)}
                 pending = set(futures)
-                while pending:
-                    _drain(q, on_report, timeout=0.2)
-                    for fut in [f for f in pending if f.done()]:
-                        pending.discard(fut)
-                        results[futures[fut]] = fut.result()
+                try:
+                    while pending:
+                        _drain(q, on_report, timeout=0.2)
+                        for fut in [f for f in pending if f.done()]:
+                            pending.discard(fut)
+                            results[futures[fut]] = fut.result()
+                except StorageError:  # the disk is full for every slide: start no other
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
                 _drain(q, on_report, timeout=0.0)
             q.close()
     return _finish(folder, settings, results)
