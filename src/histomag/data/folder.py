@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,10 +114,15 @@ class TileSettings:
         from dataclasses import fields
 
         names = {f.name for f in fields(cls)}
-        ts = {k: v for k, v in data.items() if k in names}
-        ts["magnifications"] = tuple(float(m) for m in ts["magnifications"])
-        ts.update(changes)
-        return cls(**ts)  # type: ignore[arg-type]
+        try:  # stored settings (a dataset.json, a run's config): a damaged file fails in one line
+            ts = {k: v for k, v in data.items() if k in names}
+            ts["magnifications"] = tuple(float(m) for m in ts["magnifications"])
+            ts.update(changes)
+            return cls(**ts)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+            raise DatasetError(f"stored tile settings are damaged ({type(exc).__name__}: {first}); "
+                               f"{RETILE_HINT} into a new folder") from None
 
 
 class DatasetFolder:
@@ -170,9 +176,17 @@ class DatasetFolder:
             raise DatasetError(f"{self.root}: no dataset.json; make the dataset with "
                                f"`{TILE_API.format(out=self.root)}`")
         try:
-            return json.loads(self.settings_path.read_text())
+            data = json.loads(self.settings_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{self.settings_path}: not valid JSON ({exc.msg}); {RETILE_HINT}") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise DatasetError(f"{self.settings_path}: cannot be read ({type(exc).__name__}); {RETILE_HINT}") from None
+        mags = data.get("magnifications") if isinstance(data, dict) else None
+        if not (isinstance(mags, list) and mags and all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m > 0 for m in mags)):
+            what = "not a JSON object" if not isinstance(data, dict) else f"magnifications {mags!r} are not positive numbers"
+            raise DatasetError(f"{self.settings_path}: {what[:200]}; {RETILE_HINT}")
+        return data
 
     # ----- ownership -----------------------------------------------------------------------
     def lock(self) -> FolderLock:
@@ -223,7 +237,7 @@ class DatasetFolder:
             append_durably(path, buf.getvalue().encode("utf-8"))  # a full disk: StorageError, a torn line at most
 
     def _images_complete(self, row: dict) -> bool:
-        return all(v and _file_complete(self.root / v) for k, v in row.items() if k.startswith("image_"))
+        return all(v and "\x00" not in v and _file_complete(self.root / v) for k, v in row.items() if k.startswith("image_"))
 
     # ----- manifest -------------------------------------------------------------------------
     def write_manifest(self, slide_ids: Sequence[str], columns: Sequence[str]) -> int:
@@ -254,8 +268,17 @@ class DatasetFolder:
         """Rows of ``manifest.csv``; raises :class:`DatasetError` listing missing images."""
         if not self.manifest_path.exists():
             raise DatasetError(f"{self.root}: no manifest.csv; make it with `{TILE_API.format(out=self.root)}`")
-        with open(self.manifest_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        try:
+            with open(self.manifest_path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error, OSError) as exc:
+            raise DatasetError(f"{self.manifest_path}: not a readable CSV ({type(exc).__name__}); "
+                               f"{RETILE_HINT} to rewrite it") from None
+        for line, row in enumerate(rows, start=2):
+            if None in row or None in row.values() or any("\x00" in v for v in row.values()):
+                raise DatasetError(f"{self.manifest_path} row {line} has {len(reader.fieldnames or [])} columns "
+                                   f"in its header but not in this row (or a NUL byte); {RETILE_HINT} to rewrite it")
         missing = [v for row in rows for k, v in row.items() if k.startswith("image_") and v
                    and not (self.root / v).is_file()]
         if missing:
@@ -342,5 +365,8 @@ def first_difference(old: dict, new: dict) -> str | None:
 
 def _norm(value: object) -> object:
     if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
+        try:
+            return [float(v) for v in value]
+        except (TypeError, ValueError):  # not numbers (a damaged dataset.json): compared as they are
+            return list(value)
     return value

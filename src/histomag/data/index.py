@@ -137,6 +137,8 @@ def read_index(path: str | Path, *, require_resolution: bool = True, require_lab
         name = (row.get("image") or "").strip()
         if not name:
             raise DatasetError(f"{where}: the image column is empty; give the image's path (relative to the CSV)")
+        if "\x00" in name:
+            raise DatasetError(f"{where}: the image column holds a NUL byte; give the image's path (relative to the CSV)")
         mx, my, from_mag = _resolution(row, where)
         if require_resolution and mx is None:
             raise DatasetError(f"{where}: no mpp, mpp_x/mpp_y or magnification for {name!r}; fill one in")

@@ -181,6 +181,17 @@ def _read_csv(path: Path) -> list[dict]:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: unreadable ({exc}); re-run the shard that wrote it") from None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
+        first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+        raise DatasetError(f"{path}: unreadable ({first}); re-run the shard that wrote it") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: not a JSON object; re-run the shard that wrote it")
+    if Path(path).name == SHARD_FILE:
+        ok = (isinstance(data.get("kind", "tile"), str) and isinstance(data.get("batch"), list)
+              and all(isinstance(p, str) for p in data["batch"])
+              and all(type(data.get(k)) is int for k in ("shard", "of")) and 1 <= data["shard"] <= data["of"])
+        if not ok:
+            raise DatasetError(f"{path}: not a shard record (kind, shard K of N, batch of paths); "
+                               "re-run the shard that wrote it")
+    return data

@@ -244,6 +244,10 @@ class TupleDataset(Dataset[Item]):
         self.magnifications = mags
         self.columns = [image_column(m) for m in mags]
         all_rows = list(rows) if rows is not None else folder.read_manifest()
+        lacking = [c for c in ["tuple_id", *self.columns] if all_rows and c not in all_rows[0]]
+        if lacking:
+            raise DatasetError(f"{self.root / 'manifest.csv'} has no {', '.join(lacking)} column, which dataset.json's "
+                               f"magnifications imply; re-tile the folder (the two files disagree)")
         if labelled_only:
             all_rows = [r for r in all_rows if r.get("label")]
         self.rows: list[dict] = all_rows

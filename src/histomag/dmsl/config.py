@@ -159,11 +159,19 @@ class DMSLConfig:
         A stored config without ``sim_warmup`` or ``select_on`` (written before they existed)
         trained without a warm-up and selected on the loss, so it reads so, not as today's defaults.
         """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a stored DMSL config is a {type(data).__name__}, not a mapping of fields; "
+                              "use the config a run or checkpoint wrote")
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs.setdefault("sim_warmup", 0)
         kwargs.setdefault("select_on", "loss")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type (a damaged file)
+            first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+            raise ConfigError(f"a stored DMSL config has a value of the wrong type ({first}); "
+                              "use the config a run or checkpoint wrote") from None
 
 
 

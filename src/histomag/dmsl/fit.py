@@ -287,8 +287,15 @@ def load_task(path: str | Path, map_location: str | torch.device = "cpu") -> DMS
     if meta is None or meta.get("model_type") != MODEL_TYPE:
         kind = meta.get("model_type") if meta else "unknown"
         raise CheckpointError(f"{path} is not a DMSL checkpoint (model type {kind}); use one written by: {DMSL_TRAIN_HINT}")
-    task = DMSLTask(meta["config"], meta["class_names"], weights=None)
-    result = task.load_state_dict(ckpt.get("state_dict", {}), strict=False)
+    try:  # the stored config, classes and weights come from the file: a damaged one fails in one line
+        task = DMSLTask(meta["config"], meta["class_names"], weights=None)
+        result = task.load_state_dict(ckpt.get("state_dict", {}), strict=False)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+        raise CheckpointError(f"{path} holds a damaged DMSL model ({type(exc).__name__}: {first}); "
+                              f"use one written by: {DMSL_TRAIN_HINT}") from None
     if result.missing_keys or result.unexpected_keys:
         bad = (result.missing_keys + result.unexpected_keys)[:3]
         raise CheckpointError(f"{path} does not fit its own config ({len(result.missing_keys)} missing, "

@@ -30,7 +30,7 @@ import numpy as np
 
 from histomag.data.atomic import atomic_write_csv, atomic_write_json
 from histomag.data.folder import patient_of
-from histomag.errors import CheckpointError
+from histomag.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "dmsl"
 RUN_VERSION = 1
@@ -92,7 +92,10 @@ class RunFolder:
         if self._config is None:
             from histomag.dmsl.config import DMSLConfig
 
-            self._config = DMSLConfig.from_dict(self.meta["config"])
+            try:
+                self._config = DMSLConfig.from_dict(self.meta["config"])
+            except ConfigError as exc:
+                raise CheckpointError(f"{self.config_path}: {exc}") from None
         return self._config
 
     @property
@@ -169,6 +172,10 @@ class RunFolder:
                                   f"reads (version {RUN_VERSION}); upgrade histomag or re-run: {DMSL_TRAIN_HINT}")
         if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("classes"), list):
             raise CheckpointError(f"{self.config_path} lacks the run's config or classes; re-run: {DMSL_TRAIN_HINT}")
+        if (not all(isinstance(c, str) for c in meta["classes"]) or not isinstance(meta.get("data"), str)
+                or "\x00" in meta["data"] or not isinstance(meta.get("tile_settings", {}), dict)):
+            raise CheckpointError(f"{self.config_path} has a damaged classes, data or tile_settings entry; "
+                                  f"re-run: {DMSL_TRAIN_HINT}")
         return meta
 
     def write_meta(self, *, config: dict[str, Any], data: Path, classes: Sequence[str], tuple_mode: str,

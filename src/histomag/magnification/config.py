@@ -154,8 +154,16 @@ class MagnifierConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MagnifierConfig:
         """Inverse of :meth:`to_dict`; keys that are not fields (e.g. ``data_dir``) are ignored."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a stored magnifier config is a {type(data).__name__}, not a mapping of fields; "
+                              "use the config a run or checkpoint wrote")
         names = set(cls.field_names())
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type (a damaged file)
+            first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+            raise ConfigError(f"a stored magnifier config has a value of the wrong type ({first}); "
+                              "use the config a run or checkpoint wrote") from None
 
     @classmethod
     def field_names(cls) -> list[str]:

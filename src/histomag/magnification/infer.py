@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from histomag.errors import CheckpointError, InputPathError
+from histomag.errors import CheckpointError, ConfigError, InputPathError
 from histomag.magnification.estimate import (FileEstimates, IntervalCalibration, MagnificationEstimate, estimate_from_rgb,
                                              estimate_magnification)
 from histomag.magnification.network import MODEL_TYPES, MagnificationClassifier
@@ -64,13 +65,23 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
             f"{ckpt_path} is not a magnification-model checkpoint (model type {model_type or 'unknown'}); "
             f"use one written by: {MAG_TRAIN_HINT}"
         )
-    config = MagnifierConfig.from_dict(meta["config"])  # type: ignore[index]
-    model = build_magnifier(config, weights=None)
+    try:  # the stored config and weights come from the file: a damaged one fails in one line
+        config = MagnifierConfig.from_dict(meta["config"])  # type: ignore[index]
+        model = build_magnifier(config, weights=None)
+    except ConfigError as exc:
+        raise CheckpointError(f"{ckpt_path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{ckpt_path} holds a damaged model config ({type(exc).__name__}: {_first_line(exc)}); "
+                              f"use a checkpoint written by: {MAG_TRAIN_HINT}") from None
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{ckpt_path} holds no state_dict; use a checkpoint written by: {MAG_TRAIN_HINT}")
-    state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    result = model.load_state_dict(state, strict=False)
+    state = {k[len("model."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("model.")}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:  # wrong shapes or non-tensors
+        raise CheckpointError(f"{ckpt_path} holds weights that do not fit its own config ({_first_line(exc)}); "
+                              f"use a checkpoint written by: {MAG_TRAIN_HINT}") from None
     if result.missing_keys or result.unexpected_keys:
         bad = (result.missing_keys + result.unexpected_keys)[:3]
         raise CheckpointError(f"{ckpt_path} does not fit a {config.model_type} with backbone {config.backbone!r} "
@@ -80,6 +91,10 @@ def load_magnifier(run_or_ckpt: str | Path, *, which: str = "best",
 
 
 @torch.no_grad()
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+
+
 def predict_magnifications(model: nn.Module, images: Sequence[np.ndarray], crop: int, n_crops: int = 5,
                    batch_size: int = 32) -> list[float]:
     """Magnification of each image from up to ``n_crops`` crops, in eval mode (batch-independent).
@@ -234,13 +249,19 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
     model, config = load_magnifier(path, map_location=map_location)
     ckpt_path = MagnificationRun(path).checkpoint_path("best") if path.is_dir() else path
     _, meta = read_checkpoint(ckpt_path, map_location)
-    interval = (meta or {}).get("interval")
-    calibration = IntervalCalibration.from_dict(interval) if isinstance(interval, dict) else None
-    tta = tuple(float(f) for f in (meta or {}).get("tta", (1.0,)))
-    method = str((meta or {}).get("method", "cnn"))
-    others = (meta or {}).get("intervals") or {}
-    fallback_key = "cnn_tta" if tta != (1.0,) else "cnn"
-    fallback = IntervalCalibration.from_dict(others[fallback_key]) if fallback_key in others else calibration
+    try:  # the calibration and test-time augmentation stored beside the weights
+        interval = (meta or {}).get("interval")
+        calibration = IntervalCalibration.from_dict(interval) if isinstance(interval, dict) else None
+        tta = tuple(float(f) for f in (meta or {}).get("tta", (1.0,)))
+        if not tta or not all(math.isfinite(f) and f > 0 for f in tta):
+            raise ValueError(f"tta factors {tta} must be positive")
+        method = str((meta or {}).get("method", "cnn"))
+        others = (meta or {}).get("intervals") or {}
+        fallback_key = "cnn_tta" if tta != (1.0,) else "cnn"
+        fallback = IntervalCalibration.from_dict(others[fallback_key]) if fallback_key in others else calibration
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{ckpt_path} holds a damaged calibration ({type(exc).__name__}: {_first_line(exc)}); "
+                              f"export the model again with export_model") from None
     return Estimator(model, config, calibration, "shipped network" if str(checkpoint) == "cnn" else str(path), tta,
                      "cnn" if method.startswith("cnn") else method, fallback)
 

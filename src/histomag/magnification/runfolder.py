@@ -102,6 +102,9 @@ class MagnificationRun:
         if not isinstance(version, int) or version > RUN_VERSION:
             raise CheckpointError(f"{self.root} is a run folder of version {version!r}, newer than this histomag "
                                   f"reads (version {RUN_VERSION}); upgrade histomag or re-run: {MAG_TRAIN_HINT}")
+        data = meta.get("data_dir")
+        if data is not None and not (isinstance(data, str) and "\x00" not in data):
+            raise CheckpointError(f"{self.config_path}: data_dir is {data!r}, not a folder's path; re-run: {MAG_TRAIN_HINT}")
         return meta
 
     def read_meta(self) -> dict[str, Any]:
