@@ -206,7 +206,8 @@ def test_sim_weight_warms_up_linearly_and_old_configs_had_no_warm_up() -> None:
     assert [sim_weight(0.5, 2, e) for e in (0, 0.5, 1, 2, 5)] == [0.0, 0.125, 0.25, 0.5, 0.5]
     assert sim_weight(0.5, 0, 0) == 0.5
     assert (DMSLConfig().sim_form, DMSLConfig().sim_warmup, DMSLConfig().beta) == ("dist", 2, 0.1)
-    legacy = {k: v for k, v in DMSLConfig().to_dict().items() if k not in ("sim_warmup", "select_on")}
+    legacy = {k: v for k, v in DMSLConfig().to_dict().items() if k not in ("sim_warmup", "select_on", "branch_ce")}
+    assert DMSLConfig.from_dict(legacy).branch_ce == 0.0  # runs from before deep supervision had none
     assert DMSLConfig.from_dict(legacy).sim_warmup == 0
     assert DMSLConfig.from_dict(legacy).select_on == "loss"
     assert DMSLConfig.from_dict(DMSLConfig(sim_warmup=3).to_dict()).sim_warmup == 3
@@ -222,7 +223,7 @@ def test_training_ramps_the_sim_weight_and_validates_with_the_full_weight(data: 
     import csv
 
     classes, train, val, _ = _split(data, {"P00", "P01", "P02"}, {"P03"}, set())
-    result = fit_fold(_config(epochs=3, sim_warmup=2, beta=0.5, select_on="ce"), train, val, tmp_path,
+    result = fit_fold(_config(epochs=3, sim_warmup=2, beta=0.5, select_on="ce", branch_ce=0.0), train, val, tmp_path,
                       class_names=classes, progress=False)
     with open(tmp_path / "logs" / "version_0" / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -288,7 +289,8 @@ def test_cli_train_evaluate_predict_end_to_end(data: Path, tmp_path: Path, capsy
         assert split["n_train"] == 6 * len(tr)  # half of the 12 tuples of each training patient
         tested += split["test_patients"]
         header = (run_dir / "folds" / str(k) / "predictions.csv").read_text().splitlines()[0]
-        assert header == "tuple_id,slide_id,patient_id,label,predicted,prob_dots,prob_rings"
+        assert header == ("tuple_id,slide_id,patient_id,label,predicted,prob_dots,prob_rings,"
+                          "40x:prob_dots,40x:prob_rings,20x:prob_dots,20x:prob_rings")  # each head on its own too
         assert (run_dir / "folds" / str(k) / "checkpoints" / "best.ckpt").is_file()
     assert sorted(tested) == [f"P{p:02d}" for p in range(8)]
 

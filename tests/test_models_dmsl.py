@@ -342,3 +342,41 @@ def test_loss_takes_a_per_batch_beta() -> None:
     assert torch.allclose(total, 0.5 * ce + 0.1 * sim)
     total0, ce0, _ = loss_fn(out, _targets(), beta=0.0)
     assert torch.allclose(total0, 0.5 * ce0)
+
+
+def test_branch_ce_adds_the_mean_per_branch_ce() -> None:
+    logits = [torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.5, 0.0], [0.0, -1.0]])]
+    log_probs = torch.logsumexp(torch.stack([F.log_softmax(lg, 1) + math.log(0.5) for lg in logits]), 0)
+    y = torch.tensor([0, 1])
+    out = {"logits": logits, "log_probs": log_probs}
+    fused, _, _ = DMSLLoss(alpha=0.5, use_sim=False)(out, y)
+    deep, ce, _ = DMSLLoss(alpha=0.5, use_sim=False, branch_ce=2.0)(out, y)
+    branch = (F.cross_entropy(logits[0], y) + F.cross_entropy(logits[1], y)) / 2
+    assert ce.item() == pytest.approx(F.nll_loss(log_probs, y).item())  # the logged CE stays the fused one
+    assert deep.item() == pytest.approx(fused.item() + 0.5 * 2.0 * branch.item(), rel=1e-6)
+    single = {"logits": logits[:1], "log_probs": F.log_softmax(logits[0], 1)}  # one head: no branch term
+    assert DMSLLoss(use_sim=False, branch_ce=2.0)(single, y)[0].item() == pytest.approx(
+        DMSLLoss(use_sim=False)(single, y)[0].item())
+    with pytest.raises(ConfigError, match="branch_ce=-1"):
+        DMSLLoss(branch_ce=-1)
+
+
+def test_fused_ce_starves_the_lagging_branch_and_branch_ce_feeds_it() -> None:
+    """Why deep supervision: under the fused CE alone, a branch that is behind gets a small gradient."""
+    y = torch.zeros(8, dtype=torch.long)
+    ahead = torch.tensor([[4.0, -4.0]]).repeat(8, 1)  # already sure and right
+    behind = torch.zeros(8, 2, requires_grad=True)  # undecided
+
+    def grad_of(loss: DMSLLoss) -> float:
+        behind.grad = None
+        lp = torch.logsumexp(torch.stack([F.log_softmax(ahead, 1), F.log_softmax(behind, 1)]) + math.log(0.5), 0)
+        loss({"logits": [ahead, behind], "log_probs": lp}, y)[0].backward()
+        return float(behind.grad.norm())
+
+    starved, fed = grad_of(DMSLLoss(use_sim=False)), grad_of(DMSLLoss(use_sim=False, branch_ce=1.0))
+    behind.grad = None
+    (0.5 * F.cross_entropy(behind, y)).backward()  # what the branch would learn alone (alpha = 0.5)
+    alone = float(behind.grad.norm())
+    # its share of the fused p(y) is 0.5 * 0.5 / 0.75 = 1/3: a third of the signal it would get alone
+    assert starved == pytest.approx(alone / 3, rel=1e-3)
+    assert fed == pytest.approx(starved + alone / 2, rel=1e-3) and fed > 2 * starved

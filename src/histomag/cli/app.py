@@ -42,6 +42,7 @@ PARAMETER_FLAGS = {
     "num_workers": "--workers", "num_nodes": "--num-nodes", "max_tuples": "--max-tuples", "out_dir": "--out",
     "resume": "--resume", "partial": "--partial", "max_uncertainty": "--max-uncertainty",
     "cams": "--cams", "similarity": "--similarity", "predictions": "--predictions", "overlay_width": "--overlay-width",
+    "seeds": "--seeds", "n_boot": "--boot", "level": "--level", "branch_ce": "--branch-ce",
 }
 #: library hints name the call that makes something (``histomag.dmsl.cv.cross_validate(DATA, RUN, config)``); the CLI
 #: names the command instead (``histomag dmsl train DATA --out RUN``); the most specific pattern first

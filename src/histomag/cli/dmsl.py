@@ -66,6 +66,12 @@ def train(
     precision: Optional[str] = typer.Option(DMSL_DEFAULT("precision"), "--precision", help="Default: 16-mixed on a GPU, else 32-true."),
     max_time: Optional[str] = typer.Option(DMSL_DEFAULT("max_time"), "--max-time", help="Per-fold limit DD:HH:MM:SS."),
     seed: int = typer.Option(DMSL_DEFAULT("seed"), "--seed"),
+    seeds: int = typer.Option(1, "--seeds", help="Repeat the cross-validation with this many seeds (--seed, --seed+1, "
+                              "...), each in OUT/seed-S; `dmsl compare` pairs two such runs fold by fold."),
+    branch_ce: float = typer.Option(DMSL_DEFAULT("branch_ce"), "--branch-ce", help="Weight of each branch's own "
+                                    "cross-entropy beside the fused one (deep supervision; 0: the paper's loss)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named settings: paper (Diao et al.'s exact loss and "
+                                         "Inception-v3) or default; flags you set differently from their defaults win."),
     max_tuples: Optional[int] = typer.Option(DMSL_DEFAULT("max_tuples"), "--max-tuples", help="At most this many tuples per slide."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: finished folds are kept, others resume."),
     size: int = typer.Option(TILE_DEFAULT("size"), "--size", help="Slides: pixel size at the highest magnification."),
@@ -85,23 +91,28 @@ def train(
 ) -> int:
     """Train on patient-grouped folds; writes RUN/metrics.json, metrics.csv, table.md and table.csv."""
     from histomag.resolution import parse_magnifications
-    from histomag.dmsl.cv import cross_validate
+    from histomag.dmsl.cv import cross_validate_seeds
     from histomag.errors import StorageError, storage_error
 
-    config = DMSLConfig(
+    given = dict(
         mode=mode, backbone=backbone, weights=weights, magnifications=tuple(parse_magnifications(mags)),
         batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, sim_form=sim_form, sim_warmup=sim_warmup,
         select_on=select_on, epochs=epochs, patience=patience, folds=folds, val_fraction=val_fraction,
-        train_fraction=train_fraction, seed=seed,
+        train_fraction=train_fraction, seed=seed, branch_ce=branch_ce,
         num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
         precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,
         max_time=max_time, max_tuples=max_tuples)
+    if preset is None:
+        config = DMSLConfig(**given)
+    else:  # the preset's values, except where a flag was set to something other than its default
+        changed = {k: v for k, v in given.items() if k == "num_workers" or v != DMSL_DEFAULT(k)}
+        config = DMSLConfig.from_preset(preset, **changed)
     source = _training_source(data, config, size=size, labels_dir=labels_dir, patients=patients,
                               group_block=group_block, overlap=overlap, min_tissue=min_tissue,
                               label_fraction=label_fraction, mpp=mpp, mpp_csv=mpp_csv,
                               max_uncertainty=max_uncertainty, same_acquisition=same_acquisition)
     try:
-        result = cross_validate(source, out, config, resume=resume, progress=not quiet)
+        result = cross_validate_seeds(source, out, config, seeds=seeds, resume=resume, progress=not quiet)
     except (StorageError, OSError) as exc:  # a full disk in our writers or Lightning's logs: resuming needs --resume
         err = storage_error(exc, doing="at", resume="run the same command with --resume (finished folds are kept)")
         if err is None:
@@ -155,6 +166,31 @@ def evaluate(
 
     result = evaluate_cv_run(run, progress=not quiet)
     print(result.table, end="")
+    return 0
+
+
+@dmsl_app.command("compare")
+def compare(
+    run_a: str = typer.Argument(..., metavar="RUN_A", help="Run folder, multi-seed run folder (--seeds), or RUN_X+RUN_Y "
+                                "(late fusion: the mean of two runs' probabilities)."),
+    run_b: str = typer.Argument(..., metavar="RUN_B", help="The same kinds; trained on the same data, seeds and folds."),
+    level: str = typer.Option("slide", "--level", help="tuple, slide (a slide's or image's mean probabilities) or patient."),
+    metrics: str = typer.Option("auc,accuracy,f1", "--metrics", help="Comma-separated: auc, accuracy, f1."),
+    n_boot: int = typer.Option(2000, "--boot", help="Bootstrap draws of test patients (the same draw for both runs)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
+) -> int:
+    """Paired difference RUN_A − RUN_B per metric, with a 95% bootstrap interval over test patients."""
+    from histomag.data.atomic import atomic_write_json
+    from histomag.dmsl.compare import compare_runs
+
+    result = compare_runs(run_a, run_b, level=level, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                          n_boot=n_boot, seed=seed)
+    print(result.table(), end="")
+    for m in result.metrics:
+        print(m.line(run_a, run_b))
+    if json_out is not None:
+        atomic_write_json(json_out, result.to_json())
     return 0
 
 

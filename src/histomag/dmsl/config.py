@@ -33,6 +33,9 @@ Fusion = Literal["equal", "learned"]
 FUSIONS: tuple[str, ...] = ("equal", "learned")
 #: what early stopping and the best checkpoint may follow (see DMSLConfig.select_on)
 SELECT_ON = ("loss", "ce")
+#: default weight of the per-branch CE (deep supervision), relative to the fused CE; chosen by measurement
+#: (docs/dmsl-fusion.md); 0 is the paper's loss
+DEFAULT_BRANCH_CE = 1.0
 #: config fields that may change when a run is resumed (they do not change what is learned)
 RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
                   "precision", "max_time")
@@ -49,6 +52,8 @@ class DMSLConfig:
         magnifications: one per branch, in input order (exactly one for ``single``).
         batch_size, lr: Adam's batch size and learning rate (paper: 32, 1e-3).
         alpha, beta: weights of CE and SIM (paper: 0.5, 0.5 with its raw SIM; default 0.5, 0.1).
+        branch_ce: weight of the mean per-branch CE beside the fused CE (deep supervision: every
+            branch's own head learns the label too); 0 is the paper's loss (the ``paper`` preset).
         sim_form: ``"dist"`` (default), ``"corr"``, ``"l1"`` or ``"paper"`` (see
             :class:`~histomag.dmsl.similarity.SimilarityLoss`).
         sim_warmup: epochs over which the SIM weight rises linearly from 0 to ``beta`` (per
@@ -79,6 +84,7 @@ class DMSLConfig:
     lr: float = 1e-3
     alpha: float = 0.5
     beta: float = DEFAULT_BETA
+    branch_ce: float = DEFAULT_BRANCH_CE
     sim_form: str = DEFAULT_SIM_FORM
     sim_warmup: int = DEFAULT_SIM_WARMUP
     select_on: str = "loss"
@@ -124,6 +130,7 @@ class DMSLConfig:
         checks = [(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
                   (self.lr > 0, f"lr={self.lr} must be > 0"),
                   (self.alpha >= 0 and self.beta >= 0, f"alpha {self.alpha} and beta {self.beta} must be >= 0"),
+                  (self.branch_ce >= 0, f"branch_ce={self.branch_ce} must be >= 0 (0: the fused CE alone)"),
                   (self.sim_warmup >= 0, f"sim_warmup={self.sim_warmup} must be >= 0 epochs"),
                   (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
                   (self.patience >= 1, f"patience={self.patience} must be >= 1"),
@@ -156,8 +163,9 @@ class DMSLConfig:
     def from_dict(cls, data: dict[str, Any]) -> DMSLConfig:
         """Build from :meth:`to_dict` output, ignoring unknown keys.
 
-        A stored config without ``sim_warmup`` or ``select_on`` (written before they existed)
-        trained without a warm-up and selected on the loss, so it reads so, not as today's defaults.
+        A stored config without ``sim_warmup``, ``select_on`` or ``branch_ce`` (written before they
+        existed) trained without a warm-up, selected on the loss and had no branch CE, so it reads
+        so, not as today's defaults.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"a stored DMSL config is a {type(data).__name__}, not a mapping of fields; "
@@ -166,12 +174,33 @@ class DMSLConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs.setdefault("sim_warmup", 0)
         kwargs.setdefault("select_on", "loss")
+        kwargs.setdefault("branch_ce", 0.0)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type (a damaged file)
             first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
             raise ConfigError(f"a stored DMSL config has a value of the wrong type ({first}); "
                               "use the config a run or checkpoint wrote") from None
+
+    @classmethod
+    def from_preset(cls, name: str, **changes: Any) -> DMSLConfig:
+        """A named preset (see :data:`PRESETS`) with ``changes`` on top.
+
+        Raises:
+            ConfigError: an unknown preset name (the message lists the known ones).
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown DMSL preset {name!r}; valid: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
+
+
+#: named settings: ``paper`` is Diao et al.'s form exactly (Inception-v3, 40x+20x at 600/300 px as tiled,
+#: alpha = beta = 0.5 with Eq. (2) as printed, no warm-up, the fused CE alone); ``default`` is histomag's
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"backbone": "inception_v3", "magnifications": (40.0, 20.0), "alpha": 0.5, "beta": 0.5,
+              "sim_form": "paper", "sim_warmup": 0, "branch_ce": 0.0, "batch_size": 32, "lr": 1e-3},
+}
 
 
 

@@ -28,7 +28,7 @@ from histomag.data.tuples import (
     tuple_transform,
 )
 from histomag.errors import CheckpointError, ConfigError, DatasetError
-from histomag.dmsl.runfolder import DMSL_RESUME_HINT, DMSL_TRAIN_HINT, RunFolder
+from histomag.dmsl.runfolder import DMSL_RESUME_HINT, DMSL_TRAIN_HINT, RunFolder, SeedRuns
 from histomag.dmsl.metrics import (
     METRICS,
     evaluate_predictions,
@@ -178,12 +178,18 @@ def write_summary(run: RunFolder, per_fold: Sequence[dict[str, dict[str, Any]]])
     summary = summarise(per_fold)
     c = run.config
     paths = run.summary_paths()
+    names = [n for n in (per_fold[0].get("branches") or {})] if per_fold else []
+    heads = {n: summarise([f["branches"][n] for f in per_fold if n in (f.get("branches") or {})]) for n in names}
     atomic_write_json(paths["metrics.json"], {
         "mode": c.mode, "backbone": c.backbone, "magnifications": list(c.magnifications),
-        "classes": run.class_names, "folds": list(per_fold), "summary": summary})
+        "classes": run.class_names, "folds": list(per_fold), "summary": summary, "branches": heads})
     atomic_write_csv(paths["metrics.csv"], ["fold", "level", "n", *METRICS], metrics_csv_rows(per_fold, summary))
     rows = table_rows(summary, mode=c.mode, magnifications=c.magnifications, backbone=c.backbone)
     table = markdown_table(rows)
+    if heads:
+        table += "\nEach head on its own inside this model (patch level): " + "; ".join(
+            f"{n} accuracy {h['patch']['accuracy']['mean']:.3f}, AUC {h['patch']['auc']['mean']:.3f}"
+            for n, h in heads.items()) + ".\n"
     if c.folds == 1:
         table += ("\nOne final model on all the data: these figures are on its validation patients, which also "
                   "chose its checkpoint, so they are optimistic; cross-validate (--folds 5) for honest ones.\n")
@@ -286,6 +292,48 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
     return CVResult(run_dir, per_fold, summarise(per_fold), table)
 
 
+def cross_validate_seeds(data_dir: str | Path | SlideSource, out_dir: str | Path, config: DMSLConfig, *,
+                         seeds: int, resume: bool = False, progress: bool = True) -> CVResult:
+    """:func:`cross_validate` repeated with ``seeds`` seeds (``config.seed``, ``config.seed + 1``, ...).
+
+    Each seed has its own folds, initialisation and augmentation, and its own run folder
+    ``OUT/seed-S`` (:class:`~histomag.dmsl.runfolder.SeedRuns`); ``OUT/metrics.json`` and
+    ``OUT/table.md`` pool every (seed, fold): mean ± std over seeds x folds. Two multi-seed runs
+    with the same seeds on the same data have the same folds, so
+    :func:`histomag.dmsl.compare.compare_runs` pairs them fold by fold. ``seeds=1`` is a plain run.
+
+    Raises:
+        ConfigError: ``seeds < 1``, or as :func:`cross_validate`.
+    """
+    if seeds < 1:
+        raise ConfigError(f"seeds={seeds} must be >= 1")
+    if seeds == 1:
+        return cross_validate(data_dir, out_dir, config, resume=resume, progress=progress)
+    root = SeedRuns(out_dir)
+    if (root.exists() or RunFolder(out_dir).exists()) and not resume:
+        raise ConfigError(f"{out_dir} already holds a run; pass resume=True to continue it or choose another output folder")
+    chosen = [config.seed + i for i in range(seeds)]
+    if root.exists() and root.seeds() != chosen:
+        raise ConfigError(f"{out_dir} was trained with seeds {root.seeds()}; keep seed and seeds to resume, or give "
+                          "another output folder")
+    root.write(chosen)
+    per_fold: list[dict[str, dict[str, Any]]] = []
+    for s in chosen:
+        sub = root.seed_dir(s)
+        result = cross_validate(data_dir, sub, config.replace(seed=s), resume=resume and RunFolder(sub).exists(),
+                                progress=progress)
+        per_fold += result.per_fold
+    if not per_fold:
+        return CVResult(Path(out_dir), [], {}, "")
+    summary = summarise(per_fold)
+    rows = table_rows(summary, mode=config.mode, magnifications=config.magnifications, backbone=config.backbone)
+    table = markdown_table(rows) + f"\n{len(per_fold)} (seed, fold) pairs: seeds {', '.join(map(str, chosen))} x {config.folds} folds.\n"
+    out = Path(out_dir)
+    atomic_write_json(out / "metrics.json", {"mode": config.mode, "seeds": chosen, "folds": per_fold, "summary": summary})
+    atomic_write_text(out / "table.md", table)
+    return CVResult(out, per_fold, summary, table)
+
+
 def _run_fold(run: RunFolder, k: int, base: TupleDataset | SlideTupleDataset, rows: Sequence[dict],
               train_idx: np.ndarray, test_idx: np.ndarray,
               classes: list[str], mean: Any, std: Any, *, resume: bool, progress: bool) -> dict[str, dict[str, Any]]:
@@ -320,11 +368,30 @@ def _run_fold(run: RunFolder, k: int, base: TupleDataset | SlideTupleDataset, ro
     if not result.is_global_zero:
         return {}
     test_set = _datasets(base, config, test_rows, classes, mean, std, train=False)
-    probs = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
-                          num_workers=config.num_workers)
-    run.write_predictions(run.predictions_path(k), test_rows, probs, classes)
-    metrics = evaluate_predictions([patient_of(r) for r in test_rows], test_set.targets, probs, classes, where=f"fold {k}")
+    probs, heads = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
+                                 num_workers=config.num_workers, branches=True)
+    branches = branch_probs(config, heads)
+    run.write_predictions(run.predictions_path(k), test_rows, probs, classes, branches)
+    metrics = fold_metrics([patient_of(r) for r in test_rows], test_set.targets, probs, classes, branches, k)
     atomic_write_json(run.fold_metrics_path(k), metrics)
+    return metrics
+
+
+def branch_probs(config: DMSLConfig, heads: np.ndarray) -> dict[str, np.ndarray]:
+    """Each head's own probabilities named by magnification (``{"40x": ...}``), for modes that fuse branches."""
+    if not config.spec.fuses_branches or len(heads) != len(config.magnifications):
+        return {}
+    return {f"{m:g}x": h for m, h in zip(config.magnifications, heads)}
+
+
+def fold_metrics(patients: Sequence[str], y: Sequence[int], probs: np.ndarray, classes: Sequence[str],
+                 branches: dict[str, np.ndarray] | None, k: int) -> dict[str, Any]:
+    """A fold's metrics: patch and patient level, and ``"branches"`` (each head on its own) where recorded."""
+    metrics: dict[str, Any] = evaluate_predictions(patients, y, probs, classes, where=f"fold {k}")
+    if branches:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fused figures warned about missing classes already
+            metrics["branches"] = {name: evaluate_predictions(patients, y, p, classes) for name, p in branches.items()}
     return metrics
 
 
@@ -345,8 +412,7 @@ def evaluate_cv_run(run_dir: str | Path, *, progress: bool = False) -> CVResult:
         if not run.predictions_path(k).is_file():
             _repredict(run, k, progress=progress)
         fold = run.read_predictions(k, run.class_names)
-        metrics = evaluate_predictions(fold.patients, fold.y, fold.probs, run.class_names,  # type: ignore[union-attr]
-                                       where=f"fold {k}")
+        metrics = fold_metrics(fold.patients, fold.y, fold.probs, run.class_names, fold.branches, k)  # type: ignore[union-attr]
         atomic_write_json(run.fold_metrics_path(k), metrics)
         per_fold.append(metrics)
     table = write_summary(run, per_fold)

@@ -104,11 +104,14 @@ class DMSLTask(L.LightningModule):
         self.model = MultiMagNet(c.backbone, len(self.class_names), c.magnifications, mode=c.mode,  # type: ignore[arg-type]
                                  shared_backbone=c.shared_backbone, fusion=c.fusion, dropout=c.dropout,  # type: ignore[arg-type]
                                  weights=c.weights if weights == "config" else weights)
-        self.loss = DMSLLoss.for_mode(c.mode, alpha=c.alpha, beta=c.beta, sim_form=c.sim_form)
+        self.loss = DMSLLoss.for_mode(c.mode, alpha=c.alpha, beta=c.beta, sim_form=c.sim_form, branch_ce=c.branch_ce)
         n = len(self.class_names)
         self.train_acc = MulticlassAccuracy(n, average="micro")
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.val_f1 = MulticlassF1Score(n, average="macro")
+        # each branch's own head on its own (diagnosis: does a branch go lazy inside the fused model?)
+        n_heads = len(self.model.heads) if self.model.spec.fuses_branches else 0
+        self.val_branch_acc = torch.nn.ModuleList([MulticlassAccuracy(n, average="micro") for _ in range(n_heads)])
 
     @property
     def input_mean(self) -> tuple[float, float, float]:
@@ -153,6 +156,12 @@ class DMSLTask(L.LightningModule):
             self.val_f1(preds, y)
             self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=bs)
             self.log("val/f1", self.val_f1, on_epoch=True, batch_size=bs)
+            for m, (metric, logits) in enumerate(zip(self.val_branch_acc, out["logits"])):
+                metric(logits.argmax(dim=1), y)
+                self.log(f"val/acc_branch{m}", metric, on_epoch=True, batch_size=bs)
+        if stage == "train" and self.model.fusion == "learned":
+            for m, w in enumerate(self.model.fusion_weights.detach()):
+                self.log(f"train/fusion_w{m}", w, on_step=False, on_epoch=True, batch_size=bs)
         return total
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -306,7 +315,7 @@ def load_task(path: str | Path, map_location: str | torch.device = "cpu") -> DMS
 @torch.no_grad()
 def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_size: int = 32,
                   num_workers: int = 0, device: str | torch.device | None = None,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, branches: bool = False) -> Any:
     """Class probabilities of every tuple, averaged over ``models`` (e.g. the folds' models).
 
     Args:
@@ -315,9 +324,11 @@ def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_
         batch_size, num_workers: DataLoader settings.
         device: default CUDA when available, else CPU.
         progress: show a progress bar.
+        branches: also return each head's own probabilities (the softmax of its logits).
 
     Returns:
-        ``(len(dataset), n_classes)`` float array, in dataset order.
+        ``(len(dataset), n_classes)`` float array, in dataset order; with ``branches``, the pair
+        ``(that array, (n_heads, len(dataset), n_classes) array)``.
     """
     from histomag.progress import progress_bar
 
@@ -325,19 +336,26 @@ def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_
     nets = [m.to(device).eval() for m in models]
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
     out: np.ndarray | None = None
+    heads: np.ndarray | None = None
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
     with progress_bar(progress) as bar:
         task = bar.add_task("predicting", total=len(dataset)) if bar else None  # type: ignore[arg-type]
         for xs, _, idx in loader:
             xs = [x.to(device, non_blocking=True) for x in xs]
             with autocast:
-                probs = torch.stack([net(xs)["probs"].float() for net in nets]).mean(dim=0)
+                outs = [net(xs) for net in nets]
+            probs = torch.stack([o["probs"].float() for o in outs]).mean(dim=0)
             if out is None:
                 out = np.zeros((len(dataset), probs.shape[1]), dtype=np.float64)  # type: ignore[arg-type]
+                heads = np.zeros((len(outs[0]["logits"]), len(dataset), probs.shape[1]))  # type: ignore[arg-type]
             out[idx.numpy()] = probs.cpu().double().numpy()
+            if branches:
+                per_head = torch.stack([torch.stack([torch.softmax(lg.float(), dim=1) for lg in o["logits"]])
+                                        for o in outs]).mean(dim=0)
+                heads[:, idx.numpy()] = per_head.cpu().double().numpy()  # type: ignore[index]
             if bar:
                 bar.advance(task, len(idx))  # type: ignore[arg-type]
     if out is None:
         n = len(getattr(nets[0], "class_names", [])) or getattr(nets[0], "n_classes", 0)
-        return np.zeros((0, n))
-    return out
+        out, heads = np.zeros((0, n)), np.zeros((0, 0, n))
+    return (out, heads) if branches else out

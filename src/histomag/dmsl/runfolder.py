@@ -7,6 +7,7 @@ Layout (schema version :data:`RUN_VERSION`)::
                                           "tuple_mode", "tile_settings"}
     RUN/folds/K/split.json               train/val/test patients and the test tuple ids of fold K
     RUN/folds/K/predictions.csv          tuple_id, slide_id, patient_id, label, predicted, prob_<class>...
+                                         [, <mag>x:prob_<class>... each head's own probabilities]
     RUN/folds/K/metrics.json             fold K's tuple- and patient-level metrics
     RUN/folds/K/checkpoints/{best,last}.ckpt
     RUN/folds/K/logs/                    Lightning's CSV (and TensorBoard) logs
@@ -53,6 +54,9 @@ class FoldPredictions:
         y: class index per tuple.
         probs: ``(n, n_classes)`` probabilities.
         train_fraction: the fold's share of training tuples (from ``split.json``), where recorded.
+        tuple_ids, slides: tuple id and slide (image) id per tuple.
+        branches: each head's own probabilities, ``{"40x": (n, n_classes)}`` (fused modes of runs
+            that recorded them; empty otherwise).
     """
 
     fold: int
@@ -60,6 +64,9 @@ class FoldPredictions:
     y: np.ndarray
     probs: np.ndarray
     train_fraction: float | None = None
+    tuple_ids: tuple[str, ...] = ()
+    slides: tuple[str, ...] = ()
+    branches: dict[str, np.ndarray] | None = None
 
 
 class RunFolder:
@@ -207,13 +214,21 @@ class RunFolder:
                               f"make it with: {DMSL_RESUME_HINT}")
 
     def write_predictions(self, path: Path, rows: Sequence[dict], probs: np.ndarray,
-                          class_names: Sequence[str]) -> None:
-        """A ``predictions.csv`` (a fold's, or any prediction output) with one row per tuple."""
+                          class_names: Sequence[str], branches: dict[str, np.ndarray] | None = None) -> None:
+        """A ``predictions.csv`` (a fold's, or any prediction output) with one row per tuple.
+
+        ``branches`` (``{"40x": (n, n_classes)}``) adds each head's own probabilities as
+        ``40x:prob_<class>`` columns.
+        """
+        branches = branches or {}
         out = []
-        for row, p in zip(rows, probs):
+        for i, (row, p) in enumerate(zip(rows, probs)):
             out.append([row.get("tuple_id", ""), row.get("slide_id", ""), patient_of(row), row.get("label", ""),
-                        class_names[int(np.argmax(p))] if len(p) else ""] + [f"{v:.6g}" for v in p])
-        atomic_write_csv(path, PREDICTION_COLUMNS + [f"prob_{c}" for c in class_names], out)
+                        class_names[int(np.argmax(p))] if len(p) else ""] + [f"{v:.6g}" for v in p]
+                       + [f"{v:.6g}" for b in branches.values() for v in b[i]])
+        header = PREDICTION_COLUMNS + [f"prob_{c}" for c in class_names]
+        header += [f"{name}:prob_{c}" for name in branches for c in class_names]
+        atomic_write_csv(path, header, out)
 
     def saved_probs(self, k: int, tuple_ids: Sequence[str], class_names: Sequence[str]) -> np.ndarray | None:
         """Probabilities of ``tuple_ids`` from fold ``k``'s ``predictions.csv``, or None if it lacks any."""
@@ -255,5 +270,59 @@ class RunFolder:
             raise CheckpointError(f"{path} has non-numeric probabilities: {hint}") from None
         split = self.read_split(k) or {}
         fraction = split.get("train_fraction")
+        names = list(dict.fromkeys(c.split(":prob_")[0] for c in (rows[0] if rows else {}) if ":prob_" in c))
+        try:
+            branches = {b: np.array([[float(r[f"{b}:prob_{c}"]) for c in class_names] for r in rows], dtype=float)
+                        for b in names}
+        except (KeyError, ValueError):
+            raise CheckpointError(f"{path} has incomplete or non-numeric per-branch probabilities: {hint}") from None
         return FoldPredictions(k, [patient_of(r) for r in rows], np.array([index[r["label"]] for r in rows], dtype=int),
-                               probs, None if fraction is None else float(fraction))
+                               probs, None if fraction is None else float(fraction),
+                               tuple(r.get("tuple_id", "") for r in rows), tuple(r.get("slide_id", "") for r in rows),
+                               branches)
+
+
+SEEDS_FILE = "seeds.json"
+
+
+class SeedRuns:
+    """A multi-seed run: the same cross-validation repeated with K seeds, one :class:`RunFolder` each.
+
+    Layout::
+
+        RUN/seeds.json        {"model_type": "dmsl-seeds", "version", "seeds": [0, 1, 2], "runs": ["seed-0", ...]}
+        RUN/seed-S/           a complete run folder (config.json with seed S, folds/, metrics.json, ...)
+        RUN/metrics.json, table.md   every (seed, fold) pooled: mean ± std over seeds x folds
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def path(self) -> Path:
+        return self.root / SEEDS_FILE
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.root / f"seed-{int(seed)}"
+
+    def write(self, seeds: Sequence[int]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, {"model_type": "dmsl-seeds", "version": RUN_VERSION, "seeds": [int(s) for s in seeds],
+                                      "runs": [self.seed_dir(s).name for s in seeds]})
+
+    def seeds(self) -> list[int]:
+        """The seeds, as recorded (CheckpointError for a missing or unreadable ``seeds.json``)."""
+        try:
+            data = json.loads(self.path.read_text())
+            return [int(s) for s in data["seeds"]]
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path} is missing: {self.root} is not a multi-seed run") from None
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{self.path} is unreadable; train the run again") from None
+
+    def runs(self) -> list[RunFolder]:
+        """Each seed's run folder, loaded (CheckpointError naming one that is missing)."""
+        return [RunFolder(self.seed_dir(s)).load() for s in self.seeds()]

@@ -184,7 +184,7 @@ class SimilarityLoss(nn.Module):
 
 
 class DMSLLoss(nn.Module):
-    """DMSL objective: ``alpha * CE(fused prediction) + beta * SIM(feature maps)``.
+    """DMSL objective: ``alpha * (CE(fused) + branch_ce * mean_m CE(branch m)) + beta * SIM(feature maps)``.
 
     CE is the negative log-likelihood of the fused log-probabilities that
     :class:`~histomag.dmsl.network.MultiMagNet` returns (``"log_probs"``), clamped below at
@@ -194,6 +194,12 @@ class DMSLLoss(nn.Module):
     and ``sim`` is returned as a zero tensor. A training task may pass another ``beta`` per
     batch (a warm-up of the SIM weight).
 
+    ``branch_ce`` > 0 adds deep supervision: each branch's own head is also trained on the label
+    (the mean of the per-branch CEs). With the fused CE alone, the gradient reaching a branch is
+    scaled by its share of the fused probability of the true class, so the branch that is ahead
+    early takes the learning and the other can stay weak (docs/dmsl-fusion.md measures it). Models
+    with one head (``single``, ``mscn``) have no branch term.
+
     Args:
         alpha: weight of the cross-entropy term.
         beta: weight of the SIM term (the paper: 0.5 with its raw form; default 0.1).
@@ -201,6 +207,7 @@ class DMSLLoss(nn.Module):
         use_sim: add SIM; use :meth:`for_mode` to set it from a model's mode.
         pool_size: passed to :class:`SimilarityLoss`.
         eps: probability floor for the NLL.
+        branch_ce: weight of the mean per-branch CE, relative to the fused CE (0: the paper's loss).
     """
 
     def __init__(
@@ -212,10 +219,12 @@ class DMSLLoss(nn.Module):
         use_sim: bool = True,
         pool_size: int | tuple[int, int] | None = None,
         eps: float = 1e-8,
+        branch_ce: float = 0.0,
     ) -> None:
         super().__init__()
-        if alpha < 0 or beta < 0:
-            raise ConfigError(f"DMSL loss weights must be >= 0, got alpha={alpha}, beta={beta}")
+        if alpha < 0 or beta < 0 or branch_ce < 0:
+            raise ConfigError(f"DMSL loss weights must be >= 0, got alpha={alpha}, beta={beta}, branch_ce={branch_ce}")
+        self.branch_ce = float(branch_ce)
         if not 0 < eps < 1:
             raise ConfigError(f"eps must be in (0, 1), got {eps}")
         self.alpha = float(alpha)
@@ -248,11 +257,16 @@ class DMSLLoss(nn.Module):
         if not isinstance(log_probs, Tensor):
             raise ConfigError("DMSLLoss needs the model output dict with 'log_probs'")
         ce = F.nll_loss(log_probs.clamp_min(math.log(self.eps)), target)
+        objective = ce
+        logits = outputs.get("logits")
+        if self.branch_ce > 0 and isinstance(logits, Sequence) and len(logits) > 1:
+            branch = torch.stack([F.cross_entropy(lg, target) for lg in logits]).mean()
+            objective = ce + self.branch_ce * branch
         if not self.use_sim:
-            return self.alpha * ce, ce, torch.zeros((), dtype=ce.dtype, device=ce.device)
+            return self.alpha * objective, ce, torch.zeros((), dtype=ce.dtype, device=ce.device)
         feature_maps = outputs.get("feature_maps")
         if not isinstance(feature_maps, Sequence):
             raise ConfigError("DMSLLoss with SIM needs the model output dict with 'feature_maps'")
         sim = self.sim(feature_maps)
         weight = self.beta if beta is None else float(beta)
-        return self.alpha * ce + weight * sim, ce, sim
+        return self.alpha * objective + weight * sim, ce, sim
