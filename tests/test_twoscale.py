@@ -24,7 +24,7 @@ def test_fine_detail_vanishes_in_the_20x_image() -> None:
     hi = np.abs(fine.astype(float) - smooth.astype(float))
     lo = np.abs(_area_mean(fine) - _area_mean(smooth))
     assert hi.mean() > 3  # the 40x images differ inside every nucleus ...
-    assert lo.mean() < 0.1 * hi.mean() and np.percentile(lo, 99) < 6  # ... their 2 x 2 means barely (only at nuclei rims)
+    assert lo.mean() < 0.1 * hi.mean() and np.percentile(lo, 99) < 0.3 * 34  # ... their 2 x 2 means barely (only at nuclei rims)
 
 
 def _row_regularity(img: np.ndarray) -> float:
