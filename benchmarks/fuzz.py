@@ -405,11 +405,13 @@ class Parser:
     target: Callable[[Path, str], None]
     kind: str  # binary | json | csv | torch
     about: str = ""
+    fixup: Callable[[bytes, random.Random], bytes] | None = None  # e.g. make checksums right again
 
 
 PARSERS: dict[str, Parser] = {p.name: p for p in [
     Parser("tiff", seeds_tiff, target_slide, "binary", "TIFF/SVS headers via open_slide"),
-    Parser("png", seeds_png, target_image, "binary", "open_image + open_slide"),
+    Parser("png", seeds_png, target_image, "binary", "open_image + open_slide", fixup=lambda b, rng: fix_png_crcs(b)
+           if rng.random() < 0.6 else b),
     Parser("jpeg", seeds_jpeg, target_image, "binary", "open_image + open_slide"),
     Parser("index_csv", seeds_index_csv, target_index_csv, "csv", "read_index, read_index_entries"),
     Parser("mpp_csv", seeds_mpp_csv, target_mpp_csv, "csv", "read_mpp_table"),
@@ -426,6 +428,25 @@ PARSERS: dict[str, Parser] = {p.name: p for p in [
 ]}
 
 
+def target_selftest(root: Path, name: str) -> None:
+    """A parser that fails in each way the harness must notice (tests/test_fuzz.py runs it)."""
+    text = (root / name).read_text()
+    if text == "hang":
+        time.sleep(60)
+    if text == "bomb":
+        bytearray(16 * 2**30)  # over any worker's memory cap
+    if text != "ok":
+        raise KeyError(text)
+
+
+#: the harness's own check, not a parser of histomag's
+SELFTEST = Parser("selftest", lambda: [({"x.txt": b"ok"}, "x.txt")], target_selftest, "binary", "harness check")
+
+
+def get_parser(name: str) -> Parser:
+    return SELFTEST if name == SELFTEST.name else PARSERS[name]
+
+
 # ================================================================================================
 # mutations
 # ================================================================================================
@@ -439,6 +460,22 @@ INTERESTING_VALUES: list[Any] = [
 INTERESTING_CELLS = ["", "0", "-1", "nan", "NaN", "inf", "-inf", "1e308", "1e-320", "9" * 400, "0x10", "1,5",
                      "ü\u202e", "\x00", '"', "'", "a" * 5000, " 0.5 ", "true", "[]", "{}", "None", "-0", "1e5",
                      "tumor", "../x.png", "/", "."]
+
+
+def fix_png_crcs(data: bytes) -> bytes:
+    """Recompute every whole chunk's CRC, so a mutation reaches the decoder instead of the checksum test."""
+    import zlib
+
+    b = bytearray(data)
+    i = 8
+    while i + 12 <= len(b):
+        n = int.from_bytes(b[i:i + 4], "big")
+        end = i + 8 + n
+        if end + 4 > len(b):
+            break
+        b[end:end + 4] = (zlib.crc32(bytes(b[i + 4:end])) & 0xFFFFFFFF).to_bytes(4, "big")
+        i = end + 4
+    return bytes(b)
 
 
 def mutate_bytes(data: bytes, rng: random.Random, n_ops: int | None = None) -> bytes:
@@ -635,6 +672,8 @@ def make_inputs(parser: Parser, n: int, seed: int) -> list[tuple[int, Files, str
             data = mutate(files[name], rng)
         except (ValueError, UnicodeDecodeError, RecursionError):  # a tree the mutator cannot re-serialise
             data = mutate_bytes(files[name], rng)
+        if parser.fixup is not None:
+            data = parser.fixup(data, rng)
         out.append((i, {**files, name: data}, name))
     return out
 
@@ -713,7 +752,7 @@ def _worker(conn, parser_name: str, mem_mb: int) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-    parser = PARSERS[parser_name]
+    parser = get_parser(parser_name)
     files, name = conn.recv()  # the unmutated seed: imports everything, then the cap goes on
     status, detail = _run_one(parser, files, name)
     if mem_mb > 0:
@@ -798,7 +837,7 @@ def _key(status: str, detail: str) -> str:
 def fuzz_parser(name: str, n: int, seed: int = 0, *, timeout: float = 10.0, mem_mb: int = 2048,
                 save: Path | None = None, only: int | None = None) -> Result:
     """Run ``n`` mutated inputs of parser ``name`` (or just input ``only``) in a worker; the findings."""
-    parser = PARSERS[name]
+    parser = get_parser(name)
     res = Result(name)
     t0 = time.perf_counter()
     inputs = make_inputs(parser, n if only is None else only + 1, seed)

@@ -280,7 +280,7 @@ class DatasetFolder:
                 raise DatasetError(f"{self.manifest_path} row {line} has {len(reader.fieldnames or [])} columns "
                                    f"in its header but not in this row (or a NUL byte); {RETILE_HINT} to rewrite it")
         missing = [v for row in rows for k, v in row.items() if k.startswith("image_") and v
-                   and not (self.root / v).is_file()]
+                   and not _is_file(self.root / v)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise DatasetError(
@@ -288,6 +288,14 @@ class DatasetFolder:
                 f"{RETILE_HINT} to restore them"
             )
         return rows
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a path the system refuses (too long, say) instead of an OSError."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _journal_lines(data: bytes, columns: Sequence[str]) -> tuple[list[list[str]], bool]:
