@@ -310,7 +310,7 @@ def test_tile_layout_flag_gives_context_pairs(tmp_path: Path, flag: str) -> None
 
 
 @pytest.mark.parametrize("args, message", [(["--quality", "0"], "image quality 0 must be in 1..100"),
-                                           (["--format", "bmp"], "unknown image format 'bmp'; valid: png, jpeg, webp")])
+                                           (["--format", "bmp"], "unknown image format 'bmp'; valid: png, jpeg, webp, qoi, jxl")])
 def test_bad_format_or_quality_is_one_line_before_any_work(tmp_path: Path, capsys, args, message) -> None:
     slide = tmp_path / "s.png"
     Image.fromarray(textured(64, 64)).save(slide)

@@ -56,7 +56,8 @@ def tile(
     same_acquisition: bool = typer.Option(False, "--same-acquisition", help=SAME_ACQUISITION_HELP),
     allow_upsample: bool = typer.Option(False, "--allow-upsample", help="Permit magnifications above the scan."),
     max_tuples: Optional[int] = typer.Option(None, "--max-tuples", help="At most this many tuples per slide."),
-    image_format: str = typer.Option("png", "--format", help="Tuple images: png (lossless), jpeg (4:4:4) or webp."),
+    image_format: str = typer.Option("png", "--format", help="Tuple images: png (lossless, default), qoi or jxl "
+                                       "(lossless JPEG XL), jpeg (4:4:4) or webp (lossy)."),
     quality: int = typer.Option(90, "--quality", help="JPEG / WebP quality (1-100)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Slides tiled in parallel processes."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),

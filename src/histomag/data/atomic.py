@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
+from histomag.data.encoders import IMAGE_FORMATS, encode_image, encode_png  # noqa: F401 - IMAGE_FORMATS re-exported
 from histomag.errors import storage_error
 
 #: fault injection for tests: ``ENOSPC@N`` (or ``EIO@N``, any errno name) makes the N-th write of this
@@ -23,7 +23,6 @@ from histomag.errors import storage_error
 WRITE_FAULT_ENV = "HISTOMAG_WRITE_FAULT"
 _writes = 0
 _writes_lock = threading.Lock()
-
 
 
 def _current_umask() -> int:
@@ -116,29 +115,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_png(path: Path, rgb: np.ndarray, compress_level: int = 1) -> None:
-    """Save an array as PNG atomically (fast compression: datasets favour write speed)."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-#: tuple image formats: file suffix and PIL format name
-IMAGE_FORMATS = {"png": (".png", "PNG"), "jpeg": (".jpg", "JPEG"), "webp": (".webp", "WEBP")}
+    """Save an array as PNG atomically (fast compression: datasets favour write speed; see data/encoders.py)."""
+    atomic_write_bytes(path, encode_png(rgb, level=compress_level))
 
 
 def atomic_write_image(path: Path, rgb: np.ndarray, image_format: str = "png", quality: int = 90) -> None:
-    """Save an array atomically as PNG (lossless, fast compression), JPEG (4:4:4, ``quality``) or WebP (``quality``)."""
-    if image_format == "png":
-        atomic_write_png(path, rgb)
-        return
-    buf = io.BytesIO()
-    if image_format == "jpeg":  # no chroma subsampling: stain colour is signal
-        Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, subsampling=0)
-    elif image_format == "webp":
-        Image.fromarray(rgb).save(buf, format="WEBP", quality=quality, method=4)
-    else:
-        raise ValueError(f"unknown image format {image_format!r}; valid: {', '.join(IMAGE_FORMATS)}")
-    atomic_write_bytes(path, buf.getvalue())
+    """Save an array atomically in one of :data:`IMAGE_FORMATS` (png, jpeg, webp, qoi, jxl; see data/encoders.py)."""
+    atomic_write_bytes(path, encode_image(rgb, image_format, quality))
 
 
 def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any] | dict]) -> None:

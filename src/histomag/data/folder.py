@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from typing import Iterable, Sequence
 
-from histomag.data.atomic import IMAGE_FORMATS, append_durably, atomic_write_csv, atomic_write_json, remove_unreferenced
+from histomag.data.atomic import append_durably, atomic_write_csv, atomic_write_json, remove_unreferenced
+from histomag.data.encoders import IMAGE_FORMATS, IMAGE_SUFFIXES, image_complete
 from histomag.data.runlock import FolderLock, owned_by
 from histomag.errors import ConfigError, DatasetError
 from histomag.resolution import format_magnification
@@ -38,8 +39,6 @@ BASE_COLUMNS = ["tuple_id", "slide_id", "patient_id", "x", "y", "field_width", "
 #: how a dataset folder is made, in API terms (errors speak the API; the CLI names ``histomag tile`` instead)
 TILE_API = "histomag.tiling.jobs.tile_slides(jobs, settings, {out})"
 RETILE_HINT = "re-run the same histomag.tiling.jobs.tile_slides(...) call"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: settings that must match for a re-run to resume into the same folder
 RESUME_KEYS = ("magnifications", "size", "mode", "placement", "overlap", "seed", "n_random", "min_tissue",
                "label_fraction", "negative_class", "image_format", "quality")
@@ -82,7 +81,7 @@ class TileSettings:
     negative_class: str | None = None
     allow_upsample: bool = False
     max_tuples: int | None = None
-    image_format: str = "png"  # png (lossless), jpeg or webp
+    image_format: str = "png"  # lossless png (default), qoi or jxl; lossy jpeg or webp (data/encoders.py)
     quality: int = 90  # jpeg / webp quality
     extra: dict = field(default_factory=dict)
 
@@ -94,7 +93,7 @@ class TileSettings:
 
     @property
     def image_suffix(self) -> str:
-        return IMAGE_FORMATS[self.image_format][0]
+        return IMAGE_FORMATS[self.image_format].suffix
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -226,6 +225,17 @@ class DatasetFolder:
         Raises:
             FolderInUseError: this handle writes for a run that a newer run has replaced.
         """
+        self.append_parts(slide_id, columns, [row])
+
+    def append_parts(self, slide_id: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+        """Append finished tuples to the slide's journal in one write and one fsync (the tiler batches
+        the tuples whose images are all on disk: an fsync per tuple cost more than encoding it).
+
+        Raises:
+            FolderInUseError: this handle writes for a run that a newer run has replaced.
+        """
+        if not rows:
+            return
         path = self.part_path(slide_id)
         with self._writing():
             new = not path.exists() or path.stat().st_size == 0
@@ -233,7 +243,7 @@ class DatasetFolder:
             writer = csv.writer(buf, lineterminator="\n")
             if new:
                 writer.writerow(columns)
-            writer.writerow([row.get(c, "") for c in columns])
+            writer.writerows([row.get(c, "") for c in columns] for row in rows)
             append_durably(path, buf.getvalue().encode("utf-8"))  # a full disk: StorageError, a torn line at most
 
     def _images_complete(self, row: dict) -> bool:
@@ -326,32 +336,8 @@ def _journal_lines(data: bytes, columns: Sequence[str]) -> tuple[list[list[str]]
 
 def _file_complete(path: Path) -> bool:
     """The file exists and its format's start and end markers are there (PNG signature + IEND,
-    JPEG SOI + EOI, WebP RIFF header whose size matches the file)."""
-    suffix = path.suffix.lower()
-    try:
-        with open(path, "rb") as fh:
-            if suffix == ".png":
-                if fh.read(8) != PNG_SIGNATURE:
-                    return False
-                fh.seek(-len(PNG_END), os.SEEK_END)
-                return fh.read(len(PNG_END)) == PNG_END
-            if suffix in (".jpg", ".jpeg"):
-                if fh.read(2) != b"\xff\xd8":
-                    return False
-                fh.seek(-2, os.SEEK_END)
-                return fh.read(2) == b"\xff\xd9"
-            if suffix == ".webp":
-                head = fh.read(12)
-                size = os.fstat(fh.fileno()).st_size
-                return (len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-                        and int.from_bytes(head[4:8], "little") + 8 == size)
-            return path.is_file()
-    except OSError:  # missing, a folder, or shorter than the trailer
-        return False
-
-
-#: the suffixes of tuple images, one per format this folder can hold
-IMAGE_SUFFIXES = tuple(suffix for suffix, _ in IMAGE_FORMATS.values())
+    JPEG SOI + EOI, WebP RIFF header whose size matches the file, ...: data/encoders.py)."""
+    return image_complete(path)
 
 
 def _written_here(path: Path, slide_id: str) -> bool:

@@ -188,13 +188,13 @@ def read_png(path: Path) -> Tensor:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3)`` uint8 RGB (DatasetError naming the file when it cannot)."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode a tuple image (any format of data/encoders.py) to ``(H, W, 3)`` uint8 RGB (DatasetError naming
+    the file when it cannot)."""
+    from histomag.data.encoders import decode_rgb
 
     try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
+        return decode_rgb(path)
+    except OSError as exc:  # PIL's UnidentifiedImageError is one
         raise DatasetError(f"{path}: cannot decode image ({str(exc).splitlines()[0]}); "
                            f"{RETILE_HINT} to restore it") from None
 

@@ -45,6 +45,8 @@ Reporter = Callable[[str, int], None]
 WRITER_THREADS = 2
 #: tuples read but not yet on disk (bounds the memory held by the writer queue)
 MAX_PENDING_TUPLES = 8
+#: finished tuples journalled per append (one fsync each); a crash redoes at most this many more
+JOURNAL_BATCH = 16
 SLIDE_COLUMNS = ["slide_id", "path", "status", "tuples_written", "tuples_resumed", "fields_planned",
                  "fields_dropped", "fields_failed", "mpp", "mpp_source", "error"]
 _TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
@@ -222,19 +224,41 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
     result.fields_planned = len(plan.fields)
     if report:
         report("planned", len(plan.fields))
-    # Encoding overlaps reading: images are written by a small thread pool (PIL's encoders release the
-    # GIL), and a tuple's journal row is appended, in plan order, only once all its images are on disk.
-    # If anything raises, the rows still pending are never journalled (their images go on resume).
+    # Encoding overlaps reading: images are written by a small thread pool (the encoders release the
+    # GIL), and a tuple's journal row is appended, in plan order, only once all its images are on disk;
+    # the rows go in appends of JOURNAL_BATCH (one fsync per batch: per tuple it cost more than encoding
+    # JPEGs). If anything raises, the rows still pending are never journalled (their images go on resume).
     pending: deque[tuple[dict, list[Future]]] = deque()
 
-    def finish(entry: tuple[dict, list[Future]]) -> None:
-        row, futures = entry
-        for fut in futures:
-            fut.result()  # a failed write raises here, before the row is journalled
-        folder.append_part(sid, columns, row)
-        result.tuples_written += 1
-        if report:
-            report("done", 1)
+    journal: list[dict] = []  # rows of tuples whose images are on disk, not yet appended
+
+    def flush() -> None:
+        folder.append_parts(sid, columns, journal)
+        result.tuples_written += len(journal)
+        if report and journal:
+            report("done", len(journal))
+        journal.clear()
+
+    def finish(entries: list[tuple[dict, list[Future]]], *, final: bool = False) -> None:
+        try:
+            for row, futures in entries:
+                for fut in futures:
+                    fut.result()  # a failed write raises here, before its row is journalled
+                journal.append(row)
+        except BaseException:
+            flush()  # the tuples before a failed one are on disk: journal them all the same
+            raise
+        if final or len(journal) >= JOURNAL_BATCH:
+            flush()
+
+    def ready() -> list[tuple[dict, list[Future]]]:
+        """Once the queue is full: its oldest tuple and the finished ones after it (a batch per fsync)."""
+        if len(pending) <= MAX_PENDING_TUPLES:
+            return []
+        entries = [pending.popleft()]
+        while pending and all(fut.done() for fut in pending[0][1]):
+            entries.append(pending.popleft())
+        return entries
 
     with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="tile-writer") as writers:
         for planned in plan.fields:
@@ -253,7 +277,7 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
                 result.fields_failed += 1
                 result.field_errors.append(f"{slide.path.name}: field at x={int(round(f.x))}, y={int(round(f.y))} "
                                            f"(level-0 centre) skipped: {str(exc).split(': ', 1)[-1]}")
-                if result.fields_failed > max(3, result.tuples_written + len(pending)):
+                if result.fields_failed > max(3, result.tuples_written + len(journal) + len(pending)):
                     raise
                 slide = handles.enter_context(open_slide(job.path, mpp=job.mpp, backend=job.backend,  # type: ignore[arg-type]
                                                          probe=False))
@@ -275,10 +299,9 @@ def _tile_open_slide(slide: Slide, job: SlideJob, settings: TileSettings, folder
                 futures.append(writers.submit(atomic_write_image, path, img, settings.image_format, settings.quality))
                 row[image_column(member.magnification)] = path.relative_to(folder.root).as_posix()
             pending.append((row, futures))
-            while pending and (len(pending) > MAX_PENDING_TUPLES or all(fut.done() for fut in pending[0][1])):
-                finish(pending.popleft())
-        while pending:
-            finish(pending.popleft())
+            finish(ready())
+        finish(list(pending), final=True)
+        pending.clear()
 
 
 def tile_slides(jobs: Sequence[SlideJob], settings: TileSettings, out_dir: str | Path, *,
