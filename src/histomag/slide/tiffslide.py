@@ -113,7 +113,10 @@ def _page_problem(i: int, page: Any, file_size: int) -> str:
     if len(offsets) != expected or len(counts) != expected:
         return (f"level {i} claims {w:,} x {h:,} px, {expected:,} {unit}, but its tables list "
                 f"{min(len(offsets), len(counts)):,}")
-    ends = np.asarray(offsets, np.uint64) + np.asarray(counts, np.uint64)
+    try:
+        ends = np.asarray(offsets, np.uint64) + np.asarray(counts, np.uint64)
+    except OverflowError:  # a negative entry: the tables are damaged
+        return f"level {i}: its {noun}' offsets or byte counts hold negative values"
     past = int(np.count_nonzero(ends > file_size))
     if past:
         return (f"level {i}: {past:,} of its {expected:,} {noun} lie past the end of the file ({file_size:,} bytes)")

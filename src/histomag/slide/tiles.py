@@ -150,6 +150,13 @@ class TileSlide(TiffSlideSlide):
         if len(self._pages) != len(self.level_dimensions):
             return f"{len(self._pages)} TIFF levels but {len(self.level_dimensions)} slide levels"
         for i, (page, (w, h)) in enumerate(zip(self._pages, self.level_dimensions)):
+            try:  # tags of the wrong count or type (a damaged header) make tifffile's properties tuples or raise
+                sizes = (page.imagewidth, page.imagelength, page.tilewidth, page.tilelength, page.samplesperpixel)
+                page.dtype  # noqa: B018
+            except (TypeError, ValueError, AttributeError, IndexError) as exc:
+                return f"level {i} has malformed size tags ({type(exc).__name__})"
+            if not all(isinstance(v, int) for v in sizes):
+                return f"level {i} has malformed size tags"
             if not getattr(page, "is_tiled", False):
                 return f"level {i} is not tiled"
             if (page.imagewidth, page.imagelength) != (w, h):
