@@ -105,6 +105,14 @@ def test_random_placement_is_local():
     assert len(set(other_seed) & set(after)) < 10
 
 
+def test_random_placement_gives_many_fields_on_a_small_image_when_asked():
+    slide = MemorySlide(textured(1024, 1024))
+    spec = make_tuple_spec([40, 20], 256, "same-fov")
+    tissue = TissueMask(np.ones((64, 64), bool), (16.0, 16.0))
+    fields = plan_fields(slide, spec, tissue, placement="random", n_random=300, seed=0)
+    assert len(fields) == len(set(fields)) == 300  # finer candidate cells, still one field per cell
+
+
 def test_random_placement_is_local_to_the_slide_extent():
     """Fields of a region do not depend on how far the slide extends elsewhere."""
     spec = make_tuple_spec([40, 20], 128, "same-fov")

@@ -274,8 +274,9 @@ def _stable_random_fields(W: int, H: int, width: float, tissue: TissueMask, *, m
                           seed: int) -> list[Field]:
     """Seeded random fields whose placement is local: candidates on a jittered grid, the n best keys kept.
 
-    The range of field centres is cut into square cells (side ``CELL_SHARE`` of the field width,
-    larger on huge slides so at most :data:`MAX_CANDIDATES` cells); each cell holds one candidate
+    The range of field centres is cut into square cells (side ``CELL_SHARE`` of the field width;
+    smaller when that gives fewer than 4 cells per field wanted, larger on huge slides so at most
+    :data:`MAX_CANDIDATES` cells); each cell holds one candidate
     centre at a seeded uniform position inside it and a seeded priority key, both functions of
     ``(seed, cell)`` alone. Candidates with ``min_tissue`` are ranked by key and the first ``n`` kept
     (bottom-k sampling). A change to a few mask pixels therefore changes only the candidates whose
@@ -284,7 +285,11 @@ def _stable_random_fields(W: int, H: int, width: float, tissue: TissueMask, *, m
     if n <= 0:
         return []
     span_x, span_y = W - width, H - width  # centres lie in [width/2, W - width/2]
-    cell = max(width * CELL_SHARE, math.sqrt(max(span_x, 1.0) * max(span_y, 1.0) / MAX_CANDIDATES), 1.0)
+    area = max(span_x, 1.0) * max(span_y, 1.0)
+    # at least 4 candidates per field wanted (finer cells on a small image asked for many fields); the cell
+    # depends on the slide's size and n only, never on the mask, so placement stays local
+    cell = min(width * CELL_SHARE, math.sqrt(area / (4 * n)))
+    cell = max(cell, math.sqrt(area / MAX_CANDIDATES), 1.0)
     nx, ny = int(span_x // cell) + 1, int(span_y // cell) + 1
     rows, cols = np.divmod(np.arange(nx * ny, dtype=np.int64), nx)
     cx = width / 2 + np.minimum((cols + cell_uniforms(seed, rows, cols, 1)) * cell, span_x)
