@@ -1,4 +1,4 @@
-"""Feature-extractor backbones by name: torchvision CNNs, a tiny CPU net, and any timm model.
+"""Feature-extractor backbones by name: torchvision CNNs, a tiny CPU net, and any timm CNN or ViT.
 
 Every backbone is a :class:`Backbone`: the network with its classifier removed, exposing
 ``forward_features`` (the last feature map, ``(B, C, h, w)``) and ``forward`` (that map
@@ -169,13 +169,24 @@ class StagedBackbone(Backbone):
 
 
 class TimmBackbone(Backbone):
-    """Any convolutional timm model, created with ``num_classes=0`` and wrapped as ``model``.
+    """Any timm model, created with ``num_classes=0`` and wrapped as ``model``: a CNN, or a ViT.
+
+    A CNN's feature map is its last stage's output. A vision transformer (a model with a
+    ``patch_embed``, e.g. ``vit_base_patch16_224`` or a pathology foundation model's ViT)
+    returns tokens ``(B, prefix + h * w, C)``: the ``num_prefix_tokens`` class/register tokens
+    are dropped and the patch tokens are laid out on the patch grid as a ``(B, C, h, w)`` map,
+    so pooling, SIM (channel maximum at each patch) and Grad-CAM work as for a CNN. ViTs are
+    created with ``dynamic_img_size=True`` (position embeddings resampled to the input), so
+    a branch may take 600 px or 300 px inputs; ``high_layer`` is ``token_map``, the module
+    whose output is that map.
 
     Args:
-        model_name: a timm model name (see ``timm.list_models()``).
+        model_name: a timm model name (see ``timm.list_models()``), optionally followed by
+            constructor arguments: ``"vit_large_patch16_224,init_values=1e-5"`` (values are
+            Python literals; anything else is a string).
 
     Raises:
-        ConfigError: timm is not installed, the name is unknown, or the model has no conv.
+        ConfigError: timm is not installed, the name is unknown, bad arguments, or no conv.
     """
 
     key_prefix = "model."
@@ -188,12 +199,15 @@ class TimmBackbone(Backbone):
             raise ConfigError(
                 f"backbone {TIMM_PREFIX}{model_name} needs the optional extra timm: pip install 'histomag[timm]'"
             ) from None
-        if not timm.is_model(model_name):
-            raise ConfigError(f"unknown timm model {model_name!r}; list valid names with timm.list_models()")
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        arch, kwargs = parse_timm_name(model_name)
+        if not timm.is_model(arch):
+            raise ConfigError(f"unknown timm model {arch!r}; list valid names with timm.list_models()")
+        self.model = _create_timm(timm, arch, kwargs, model_name)
         convs = [n for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d)]
         if not convs:
-            raise ConfigError(f"timm model {model_name!r} has no Conv2d layer; use a convolutional model")
+            raise ConfigError(f"timm model {arch!r} has no Conv2d layer; use a convolutional model or a ViT")
+        self.tokens = hasattr(self.model, "patch_embed") and hasattr(self.model, "num_prefix_tokens")
+        self.token_map = nn.Identity()  # a ViT's patch-token map passes through it (Grad-CAM's high layer)
         self.name = TIMM_PREFIX + model_name
         self.num_features = int(self.model.num_features)
         self.low_layer = self.key_prefix + convs[0]
@@ -201,7 +215,7 @@ class TimmBackbone(Backbone):
         feature_info = getattr(self.model, "feature_info", None)
         if isinstance(feature_info, list) and feature_info and feature_info[-1].get("module"):
             high = feature_info[-1]["module"]
-        self.high_layer = self.key_prefix + high
+        self.high_layer = "token_map" if self.tokens else self.key_prefix + high
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
         heads = cfg.get("classifier") or ()
         heads = (heads,) if isinstance(heads, str) else tuple(heads)
@@ -211,14 +225,67 @@ class TimmBackbone(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         y = self.model.forward_features(x)
+        if y.ndim == 3 and self.tokens:
+            return self.token_map(self._token_grid(y, tuple(x.shape[-2:])))  # type: ignore[arg-type]
         if y.ndim != 4:
             raise ConfigError(
-                f"{self.name} returns features of shape {tuple(y.shape)}, not a (B, C, h, w) map; "
-                "use a convolutional timm model"
+                f"{self.name} returns features of shape {tuple(y.shape)}, not a (B, C, h, w) map nor ViT tokens; "
+                "use a convolutional timm model or a vision transformer"
             )
         if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
             y = y.permute(0, 3, 1, 2)
         return y
+
+    def _token_grid(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
+        """ViT tokens ``(B, prefix + h * w, C)`` -> patch-token map ``(B, C, h, w)``."""
+        patch = tokens[:, int(getattr(self.model, "num_prefix_tokens", 0)) :]
+        embed = self.model.patch_embed
+        if getattr(self.model, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size"):
+            h, w = embed.dynamic_feat_size(size)
+        else:
+            h, w = embed.grid_size
+        if h * w != patch.shape[1]:
+            raise ConfigError(
+                f"{self.name}: {patch.shape[1]} patch tokens do not fill its {h}x{w} patch grid; "
+                "use a ViT without token pooling or merging"
+            )
+        return patch.transpose(1, 2).reshape(patch.shape[0], patch.shape[2], int(h), int(w))
+
+
+def parse_timm_name(model_name: str) -> tuple[str, dict[str, Any]]:
+    """``"vit_large_patch16_224,init_values=1e-5"`` -> ``("vit_large_patch16_224", {"init_values": 1e-5})``.
+
+    Raises:
+        ConfigError: an argument without ``=``.
+    """
+    import ast
+
+    arch, *parts = [p.strip() for p in model_name.split(",")]
+    kwargs: dict[str, Any] = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ConfigError(f"timm model argument {part!r} in {model_name!r} is not key=value; "
+                              "e.g. timm:vit_large_patch16_224,init_values=1e-5")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    return arch, kwargs
+
+
+def _create_timm(timm: Any, arch: str, kwargs: dict[str, Any], model_name: str) -> nn.Module:
+    """Create a timm model at random init (never downloading); ViTs with ``dynamic_img_size``."""
+    tries = [{"dynamic_img_size": True, **kwargs}, kwargs] if "dynamic_img_size" not in kwargs else [kwargs]
+    for i, kw in enumerate(tries):
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=0, **kw)
+        except TypeError as exc:
+            if i + 1 < len(tries):
+                continue  # not a ViT: it takes no dynamic_img_size
+            raise ConfigError(f"timm model {model_name!r}: {str(exc).splitlines()[0]}; "
+                              "pass only arguments its constructor takes") from None
+    raise AssertionError("unreachable")
 
 
 def _torchvision(

@@ -43,6 +43,7 @@ PARAMETER_FLAGS = {
     "resume": "--resume", "partial": "--partial", "max_uncertainty": "--max-uncertainty",
     "cams": "--cams", "similarity": "--similarity", "predictions": "--predictions", "overlay_width": "--overlay-width",
     "seeds": "--seeds", "n_boot": "--boot", "level": "--level", "branch_ce": "--branch-ce",
+    "freeze_backbone": "--freeze-backbone", "cache_features": "--cache-features", "feature_dir": "--feature-dir",
 }
 #: library hints name the call that makes something (``histomag.dmsl.cv.cross_validate(DATA, RUN, config)``); the CLI
 #: names the command instead (``histomag dmsl train DATA --out RUN``); the most specific pattern first
@@ -67,7 +68,7 @@ API_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(patter
     (r"re-run the same histomag\.tiling\.jobs\.tile_slides\(\.\.\.\) call", "re-run the same `histomag tile` command"),
     (r"repeat the same call to resume", "run the same command again to resume"),  # errors.RESUME_HINT
 ))
-_SWITCH = re.compile(r"(?<![\w.])(allow_upsample|resume|partial)=True\b")
+_SWITCH = re.compile(r"(?<![\w.])(allow_upsample|resume|partial|freeze_backbone|cache_features)=True\b")
 _MAGS = re.compile(r"(?<![\w.])magnifications=\(([^()]*)\)")
 _BARE_FLAG = re.compile(r"(--[a-z-]+) (?=[\s),;:.]|$)")
 _PARAM = re.compile(r"(?<![\w.])(" + "|".join(sorted(PARAMETER_FLAGS, key=len, reverse=True)) + r")=(?!=)")
@@ -79,7 +80,7 @@ def cli_message(message: str) -> str:
     that makes something -> the command that does (:data:`API_COMMANDS`)."""
     for pattern, command in API_COMMANDS:
         message = pattern.sub(command, message)
-    message = message.replace("mpp='estimate'", "--mpp estimate")
+    message = message.replace("mpp='estimate'", "--mpp estimate").replace("augment=False", "--no-augment")
     message = _SWITCH.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
     message = _MAGS.sub(lambda m: "--mags " + ",".join(p.strip() for p in m.group(1).split(",") if p.strip()), message)
     message = _PARAM.sub(lambda m: PARAMETER_FLAGS[m.group(1)] + " ", message)

@@ -36,7 +36,8 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, folds/K, metrics, table)."),
     mode: str = typer.Option(DMSL_DEFAULT("mode"), "--mode", help="sim (DMSL), mm (no SIM), single (one magnification), "
                                                    "mscn (context tuples)."),
-    backbone: str = typer.Option(DMSL_DEFAULT("backbone"), "--backbone", help="Backbone name (tiny for CPU tests)."),
+    backbone: str = typer.Option(DMSL_DEFAULT("backbone"), "--backbone", help="Backbone name (tiny for CPU tests), or timm:NAME for any timm CNN or ViT "
+                                                          "(timm:NAME,key=value,... passes constructor arguments)."),
     mags: str = typer.Option(DEFAULT_DMSL_MAGS, "--mags", help="Magnifications, one branch each, e.g. 40,20 (single: 40)."),
     folds: int = typer.Option(DMSL_DEFAULT("folds"), "--folds", help="Patient-grouped cross-validation folds; 1 trains one final "
                        "model on all the data (validation patients carved out for early stopping)."),
@@ -73,6 +74,14 @@ def train(
     preset: Optional[str] = typer.Option(None, "--preset", help="Named settings: paper (Diao et al.'s exact loss and "
                                          "Inception-v3) or default; flags you set differently from their defaults win."),
     max_tuples: Optional[int] = typer.Option(DMSL_DEFAULT("max_tuples"), "--max-tuples", help="At most this many tuples per slide."),
+    freeze_backbone: bool = typer.Option(DMSL_DEFAULT("freeze_backbone"), "--freeze-backbone", help="Keep each branch's "
+                                         "pretrained encoder fixed (--weights FILE); train a projection, the heads and "
+                                         "the fusion only. See docs/encoders.md."),
+    cache_features: bool = typer.Option(DMSL_DEFAULT("cache_features"), "--cache-features", help="With "
+                                        "--freeze-backbone and --no-augment: compute each tuple's encoder features once "
+                                        "and reuse them in later epochs, folds and modes (DATA/features)."),
+    feature_dir: Optional[str] = typer.Option(DMSL_DEFAULT("feature_dir"), "--feature-dir", help="Where --cache-features "
+                                              "keeps them (default: DATA/features; for slides, OUT/features)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: finished folds are kept, others resume."),
     size: int = typer.Option(TILE_DEFAULT("size"), "--size", help="Slides: pixel size at the highest magnification."),
     labels_dir: Optional[Path] = typer.Option(None, "--labels-dir", help="Slides: folder with <slide>.labels.png "
@@ -101,7 +110,8 @@ def train(
         train_fraction=train_fraction, seed=seed, branch_ce=branch_ce,
         num_workers=workers, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy,
         precision=precision, shared_backbone=shared_backbone, fusion=fusion, augment=not no_augment,
-        max_time=max_time, max_tuples=max_tuples)
+        max_time=max_time, max_tuples=max_tuples, freeze_backbone=freeze_backbone, cache_features=cache_features,
+        feature_dir=feature_dir)
     if preset is None:
         config = DMSLConfig(**given)
     else:  # the preset's values, except where a flag was set to something other than its default

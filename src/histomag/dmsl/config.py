@@ -38,7 +38,7 @@ SELECT_ON = ("loss", "ce")
 DEFAULT_BRANCH_CE = 1.0
 #: config fields that may change when a run is resumed (they do not change what is learned)
 RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "devices", "num_nodes", "strategy", "accelerator",
-                  "precision", "max_time")
+                  "precision", "max_time", "cache_features", "feature_dir")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,14 @@ class DMSLConfig:
         augment: flips, 90° rotations, colour jitter (identical for a tuple's members).
         max_time: per-fold wall-clock limit, ``"DD:HH:MM:SS"``, or None.
         max_tuples: at most this many tuples per slide (seeded choice), or None.
+        freeze_backbone: keep each branch's encoder fixed (no gradient, always in eval mode, so
+            BatchNorm statistics do not move); a trainable 1x1-conv projection per branch then
+            feeds the heads and the SIM loss, and only it, the heads and the fusion train.
+        cache_features: with ``freeze_backbone``, compute each tuple's encoder features once and
+            keep them on disk (memory-mapped), so later epochs, folds and modes reuse them; needs
+            ``augment=False`` (the cache holds unaugmented tuples). Same results as without it.
+        feature_dir: where the feature cache lives; None: ``features/`` in the dataset folder
+            (for slides, in the run folder).
     """
 
     mode: str = "sim"
@@ -106,6 +114,9 @@ class DMSLConfig:
     augment: bool = True
     max_time: str | None = None
     max_tuples: int | None = None
+    freeze_backbone: bool = False
+    cache_features: bool = False
+    feature_dir: str | None = None
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -140,7 +151,11 @@ class DMSLConfig:
                   (self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0"),
                   (self.num_nodes >= 1, f"num_nodes={self.num_nodes} must be >= 1"),
                   (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-                  (self.max_tuples is None or self.max_tuples >= 1, f"max_tuples={self.max_tuples} must be >= 1")]
+                  (self.max_tuples is None or self.max_tuples >= 1, f"max_tuples={self.max_tuples} must be >= 1"),
+                  (not self.cache_features or self.freeze_backbone,
+                   "cache_features=True needs freeze_backbone=True (a trained encoder's features change every step)"),
+                  (not self.cache_features or not self.augment,
+                   "cache_features=True caches unaugmented tuples; set augment=False with it")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -163,9 +178,9 @@ class DMSLConfig:
     def from_dict(cls, data: dict[str, Any]) -> DMSLConfig:
         """Build from :meth:`to_dict` output, ignoring unknown keys.
 
-        A stored config without ``sim_warmup``, ``select_on`` or ``branch_ce`` (written before they
-        existed) trained without a warm-up, selected on the loss and had no branch CE, so it reads
-        so, not as today's defaults.
+        A stored config without ``sim_warmup``, ``select_on``, ``branch_ce`` or ``freeze_backbone``
+        (written before they existed) trained without a warm-up, selected on the loss, had no branch
+        CE and trained its encoders, so it reads so, not as today's defaults.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"a stored DMSL config is a {type(data).__name__}, not a mapping of fields; "
@@ -175,6 +190,7 @@ class DMSLConfig:
         kwargs.setdefault("sim_warmup", 0)
         kwargs.setdefault("select_on", "loss")
         kwargs.setdefault("branch_ce", 0.0)
+        kwargs.setdefault("freeze_backbone", False)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type (a damaged file)

@@ -282,10 +282,11 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
 
     bb = create_backbone(config.backbone)
     mean, std = bb.input_mean, bb.input_std
+    store = _feature_store(config, data_dir, run_dir, probe, settings, mean, std)
     per_fold: list[dict[str, dict[str, Any]]] = []
     for k, (train_idx, test_idx) in enumerate(run_splits(labels, patients, config.folds, config.seed), start=1):
         per_fold.append(_run_fold(run, k, probe, rows, train_idx, test_idx, classes, mean, std, resume=resume,
-                                  progress=progress))
+                                  progress=progress, features=store))
     if not all(per_fold):  # a non-zero rank of a distributed run: rank 0 writes the results
         return CVResult(run_dir, [], {}, "")
     table = write_summary(run, per_fold)
@@ -334,9 +335,23 @@ def cross_validate_seeds(data_dir: str | Path | SlideSource, out_dir: str | Path
     return CVResult(out, per_fold, summary, table)
 
 
+def _feature_store(config: DMSLConfig, data_dir: Path, run_dir: Path, probe: Any, settings: Any, mean: Any,
+                   std: Any) -> Any:
+    """The run's feature cache (``config.cache_features``): ``feature_dir``, else ``DATA/features`` (slides: ``RUN/features``)."""
+    if not config.cache_features:
+        return None
+    from histomag.dmsl.features import FEATURES_DIR, FeatureStore
+
+    root = Path(config.feature_dir) if config.feature_dir else (data_dir if data_dir.is_dir() else run_dir) / FEATURES_DIR
+    return FeatureStore(root, data_dir, [r["tuple_id"] for r in probe.rows], magnifications=config.magnifications,
+                        settings=settings, mean=mean, std=std, batch_size=config.batch_size,
+                        num_workers=config.num_workers)
+
+
 def _run_fold(run: RunFolder, k: int, base: TupleDataset | SlideTupleDataset, rows: Sequence[dict],
               train_idx: np.ndarray, test_idx: np.ndarray,
-              classes: list[str], mean: Any, std: Any, *, resume: bool, progress: bool) -> dict[str, dict[str, Any]]:
+              classes: list[str], mean: Any, std: Any, *, resume: bool, progress: bool,
+              features: Any = None) -> dict[str, dict[str, Any]]:
     config, fold_dir = run.config, run.fold_dir(k)
     if resume and run.fold_finished(k):
         log.info("fold %d is finished; kept", k)
@@ -364,11 +379,15 @@ def _run_fold(run: RunFolder, k: int, base: TupleDataset | SlideTupleDataset, ro
         "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]})
     result = fit_fold(config, _datasets(base, config, train_rows, classes, mean, std, train=True),
                       _datasets(base, config, val_rows, classes, mean, std, train=False) if val_rows else None,
-                      fold_dir, class_names=classes, resume=resume, progress=progress, seed=config.seed + k)
+                      fold_dir, class_names=classes, resume=resume, progress=progress, seed=config.seed + k,
+                      features=features)
     if not result.is_global_zero:
         return {}
     test_set = _datasets(base, config, test_rows, classes, mean, std, train=False)
-    probs, heads = predict_probs([load_task(result.best_checkpoint)], test_set, batch_size=config.batch_size,
+    best = load_task(result.best_checkpoint)
+    if features is not None:  # the test tuples' maps by the same frozen encoders (cached for the other folds)
+        test_set = features.dataset(best.model, test_set)
+    probs, heads = predict_probs([best], test_set, batch_size=config.batch_size,
                                  num_workers=config.num_workers, branches=True)
     branches = branch_probs(config, heads)
     run.write_predictions(run.predictions_path(k), test_rows, probs, classes, branches)

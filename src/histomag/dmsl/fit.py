@@ -83,7 +83,9 @@ class DMSLTask(L.LightningModule):
     """MultiMagNet + DMSLLoss + accuracy/F1 metrics, optimised with Adam.
 
     Batches are ``(list of (B, 3, H_m, W_m), labels (B,), indices (B,))`` as
-    :class:`~histomag.data.tuples.TupleDataset` yields them.
+    :class:`~histomag.data.tuples.TupleDataset` yields them; with ``features_input`` set, the
+    first item holds the branches' cached feature maps instead
+    (:class:`~histomag.dmsl.features.FeatureTupleDataset`) and the encoders are skipped.
 
     Args:
         config: the run's :class:`DMSLConfig` (or its dict).
@@ -103,7 +105,9 @@ class DMSLTask(L.LightningModule):
         c = self.config
         self.model = MultiMagNet(c.backbone, len(self.class_names), c.magnifications, mode=c.mode,  # type: ignore[arg-type]
                                  shared_backbone=c.shared_backbone, fusion=c.fusion, dropout=c.dropout,  # type: ignore[arg-type]
-                                 weights=c.weights if weights == "config" else weights)
+                                 weights=c.weights if weights == "config" else weights,
+                                 freeze_backbone=c.freeze_backbone)
+        self.features_input = False
         self.loss = DMSLLoss.for_mode(c.mode, alpha=c.alpha, beta=c.beta, sim_form=c.sim_form, branch_ce=c.branch_ce)
         n = len(self.class_names)
         self.train_acc = MulticlassAccuracy(n, average="micro")
@@ -121,8 +125,8 @@ class DMSLTask(L.LightningModule):
     def input_std(self) -> tuple[float, float, float]:
         return self.model.branches[0].input_std
 
-    def forward(self, xs: Sequence[Tensor]) -> dict[str, Any]:
-        return self.model(xs)
+    def forward(self, xs: Sequence[Tensor], *, features: bool = False) -> dict[str, Any]:
+        return self.model(xs, features=features)
 
     def _train_beta(self, batch_idx: int) -> float:
         """The SIM weight of a training batch (warm-up over ``config.sim_warmup`` epochs)."""
@@ -135,7 +139,7 @@ class DMSLTask(L.LightningModule):
 
     def _step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor:
         xs, y, _ = batch
-        out = self.model(xs)
+        out = self.model(xs, features=self.features_input)
         beta = self._train_beta(batch_idx) if stage == "train" else self.loss.beta
         total, ce, sim = self.loss(out, y, beta=beta)
         bs = int(y.shape[0])
@@ -171,7 +175,7 @@ class DMSLTask(L.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.config.lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["histomag"] = {"model_type": MODEL_TYPE, "config": self.config.to_dict(),
@@ -237,7 +241,7 @@ def trainer_kwargs(config: DMSLConfig) -> dict[str, Any]:
 
 def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, out_dir: str | Path, *,
              class_names: Sequence[str], resume: bool = False, progress: bool = True, seed: int | None = None,
-             callbacks: Sequence[Any] = ()) -> FitResult:
+             callbacks: Sequence[Any] = (), features: Any = None) -> FitResult:
     """Train one model with Lightning; checkpoints and logs go to ``out_dir``.
 
     Args:
@@ -250,6 +254,8 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
         progress: show a progress bar (Lightning's info messages also need INFO logging, e.g. -v).
         seed: seed for initialisation and shuffling (default ``config.seed``).
         callbacks: extra Lightning callbacks.
+        features: a :class:`~histomag.dmsl.features.FeatureStore` (frozen encoders): train on the
+            datasets' cached feature maps, filling the cache first where it lacks them.
 
     Returns:
         Paths of the best and last checkpoints and where training stopped.
@@ -265,6 +271,10 @@ def fit_fold(config: DMSLConfig, train_set: Dataset, val_set: Dataset | None, ou
     with lightning_quiet(progress and log.isEnabledFor(logging.INFO)):  # Lightning's banners only with -v
         L.seed_everything(seed, workers=True, verbose=False)
         task = DMSLTask(config, class_names)
+        if features is not None:
+            train_set = features.dataset(task.model, train_set)
+            val_set = features.dataset(task.model, val_set) if has_val else None
+            task.features_input = True
         data = TupleDataModule(train_set, val_set if has_val else None, batch_size=config.batch_size,
                                num_workers=config.num_workers, seed=seed)
         checkpoint, latest = checkpoint_callbacks(ckpt_dir, monitor)
@@ -320,7 +330,8 @@ def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_
 
     Args:
         models: :class:`DMSLTask` or :class:`MultiMagNet` modules (put in eval mode here).
-        dataset: a tuple dataset with the evaluation transform.
+        dataset: a tuple dataset with the evaluation transform, or a
+            :class:`~histomag.dmsl.features.FeatureTupleDataset` of the models' own encoders.
         batch_size, num_workers: DataLoader settings.
         device: default CUDA when available, else CPU.
         progress: show a progress bar.
@@ -335,6 +346,7 @@ def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     nets = [m.to(device).eval() for m in models]
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    cached = bool(getattr(dataset, "yields_features", False))  # the encoders' maps, not images
     out: np.ndarray | None = None
     heads: np.ndarray | None = None
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
@@ -343,7 +355,7 @@ def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_
         for xs, _, idx in loader:
             xs = [x.to(device, non_blocking=True) for x in xs]
             with autocast:
-                outs = [net(xs) for net in nets]
+                outs = [net(xs, features=cached) if cached else net(xs) for net in nets]
             probs = torch.stack([o["probs"].float() for o in outs]).mean(dim=0)
             if out is None:
                 out = np.zeros((len(dataset), probs.shape[1]), dtype=np.float64)  # type: ignore[arg-type]

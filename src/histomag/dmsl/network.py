@@ -51,10 +51,16 @@ class MultiMagNet(nn.Module):
         fusion: ``"equal"`` or ``"learned"`` branch weights (``"learned"``: modes that fuse branches).
         weights: backbone weights, as for :func:`~histomag.backbones.create_backbone`.
         dropout: dropout on the pooled features before the head(s), in ``[0, 1)``.
+        freeze_backbone: keep the branches' encoders fixed (``requires_grad`` False, and in eval
+            mode whatever ``train()`` says, so BatchNorm statistics do not move). Each branch's
+            map then goes through a trainable 1x1 conv + ReLU (``projections``) before pooling;
+            the heads and the SIM loss see the projected maps, so SIM has something to align.
 
     Attributes:
         branches: ``nn.ModuleList`` of :class:`Backbone` (one if shared or single).
         heads: ``nn.ModuleList`` of ``nn.Linear`` (one per magnification; one for mscn).
+        projections: ``nn.ModuleList`` (one per branch) of the frozen encoders' projections, or
+            of identities when the encoders train.
         mode, magnifications, n_classes, shared_backbone, fusion: the constructor arguments.
     """
 
@@ -69,6 +75,7 @@ class MultiMagNet(nn.Module):
         fusion: Fusion = "equal",
         weights: str | None = None,
         dropout: float = 0.0,
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         mags = tuple(float(m) for m in magnifications)
@@ -96,6 +103,15 @@ class MultiMagNet(nn.Module):
         n_branches = 1 if self.shared_backbone else len(mags)
         self.branches = nn.ModuleList([create_backbone(backbone, weights=weights) for _ in range(n_branches)])
         n_features = self.branches[0].num_features
+        self.freeze_backbone = bool(freeze_backbone)
+        if self.freeze_backbone:
+            for p in self.branches.parameters():
+                p.requires_grad_(False)
+            self.branches.eval()
+            self.projections = nn.ModuleList([nn.Sequential(nn.Conv2d(n_features, n_features, 1), nn.ReLU())
+                                              for _ in range(n_branches)])
+        else:
+            self.projections = nn.ModuleList([nn.Identity() for _ in range(n_branches)])
         self.dropout = nn.Dropout(dropout)
         if spec.head == "concat":
             self.heads = nn.ModuleList([nn.Linear(n_features * len(mags), n_classes)])
@@ -106,6 +122,13 @@ class MultiMagNet(nn.Module):
             self.fusion_logits = nn.Parameter(logits)
         else:
             self.register_buffer("fusion_logits", logits, persistent=False)
+
+    def train(self, mode: bool = True) -> MultiMagNet:
+        """Set training mode; frozen encoders stay in eval mode."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.branches.eval()
+        return self
 
     @property
     def n_inputs(self) -> int:
@@ -159,14 +182,17 @@ class MultiMagNet(nn.Module):
         """Pool the feature maps, apply the head(s) and fuse.
 
         Args:
-            feats: per-branch feature maps from :meth:`forward_features`.
+            feats: per-branch feature maps from :meth:`forward_features` (or cached ones).
 
         Returns:
             ``{"logits": [per-head (B, n_classes)], "probs": fused (B, n_classes),
-            "log_probs": log of the fused probabilities, "pooled": [per-branch (B, C)]}``.
+            "log_probs": log of the fused probabilities, "pooled": [per-branch (B, C)],
+            "feature_maps": the maps the heads pooled (projected when the encoders are frozen)}``.
         """
         if len(feats) != self.n_inputs:
             raise ConfigError(f"forward_head expects {self.n_inputs} feature map(s), got {len(feats)}")
+        if self.freeze_backbone:
+            feats = [self.projections[0 if self.shared_backbone else i](f) for i, f in enumerate(feats)]
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in feats]
         if self.spec.head == "concat":
             logits = [self.heads[0](self.dropout(torch.cat(pooled, dim=1)))]
@@ -178,11 +204,14 @@ class MultiMagNet(nn.Module):
             log_w = F.log_softmax(self.fusion_logits, dim=0).to(logits[0].dtype)
             per_branch = torch.stack([F.log_softmax(lg, dim=1) + log_w[m] for m, lg in enumerate(logits)])
             log_probs = torch.logsumexp(per_branch, dim=0)
-        return {"logits": logits, "probs": log_probs.exp(), "log_probs": log_probs, "pooled": pooled}
+        return {"logits": logits, "probs": log_probs.exp(), "log_probs": log_probs, "pooled": pooled,
+                "feature_maps": list(feats)}
 
-    def forward(self, xs: Tensor | Sequence[Tensor]) -> dict[str, Tensor | list[Tensor]]:
-        """Full pass: :meth:`forward_head` outputs plus ``"feature_maps"`` (for SIM)."""
-        feats = self.forward_features(xs)
-        out = self.forward_head(feats)
-        out["feature_maps"] = feats
-        return out
+    def forward(self, xs: Tensor | Sequence[Tensor], *, features: bool = False) -> dict[str, Tensor | list[Tensor]]:
+        """Full pass: :meth:`forward_head` of :meth:`forward_features` (``"feature_maps"`` feed SIM).
+
+        Args:
+            xs: one image batch per magnification; with ``features``, the branches' feature maps
+                instead (cached encoder outputs): the encoders are skipped.
+        """
+        return self.forward_head(self._as_list(xs) if features else self.forward_features(xs))
