@@ -10,7 +10,7 @@ on disk, one memory-mapped ``.npy`` per magnification and encoder::
 
 ``<key>`` hashes the dataset's identity (its folder and the bytes of ``dataset.json`` and
 ``manifest.csv``, or the slides and tile settings of a run's ``source.json``), the tile settings,
-the magnifications' order and the evaluation transform (normalisation); ``<encoder>`` hashes the
+its tuples and the evaluation transform (normalisation); ``<encoder>`` hashes the
 backbone's name and every tensor of its state (the weights file's content, or a seeded random
 init). A change to any of them is a new file, never a stale one. Rows are filled when first
 needed (a fold's training and validation tuples at its start, its test tuples when they are
@@ -97,7 +97,7 @@ class FeatureStore:
         self.magnifications = [float(m) for m in magnifications]
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         meta = {"schema": FEATURE_SCHEMA, "dataset": data_identity(data), "tile_settings": settings,
-                "magnifications": self.magnifications, "n_tuples": len(self.tuple_ids),
+                "n_tuples": len(self.tuple_ids),
                 "tuples_sha256": hashlib.sha256("\n".join(self.tuple_ids).encode()).hexdigest(),
                 "transform": {"normalise_mean": [float(v) for v in mean], "normalise_std": [float(v) for v in std],
                               "augment": False}}
