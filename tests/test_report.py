@@ -278,7 +278,7 @@ def test_missing_inputs_give_not_available_notes_naming_the_command(tmp_path: Pa
     page = Page(text)
     assert list(page.sections) == list(SECTION_IDS)
     unavailable = {s for s, cls in page.sections.items() if "unavailable" in cls}
-    assert unavailable == {"roc", "data-fraction", "gradcam", "similarity", "slides", "magnification"}
+    assert unavailable == {"comparison", "roc", "data-fraction", "gradcam", "similarity", "slides", "magnification"}
     for command in ("histomag dmsl evaluate", "--train-fraction", "histomag dmsl cam", "histomag dmsl similarity",
                     "histomag dmsl predict", "histomag magnification evaluate"):
         assert command in text, command
@@ -290,7 +290,8 @@ def test_missing_inputs_give_not_available_notes_naming_the_command(tmp_path: Pa
 def test_a_report_of_magnification_runs_only_notes_the_dmsl_sections(tmp_path: Path) -> None:
     page = Page(render_report([make_mag_run(tmp_path / "reg")]))
     unavailable = {s for s, cls in page.sections.items() if "unavailable" in cls}
-    assert unavailable == {"metrics", "roc", "confusion", "data-fraction", "gradcam", "similarity", "slides"}
+    assert unavailable == {"metrics", "comparison", "roc", "confusion", "data-fraction", "gradcam", "similarity",
+                           "slides"}
     assert len(page.images) == 1  # the scatter; no comparison without a classifier
 
 
@@ -445,7 +446,7 @@ def test_a_report_of_really_trained_runs(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     page = Page(render_report([run, mag]))
     unavailable = {s for s, cls in page.sections.items() if "unavailable" in cls}
-    assert unavailable == {"data-fraction", "slides"}  # one training fraction only; no slide predicted
+    assert unavailable == {"comparison", "data-fraction", "slides"}  # one run, one training fraction; no slide
     alts = [img["alt"] for img in page.images]
     assert sum(a.startswith("Grad-CAM panel") for a in alts) == 2
     assert {"ROC curves of sim", "confusion matrices of sim", "similarity pies of sim/similarity",
@@ -455,3 +456,24 @@ def test_a_report_of_really_trained_runs(tmp_path: Path) -> None:
     assert float(acc["data-mean"]) == summary["patch"]["accuracy"]["mean"]
     for img in page.images:
         assert decode(img["src"]).width >= 200
+
+
+def test_comparison_section_pairs_runs_fold_by_fold(tmp_path: Path) -> None:
+    ref = make_dmsl_run(tmp_path / "weak", skill=0.0, seed=1)
+    strong = make_dmsl_run(tmp_path / "strong", skill=3.0, seed=2)
+    page = Page(render_report([ref, strong]))
+    assert "unavailable" not in page.sections["comparison"]
+    text = render_report([ref, strong])
+    section = text[text.index('id="comparison"'):text.index('id="roc"')]
+    def cells(metric):
+        row = section[section.index(f"<td>{metric}</td>"):].split("</tr>")[0]
+        return [c.split(">")[-1] for c in row.split("</td>")[:-1]]
+
+    for metric in ("auc", "accuracy"):
+        row = cells(metric)
+        low, high = (float(v) for v in row[4].strip("[]").split(", "))
+        assert float(row[3]) > 0 and low <= float(row[3]) <= high and row[5] == "3/3"  # strong − weak
+    low = float(cells("accuracy")[4].strip("[]").split(", ")[0])
+    assert low > 0  # 4 test slides per fold: still clear for accuracy (AUC's interval is wider)
+    alone = Page(render_report([ref]))
+    assert "unavailable" in alone.sections["comparison"]

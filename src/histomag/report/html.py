@@ -23,6 +23,7 @@ from histomag.report.runs import DMSLRun, MagRun, load_run, unique_names
 from histomag.report.slides import slides_section
 from histomag.report.sections import (
     Section,
+    comparison_section,
     confusion_section,
     data_fraction_section,
     metrics_section,
@@ -31,7 +32,7 @@ from histomag.report.sections import (
 )
 
 #: ids of the report's sections, in page order
-SECTION_IDS: tuple[str, ...] = ("settings", "metrics", "roc", "confusion", "data-fraction", "gradcam", "similarity",
+SECTION_IDS: tuple[str, ...] = ("settings", "metrics", "comparison", "roc", "confusion", "data-fraction", "gradcam", "similarity",
                                 "slides", "magnification")
 
 CSS = """
@@ -185,7 +186,8 @@ def report_sections(runs: Sequence[str | Path], *, cams: Sequence[str | Path] = 
     cam_dirs = _explain_folders(cams, "cams", CAM_API, dmsl, "cams")
     sim_dirs = _explain_folders(similarity, "similarity", SIMILARITY_API, dmsl, "similarity")
     pred_dirs = _prediction_folders(pred_paths, dmsl)
-    sections = [settings_section(dmsl, mag), metrics_section(dmsl), roc_section(dmsl), confusion_section(dmsl),
+    sections = [settings_section(dmsl, mag), metrics_section(dmsl), comparison_section(dmsl), roc_section(dmsl),
+                confusion_section(dmsl),
                 data_fraction_section(dmsl), gradcam_section(cam_dirs), similarity_section(sim_dirs),
                 slides_section(pred_dirs), magnification_section(mag)]
     return sections, dmsl, mag

@@ -336,3 +336,45 @@ def data_fraction_section(dmsl: Sequence[DMSLRun]) -> Section:
     body += table(["settings", "run", "train %", "patch ACC", "patch AUC", "patient ACC", "patient AUC"], rows,
                   numeric_from=2)
     return Section("data-fraction", title, body)
+
+
+# ----- paired comparisons -----------------------------------------------------------------------
+#: bootstrap draws of the report's paired comparisons (the CLI's `dmsl compare` defaults to 2,000)
+REPORT_BOOT = 1000
+
+
+def comparison_section(dmsl: Sequence[DMSLRun]) -> Section:
+    """Each run against the first one: paired differences with 95% bootstrap intervals (:mod:`histomag.dmsl.compare`).
+
+    Runs pair when they share (seed, fold) and test tuples (the same data, seed and folds); other
+    runs are listed as not comparable, with the reason.
+    """
+    from histomag.dmsl.compare import compare_runs
+    from histomag.errors import HistomagError
+
+    if len(dmsl) < 2:
+        return _no_dmsl("comparison", "Paired comparison", "fewer than two DMSL runs were given")
+    ref = dmsl[0]
+    rows, notes = [], []
+    for run in dmsl[1:]:
+        try:
+            result = compare_runs(run.path, ref.path, level="slide", n_boot=REPORT_BOOT)
+        except HistomagError as exc:
+            notes.append(f"{run.name}: not comparable with {ref.name} ({exc})")
+            continue
+        for m in result.metrics:
+            rows.append([run.name, m.metric, f"{m.mean_a:.3f}", f"{m.mean_b:.3f}", f"{m.delta:+.3f}",
+                         f"[{m.low:+.3f}, {m.high:+.3f}]", f"{m.a_better}/{m.pairs}"])
+    body = []
+    if rows:
+        body.append(table(["run (A)", "metric", "A", f"B: {ref.name}", "Δ (A − B)", "95% interval",
+                           "pairs with A better"], rows, numeric_from=2, css="compact"))
+        hint = ("Every run against the first, paired by seed and fold at the slide (image) level; the interval "
+                "resamples the test patients of every fold with replacement, the same draw for both runs "
+                f"({REPORT_BOOT:,} draws). An interval that holds 0 is no evidence of a difference.")
+        body.append(f'<p class="hint">{esc(hint)}</p>')
+    for note in notes:
+        body.append(f'<p class="hint">{esc(note)}</p>')
+    if not rows:
+        return Section("comparison", "Paired comparison", "".join(body), available=False)
+    return Section("comparison", "Paired comparison", "".join(body))
