@@ -630,10 +630,11 @@ def mutate_torch(data: bytes, rng: random.Random) -> bytes:
     ckpt = torch.load(io.BytesIO(data), weights_only=True)
     r = rng.random()
     if r < 0.55:  # the histomag metadata
-        ckpt["histomag"] = ckpt.get("histomag", {})
         for _ in range(rng.choice([1, 2])):
-            ckpt = mutate_tree(ckpt, rng) if rng.random() < 0.15 else {**ckpt, "histomag": mutate_tree(
-                ckpt["histomag"], rng)}
+            if rng.random() < 0.15 or not isinstance(ckpt.get("histomag"), (dict, list)):
+                ckpt = mutate_tree(ckpt, rng)
+            else:
+                ckpt = {**ckpt, "histomag": mutate_tree(ckpt["histomag"], rng)}
             if not isinstance(ckpt, dict):
                 break
     else:  # the weights
@@ -670,7 +671,7 @@ def make_inputs(parser: Parser, n: int, seed: int) -> list[tuple[int, Files, str
         files, name = seeds[i % len(seeds)]
         try:
             data = mutate(files[name], rng)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # a tree the mutator cannot re-serialise
+        except Exception:  # noqa: BLE001 - a tree the mutator cannot re-serialise: mutate its bytes instead
             data = mutate_bytes(files[name], rng)
         if parser.fixup is not None:
             data = parser.fixup(data, rng)

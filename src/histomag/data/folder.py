@@ -118,7 +118,7 @@ class TileSettings:
             ts["magnifications"] = tuple(float(m) for m in ts["magnifications"])
             ts.update(changes)
             return cls(**ts)  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
             raise DatasetError(f"stored tile settings are damaged ({type(exc).__name__}: {first}); "
                                f"{RETILE_HINT} into a new folder") from None

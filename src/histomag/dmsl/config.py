@@ -193,7 +193,7 @@ class DMSLConfig:
         kwargs.setdefault("freeze_backbone", False)
         try:
             return cls(**kwargs)
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type (a damaged file)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:  # a damaged file's field
             first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
             raise ConfigError(f"a stored DMSL config has a value of the wrong type ({first}); "
                               "use the config a run or checkpoint wrote") from None

@@ -160,7 +160,7 @@ class MagnifierConfig:
         names = set(cls.field_names())
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type (a damaged file)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:  # a damaged file's field
             first = ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
             raise ConfigError(f"a stored magnifier config has a value of the wrong type ({first}); "
                               "use the config a run or checkpoint wrote") from None

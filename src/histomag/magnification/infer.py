@@ -259,7 +259,7 @@ def load_estimator(checkpoint: str | Path | None = None, map_location: str | tor
         others = (meta or {}).get("intervals") or {}
         fallback_key = "cnn_tta" if tta != (1.0,) else "cnn"
         fallback = IntervalCalibration.from_dict(others[fallback_key]) if fallback_key in others else calibration
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{ckpt_path} holds a damaged calibration ({type(exc).__name__}: {_first_line(exc)}); "
                               f"export the model again with export_model") from None
     return Estimator(model, config, calibration, "shipped network" if str(checkpoint) == "cnn" else str(path), tta,

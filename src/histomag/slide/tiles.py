@@ -136,7 +136,10 @@ class TileSlide(TiffSlideSlide):
             raise UnreadableSlideError(f"{Path(path).name}: tifffile cannot list its levels "
                                        f"({_one_line(exc)})") from None
         # the levels' tile tables were checked against the file by TiffSlideSlide (tile_table_problem)
-        problem = self._unsupported() or self._prepare_jpeg()
+        try:
+            problem = self._unsupported() or self._prepare_jpeg()
+        except (TypeError, ValueError, AttributeError, IndexError, OSError) as exc:  # tags of the wrong count/type
+            problem = f"malformed TIFF tags ({type(exc).__name__})"
         if problem:
             self.close()
             raise UnreadableSlideError(f"{Path(path).name}: not for the direct tile reader ({problem})")

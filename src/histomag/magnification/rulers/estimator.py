@@ -237,7 +237,7 @@ def load_ruler_calibration(path: str | Path | None = None) -> RulerCalibration:
     except FileNotFoundError:
         raise CheckpointError(f"the rulers' calibration {p} is missing; reinstall histomag, or make one with "
                               "histomag.magnification.rulers.cv.calibrate") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: a list where a mapping belongs
         raise CheckpointError(f"{p} is not a rulers' calibration ({exc}); give a file written by "
                               "RulerCalibration.save") from None
 
