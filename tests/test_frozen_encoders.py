@@ -42,6 +42,10 @@ def test_register_tokens_are_dropped_too() -> None:
 def test_timm_names_take_constructor_arguments() -> None:
     assert parse_timm_name("vit_large_patch16_224,init_values=1e-5, act_layer=gelu") == (
         "vit_large_patch16_224", {"init_values": 1e-5, "act_layer": "gelu"})
+    # mean/std (with their commas) set the normalisation the weights expect; they are not constructor arguments
+    vit = create_backbone(VIT + ",mean=(0.485, 0.456, 0.406),std=(0.229,0.224,0.225)")
+    assert vit.input_mean == (0.485, 0.456, 0.406) and vit.input_std == (0.229, 0.224, 0.225)
+    assert create_backbone(VIT).input_mean == (0.5, 0.5, 0.5)  # timm's pretrained_cfg for the architecture
     with pytest.raises(ConfigError, match="key=value"):
         parse_timm_name("vit_tiny_patch16_224,depth")
     with pytest.raises(ConfigError, match="constructor"):
@@ -69,7 +73,7 @@ def _batch(n: int = 4) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     return [torch.rand(n, 3, 64, 64, generator=g), torch.rand(n, 3, 32, 32, generator=g)], torch.arange(n) % 2, torch.arange(n)
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 @pytest.mark.parametrize("backbone", [VIT, "tiny"])
 def test_a_training_step_moves_the_heads_and_projections_but_not_the_frozen_encoders(backbone: str) -> None:
     config = DMSLConfig(backbone=backbone, freeze_backbone=True, mode="sim", fusion="learned", lr=1e-2, augment=False)

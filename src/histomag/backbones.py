@@ -183,7 +183,9 @@ class TimmBackbone(Backbone):
     Args:
         model_name: a timm model name (see ``timm.list_models()``), optionally followed by
             constructor arguments: ``"vit_large_patch16_224,init_values=1e-5"`` (values are
-            Python literals; anything else is a string).
+            Python literals; anything else is a string). ``mean=(r,g,b)`` and ``std=(r,g,b)``
+            are not passed on: they set the input normalisation the weights expect (default:
+            the architecture's timm ``pretrained_cfg``).
 
     Raises:
         ConfigError: timm is not installed, the name is unknown, bad arguments, or no conv.
@@ -202,6 +204,7 @@ class TimmBackbone(Backbone):
         arch, kwargs = parse_timm_name(model_name)
         if not timm.is_model(arch):
             raise ConfigError(f"unknown timm model {arch!r}; list valid names with timm.list_models()")
+        norm = {k: kwargs.pop(k) for k in ("mean", "std") if k in kwargs}  # ours, not the constructor's
         self.model = _create_timm(timm, arch, kwargs, model_name)
         convs = [n for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d)]
         if not convs:
@@ -220,8 +223,10 @@ class TimmBackbone(Backbone):
         heads = cfg.get("classifier") or ()
         heads = (heads,) if isinstance(heads, str) else tuple(heads)
         self.classifier_keys = tuple(f"{self.key_prefix}{h}." for h in heads)
-        self.input_mean = tuple(cfg.get("mean", IMAGENET_MEAN))  # type: ignore[assignment]
-        self.input_std = tuple(cfg.get("std", IMAGENET_STD))  # type: ignore[assignment]
+        self.input_mean = tuple(norm.get("mean", cfg.get("mean", IMAGENET_MEAN)))  # type: ignore[assignment]
+        self.input_std = tuple(norm.get("std", cfg.get("std", IMAGENET_STD)))  # type: ignore[assignment]
+        if len(self.input_mean) != 3 or len(self.input_std) != 3:
+            raise ConfigError(f"{self.name}: mean and std take three values (R, G, B), e.g. mean=(0.485,0.456,0.406)")
 
     def forward_features(self, x: Tensor) -> Tensor:
         y = self.model.forward_features(x)
@@ -260,7 +265,14 @@ def parse_timm_name(model_name: str) -> tuple[str, dict[str, Any]]:
     """
     import ast
 
-    arch, *parts = [p.strip() for p in model_name.split(",")]
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(model_name + ","):  # split on the commas outside brackets
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(model_name[start:i].strip())
+            start = i + 1
+    arch, *parts = parts
     kwargs: dict[str, Any] = {}
     for part in parts:
         key, eq, value = part.partition("=")
