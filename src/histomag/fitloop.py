@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,6 +55,25 @@ def lightning_quiet(verbose: bool) -> Iterator[None]:
             rank_zero.removeFilter(_not_a_tip)
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
+
+
+def launched_rank_zero() -> bool:
+    """False in a process that a distributed launch started as a rank other than the global rank 0.
+
+    Read from the launchers' environment before any Trainer exists: ``RANK`` (torchrun and other
+    elastic launchers), ``SLURM_PROCID`` in a Slurm step of several tasks, and ``NODE_RANK`` /
+    ``LOCAL_RANK`` (Lightning's own ``ddp`` launcher re-runs the command in each extra process with
+    ``LOCAL_RANK`` set, and on every node but the first with ``NODE_RANK``). Such a process trains
+    with the others but writes nothing of the run folder: its global rank 0 does.
+    """
+    env = os.environ
+    if env.get("RANK", "").strip().isdigit():
+        return int(env["RANK"]) == 0
+    ntasks = env.get("SLURM_NTASKS", "1")
+    if env.get("SLURM_PROCID", "").isdigit() and ntasks.isdigit() and int(ntasks) > 1:
+        return int(env["SLURM_PROCID"]) == 0
+    return all(int(v) == 0 for v in (env.get("NODE_RANK", "0"), env.get("GROUP_RANK", "0"), env.get("LOCAL_RANK", "0"))
+               if v.strip().isdigit())
 
 
 def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, num_workers: int, seed: int | None = None,

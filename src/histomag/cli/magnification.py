@@ -133,6 +133,10 @@ def train(
     acquisition: str = typer.Option("full", "--acquisition", help="Sources only: full, off, or no-PART "
                                     "(kernel, blur, sharpen, noise, jpeg, stain) for ablations."),
     epoch_size: int = typer.Option(3072, "--epoch-size", help="Sources only: crops drawn per epoch."),
+    devices: str = typer.Option("1", "--devices", help="Lightning devices: a count, auto, or ids like 0,1 (with "
+                                "--strategy ddp, one process each, on CPUs too; --batch-size is per process)."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes for multi-node training (docs/cohort.md)."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy (auto, ddp, ...)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the magnification regressor (Huber loss, AdamW, LR halved on plateau, best-on-val checkpoint)."""
@@ -146,6 +150,8 @@ def train(
     overrides = {"backbone": backbone, "weights": weights, "target": target, "epochs": epochs, "patience": patience,
                  "batch_size": batch_size, "lr": lr, "crop": crop, "num_workers": workers,
                  "max_time_minutes": max_minutes, "seed": seed,
+                 "devices": int(devices) if devices.strip().isdigit() else devices.strip(),
+                 "num_nodes": num_nodes if num_nodes != 1 else None, "strategy": strategy if strategy != "auto" else None,
                  "model_type": MODEL_TYPE_CLASSIFIER if model == "classifier" else MODEL_TYPE_REGRESSOR}
     name = preset or ("cpu-small" if on_set else "real-small")
     config = make_preset(name, **{k: v for k, v in overrides.items() if v is not None})
@@ -157,7 +163,10 @@ def train(
         sources = _load_real_sources(data, quiet)
         run = train_on_sources(sources, out, config, progress=not quiet,
                                training=_training(acquisition, epoch_size))
-    print(f"trained {config.model_type} ({config.backbone}, preset {name}) -> {run}/checkpoints/best.ckpt")
+    from histomag.fitloop import launched_rank_zero
+
+    if launched_rank_zero():  # the other processes of a distributed run trained with it and wrote nothing
+        print(f"trained {config.model_type} ({config.backbone}, preset {name}) -> {run}/checkpoints/best.ckpt")
 
 
 @mag_app.command("cv")

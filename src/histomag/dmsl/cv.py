@@ -7,6 +7,7 @@ the best checkpoint) are carved out of the fold's training patients.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from histomag.dmsl.metrics import (
     table_rows,
 )
 from histomag.dmsl.config import RUNTIME_FIELDS, DMSLConfig
+from histomag.fitloop import launched_rank_zero
 from histomag.dmsl.fit import (
     check_backbone,
     fit_fold,
@@ -246,19 +248,32 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
         resume: skip finished folds and continue unfinished ones from their ``last.ckpt``.
         progress: progress bars and Lightning's info messages.
 
+    Distributed training (``config.devices``/``num_nodes``/``strategy``, e.g. ``strategy="ddp"``):
+    every process runs this function with the same arguments and the same splits; global rank 0
+    writes the run folder (config, splits, checkpoints, logs, predictions, metrics) and predicts
+    each fold's whole test set; the other processes train with it, write nothing and return an
+    empty :class:`CVResult`. Several nodes need ``out_dir`` on a file system they share.
+
     Raises:
         DatasetError: unusable dataset folder (missing, magnifications differ, < 2 classes).
         ConfigError: unknown backbone, fewer patients than folds, an existing run without
             ``resume``, or resuming with other settings.
     """
     run_dir = Path(out_dir)
+    writer = launched_rank_zero()  # the other ranks of a distributed launch leave the run folder to rank 0
     check_backbone(config.backbone)
-    if RunFolder(run_dir).exists() and not resume:
+    if writer and RunFolder(run_dir).exists() and not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass resume=True to continue it or choose another output folder")
-    if isinstance(data_dir, SlideSource):
-        data_dir = _adopt_source(data_dir, run_dir, resume)
-    data_dir = Path(data_dir)
-    probe = open_tuples(data_dir, config.magnifications, subset=config.spec.single)
+    if isinstance(data_dir, SlideSource) and not writer:  # the slides as rank 0 stores them, read back, in memory
+        stored = SlideSource.from_json(json.loads(json.dumps(data_dir.to_json(), default=str)))
+        data_dir = run_dir / SLIDE_SOURCE_FILE
+        probe: TupleDataset | SlideTupleDataset = SlideTupleDataset(
+            list(stored.jobs), stored.settings, magnifications=config.magnifications, labelled_only=True)
+    else:
+        if isinstance(data_dir, SlideSource):
+            data_dir = _adopt_source(data_dir, run_dir, resume)
+        data_dir = Path(data_dir)
+        probe = open_tuples(data_dir, config.magnifications, subset=config.spec.single)
     if not config.spec.single and config.spec.tuple_mode != probe.tuple_mode:
         warnings.warn(f"mode {config.mode} expects {config.spec.tuple_mode} tuples ({TUPLE_LAYOUTS[config.spec.tuple_mode]}) "
                       f"but {data_dir} holds {probe.tuple_mode} tuples; tile with layout={config.spec.tuple_mode}",
@@ -269,12 +284,16 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
         raise DatasetError(f"{data_dir} has labelled tuples of {len(classes)} class(es) ({', '.join(classes) or 'none'}); "
                            "a classifier needs at least two: tile with label masks of two or more classes, or from an index CSV "
                            "with a label column")
-    if RunFolder(run_dir).exists():
+    if writer and RunFolder(run_dir).exists():
         _check_resume(run_dir, config, data_dir)
     settings = probe.settings if isinstance(probe.settings, dict) else probe.settings.to_json()
-    RunFolder(run_dir).write_meta(config=config.to_dict(), data=data_dir, classes=classes,
-                                  tuple_mode=probe.tuple_mode, tile_settings=settings)
-    run = read_run(run_dir)
+    record = dict(config=config.to_dict(), data=data_dir, classes=classes, tuple_mode=probe.tuple_mode,
+                  tile_settings=settings)
+    if writer:
+        RunFolder(run_dir).write_meta(**record)
+        run = read_run(run_dir)
+    else:
+        run = RunFolder(run_dir).held(**record)
     labels = [r["label"] for r in rows]
     patients = [patient_of(r) for r in rows]
     warn_thin_classes(labels, patients)
@@ -287,7 +306,7 @@ def cross_validate(data_dir: str | Path | SlideSource, out_dir: str | Path, conf
     for k, (train_idx, test_idx) in enumerate(run_splits(labels, patients, config.folds, config.seed), start=1):
         per_fold.append(_run_fold(run, k, probe, rows, train_idx, test_idx, classes, mean, std, resume=resume,
                                   progress=progress, features=store))
-    if not all(per_fold):  # a non-zero rank of a distributed run: rank 0 writes the results
+    if not writer or not all(per_fold):  # a non-zero rank of a distributed run: rank 0 writes the results
         return CVResult(run_dir, [], {}, "")
     table = write_summary(run, per_fold)
     return CVResult(run_dir, per_fold, summarise(per_fold), table)
@@ -311,13 +330,15 @@ def cross_validate_seeds(data_dir: str | Path | SlideSource, out_dir: str | Path
     if seeds == 1:
         return cross_validate(data_dir, out_dir, config, resume=resume, progress=progress)
     root = SeedRuns(out_dir)
-    if (root.exists() or RunFolder(out_dir).exists()) and not resume:
-        raise ConfigError(f"{out_dir} already holds a run; pass resume=True to continue it or choose another output folder")
     chosen = [config.seed + i for i in range(seeds)]
-    if root.exists() and root.seeds() != chosen:
-        raise ConfigError(f"{out_dir} was trained with seeds {root.seeds()}; keep seed and seeds to resume, or give "
-                          "another output folder")
-    root.write(chosen)
+    if launched_rank_zero():  # a distributed run's other ranks train each seed and write nothing
+        if (root.exists() or RunFolder(out_dir).exists()) and not resume:
+            raise ConfigError(f"{out_dir} already holds a run; pass resume=True to continue it or choose another "
+                              "output folder")
+        if root.exists() and root.seeds() != chosen:
+            raise ConfigError(f"{out_dir} was trained with seeds {root.seeds()}; keep seed and seeds to resume, or "
+                              "give another output folder")
+        root.write(chosen)
     per_fold: list[dict[str, dict[str, Any]]] = []
     for s in chosen:
         sub = root.seed_dir(s)
@@ -368,15 +389,16 @@ def _run_fold(run: RunFolder, k: int, base: TupleDataset | SlideTupleDataset, ro
     if missing:
         warnings.warn(f"fold {k}: no {', '.join(missing)} tuples among the training patients", UserWarning,
                       stacklevel=3)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-
-    run.write_split(k, {
+    split = {
         "fold": k, "train_patients": sorted({patient_of(r) for r in train_rows}),
         "val_patients": sorted({patient_of(r) for r in val_rows}),
         "test_patients": sorted({patient_of(r) for r in test_rows}),
         "n_train": len(train_rows), "n_val": len(val_rows), "n_test": 0 if final else len(test_rows),
         "final_model": final,
-        "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]})
+        "train_fraction": config.train_fraction, "test_tuples": [r["tuple_id"] for r in test_rows]}
+    if launched_rank_zero():
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        run.write_split(k, split)
     result = fit_fold(config, _datasets(base, config, train_rows, classes, mean, std, train=True),
                       _datasets(base, config, val_rows, classes, mean, std, train=False) if val_rows else None,
                       fold_dir, class_names=classes, resume=resume, progress=progress, seed=config.seed + k,

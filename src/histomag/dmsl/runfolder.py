@@ -185,12 +185,23 @@ class RunFolder:
                                   f"re-run: {DMSL_TRAIN_HINT}")
         return meta
 
-    def write_meta(self, *, config: dict[str, Any], data: Path, classes: Sequence[str], tuple_mode: str,
-                   tile_settings: dict[str, Any]) -> None:
+    @staticmethod
+    def meta_record(*, config: dict[str, Any], data: Path, classes: Sequence[str], tuple_mode: str,
+                    tile_settings: dict[str, Any]) -> dict[str, Any]:
+        """What :meth:`write_meta` writes into ``config.json``."""
+        return {"model_type": MODEL_TYPE, "version": RUN_VERSION, "config": config, "data": str(Path(data).resolve()),
+                "classes": list(classes), "tuple_mode": tuple_mode, "tile_settings": tile_settings}
+
+    def write_meta(self, **record: Any) -> None:
+        """Write ``config.json`` (keyword arguments as :meth:`meta_record`)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config_path, {
-            "model_type": MODEL_TYPE, "version": RUN_VERSION, "config": config, "data": str(Path(data).resolve()),
-            "classes": list(classes), "tuple_mode": tuple_mode, "tile_settings": tile_settings})
+        atomic_write_json(self.config_path, self.meta_record(**record))
+
+    def held(self, **record: Any) -> RunFolder:
+        """This folder with the ``config.json`` of :meth:`meta_record` held in memory, not written: the view of a
+        distributed run's other processes, which train but leave the folder to global rank 0."""
+        self._meta, self._config = self.meta_record(**record), None
+        return self
 
     # ----- folds ------------------------------------------------------------------------------
     def read_split(self, k: int) -> dict[str, Any] | None:

@@ -67,6 +67,8 @@ class MagnifierConfig:
         seed: seed for weights, sampling and augmentation.
         max_time_minutes: stop training after this many minutes (None: no limit).
         precision: Lightning precision; None picks ``16-mixed`` on a GPU, else ``32-true``.
+        devices, num_nodes, strategy: passed to ``lightning.Trainer`` (e.g. ``devices=2,
+            strategy="ddp"``: two processes, on CPUs too); ``batch_size`` is per process.
         preset: name of the preset the config started from (informational).
     """
 
@@ -96,6 +98,9 @@ class MagnifierConfig:
     seed: int = 0
     max_time_minutes: float | None = None
     precision: str | None = None
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -130,6 +135,8 @@ class MagnifierConfig:
             (self.calibration_batches >= 0, "calibration_batches must be >= 0"),
             (self.max_time_minutes is None or self.max_time_minutes > 0, "max_time_minutes must be > 0 or None"),
             (self.target_variance > 0, "target_variance must be > 0"),
+            (isinstance(self.devices, str) or self.devices >= 1, "devices must be >= 1, 'auto' or device ids"),
+            (self.num_nodes >= 1, "num_nodes must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

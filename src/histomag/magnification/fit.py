@@ -32,6 +32,7 @@ from histomag.fitloop import (
     checkpoint_plugins,
     default_precision,
     ensure_best,
+    launched_rank_zero,
     lightning_quiet,
     make_loader,
 )
@@ -104,10 +105,13 @@ class MagnifierTask(L.LightningModule):
             extra = {f"{stage}_acc1": ((pred - mag).abs() <= 1.0).float().mean()}
         n = x.shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n)
+        # validation figures are averaged over the processes of a distributed run: the plateau scheduler and the
+        # best checkpoint then follow the whole validation set, the same on every process
+        sync = stage == "val"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         self.log(f"{stage}_mae", (pred.detach() - mag).abs().mean(), on_step=False, on_epoch=True,
-                 prog_bar=stage == "val", batch_size=n)
-        self.log_dict(extra, on_step=False, on_epoch=True, batch_size=n)
+                 prog_bar=stage == "val", batch_size=n, sync_dist=sync)
+        self.log_dict(extra, on_step=False, on_epoch=True, batch_size=n, sync_dist=sync)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -221,7 +225,8 @@ def _merge_logs(run: MagnificationRun) -> None:
 
 def _trainer_kwargs(config: MagnifierConfig) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
-    kw: dict[str, Any] = dict(accelerator="auto", devices=1, precision=default_precision(config.precision),
+    kw: dict[str, Any] = dict(accelerator="auto", devices=config.devices, num_nodes=config.num_nodes,
+                              strategy=config.strategy, precision=default_precision(config.precision),
                               max_epochs=config.epochs,
                               enable_model_summary=False, num_sanity_val_steps=1,
                               deterministic=not cuda)  # CUDA has no deterministic adaptive-pool backward
@@ -253,6 +258,10 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
         DatasetError: bad or incomplete magnification set.
         ConfigError: resuming with different architecture settings, or ``resume=False`` on a
             folder that already holds checkpoints.
+
+    Distributed training (``config.devices``/``num_nodes``/``strategy``, e.g. ``strategy="ddp"``):
+    every process calls this with the same arguments; global rank 0 writes the run folder (config,
+    checkpoints, logs, summary), the others train with it and write nothing.
     """
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -261,7 +270,8 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
     run = MagnificationRun(run_dir)
     ckpt_dir = run.checkpoint_dir
     last = run.checkpoint_path("last")
-    if last.is_file() and not resume:
+    writer = launched_rank_zero()  # the other ranks of a distributed launch leave the run folder to rank 0
+    if writer and last.is_file() and not resume:
         raise ConfigError(f"run folder {run_dir} already holds checkpoints; resume it or give another output folder")
     if last.is_file():
         _check_resume(run_dir, config)
@@ -274,8 +284,9 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
             data = datamodule(config, backbone.input_mean, backbone.input_std)
         else:
             data = MagnificationDataModule(Path(data_dir), config, backbone.input_mean, backbone.input_std)  # type: ignore[arg-type]
-        run.write_config(config.to_dict(), data_dir=data_dir, extra=extra_config,
-                         versions={"torch": torch.__version__, "lightning": L.__version__})
+        if writer:
+            run.write_config(config.to_dict(), data_dir=data_dir, extra=extra_config,
+                             versions={"torch": torch.__version__, "lightning": L.__version__})
         checkpoint, latest = checkpoint_callbacks(ckpt_dir, config.monitor)
         callbacks: list[Any] = [checkpoint, latest, LearningRateMonitor(logging_interval="epoch")]
         if progress:
@@ -289,7 +300,10 @@ def train_magnifier(data_dir: str | Path | None, out_dir: str | Path, config: Ma
             trainer.fit(task, datamodule=data, ckpt_path=last if resume and last.is_file() else None)
         finally:
             torch.use_deterministic_algorithms(deterministic_before)
-            _merge_logs(run)
+            if writer and trainer.is_global_zero:
+                _merge_logs(run)
+    if not (writer and trainer.is_global_zero):
+        return run_dir
     ensure_best(ckpt_dir)
     score = checkpoint.best_model_score
     run.write_train_summary({
