@@ -21,6 +21,9 @@ def audit(
     n_crops: int = typer.Option(32, "--n-crops", help="At most this many fields (rulers) or crops (a network) per file."),
     evidence: bool = typer.Option(False, "--evidence", help="Also draw what the rulers measured in each file "
                                   "(OUT/evidence/*.png, linked from audit.html)."),
+    overlays: bool = typer.Option(False, "--overlays", help="Also draw each file's thumbnail with its tissue mask and "
+                                  "the fields the estimate measured outlined (OUT/overlays/*.png, linked from "
+                                  "audit.html)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: audit only every N-th file from the K-th (copy K "
                                         "of N copies given the same files) into OUT/shards/K-of-N; join them with "
@@ -54,7 +57,7 @@ def audit(
     with cluster_client(cluster) as client:
         rows = audit_files(items, estimator, out, n_crops=n_crops, progress=not quiet, client=client,
                            checkpoint=checkpoint, keep_thumbs=the_shard is not None, render=render_audit,
-                           evidence=draw)
+                           evidence=draw, overlays=overlays)
     bad = [r for r in rows if r["verdict"] == "error"]
     for r in bad:
         error(r["error"])

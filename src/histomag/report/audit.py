@@ -34,7 +34,8 @@ def render_audit(rows: Sequence[dict[str, Any]], thumbs: Sequence[bytes | None],
             esc(est),
             esc(interval),
             esc(row.get("caveat", "")) + (f' <a href="{esc(row["evidence"])}">what was measured</a>'
-                                          if row.get("evidence") else ""),
+                                          if row.get("evidence") else "")
+            + (f' <a href="{esc(row["overlay"])}">tissue and fields measured</a>' if row.get("overlay") else ""),
         ])
     counts = {v: sum(r["verdict"] == v for r in rows) for v in colour}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)

@@ -107,14 +107,17 @@ class RulerEstimator(FileEstimates):
         return [rgb[y:y + bh, x:x + bw] for x, y, bw, bh in field_boxes(mask, w, h, max_fields, name,
                                                                           self.calibration.field)]
 
+    def field_boxes_slide(self, slide: Any, mask: TissueMask | None = None,
+                          max_fields: int = MAX_FIELDS_SLIDE) -> list[tuple[int, int, int, int]]:
+        """The level-0 boxes ``(left, top, width, height)`` of the fields the rulers measure in a slide."""
+        mask = mask if mask is not None else slide_tissue_mask(slide)
+        w, h = slide.dimensions
+        return field_boxes(mask, w, h, max_fields, slide.path.name, self.calibration.field)
+
     def fields_slide(self, slide: Any, mask: TissueMask | None = None,
                      max_fields: int = MAX_FIELDS_SLIDE) -> list[np.ndarray]:
         """The fields the rulers measure in a slide or image file (level 0, square pixels)."""
-        mask = mask if mask is not None else slide_tissue_mask(slide)
-        w, h = slide.dimensions
-        return [slide.read_native(x, y, bw, bh) for x, y, bw, bh in field_boxes(mask, w, h, max_fields,
-                                                                                 slide.path.name,
-                                                                                 self.calibration.field)]
+        return [slide.read_native(x, y, bw, bh) for x, y, bw, bh in self.field_boxes_slide(slide, mask, max_fields)]
 
     def readings_rgb(self, rgb: np.ndarray, name: str = "image", mask: TissueMask | None = None,
                      max_fields: int = MAX_FIELDS_IMAGE) -> list[FieldReading]:
