@@ -162,3 +162,21 @@ def test_seeds_train_paired_runs_with_per_branch_figures_and_compare_them_on_the
     code = run(["dmsl", "compare", str(tmp_path / "mm"), str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err and "nope" in err
+
+
+def test_a_head_of_a_fused_run_is_an_operand(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "mm", _good, mode="mm", mags=(10.0, 5.0))
+    for k in (1, 2, 3):  # rewrite each fold with per-head probabilities: 10x good, 5x noise
+        rf = RunFolder(run)
+        fold = rf.read_predictions(k, CLASSES)
+        rng = np.random.default_rng(k)
+        heads = {"10x": np.stack([_good(y, rng) for y in fold.y]), "5x": np.stack([_noise(y, rng) for y in fold.y])}
+        rows = [{"tuple_id": t, "slide_id": s, "patient_id": p, "label": CLASSES[y]}
+                for t, s, p, y in zip(fold.tuple_ids, fold.slides, fold.patients, fold.y)]
+        rf.write_predictions(rf.predictions_path(k), rows, fold.probs, CLASSES, heads)
+    head = load_operand(f"{run}@10x")
+    assert np.allclose(head.folds[(0, 1)].probs, RunFolder(run).read_predictions(1, CLASSES).branches["10x"], atol=1e-5)
+    auc = {m.metric: m for m in compare_runs(f"{run}@10x", f"{run}@5x", n_boot=200).metrics}["auc"]
+    assert auc.delta > 0.1
+    with pytest.raises(ConfigError, match="no head '20x'.*heads: 10x, 5x"):
+        load_operand(f"{run}@20x")

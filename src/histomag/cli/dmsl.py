@@ -181,7 +181,8 @@ def evaluate(
 
 @dmsl_app.command("compare")
 def compare(
-    run_a: str = typer.Argument(..., metavar="RUN_A", help="Run folder, multi-seed run folder (--seeds), or RUN_X+RUN_Y "
+    run_a: str = typer.Argument(..., metavar="RUN_A", help="Run folder, multi-seed run folder (--seeds), RUN@10x (one head "
+                                "of a fused run on its own), or RUN_X+RUN_Y "
                                 "(late fusion: the mean of two runs' probabilities)."),
     run_b: str = typer.Argument(..., metavar="RUN_B", help="The same kinds; trained on the same data, seeds and folds."),
     level: str = typer.Option("slide", "--level", help="tuple, slide (a slide's or image's mean probabilities) or patient."),

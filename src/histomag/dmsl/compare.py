@@ -9,7 +9,8 @@ is a percentile bootstrap that resamples the test patients (or image groups) of 
 again, 2,000 times by default.
 
 A run operand is a run folder, a multi-seed run folder (``train --seeds K``, see
-:class:`~histomag.dmsl.runfolder.SeedRuns`) or ``RUN_X+RUN_Y``: the *late fusion* of two runs, the
+:class:`~histomag.dmsl.runfolder.SeedRuns`), ``RUN@10x`` (one head of a fused run on its own: how
+good is a branch inside the fused model?) or ``RUN_X+RUN_Y``: the *late fusion* of two runs, the
 mean of their probabilities (e.g. two single-magnification runs, the free baseline that a trained
 fusion must beat).
 
@@ -72,16 +73,34 @@ def _classes(path: Path) -> tuple[str, ...]:
     return tuple(runs[0].class_names)
 
 
+def _read_part(part: str) -> tuple[dict[tuple[int, int], FoldPredictions], tuple[str, ...]]:
+    """One run, or one head of a fused run (``RUN@10x``: that head's own probabilities)."""
+    path, _, head = part.rpartition("@") if "@" in part and not Path(part).exists() else (part, "", "")
+    folds, classes = _read_run(Path(path)), _classes(Path(path))
+    if not head:
+        return folds, classes
+    out = {}
+    for key, fold in folds.items():
+        if not fold.branches or head not in fold.branches:
+            have = ", ".join(fold.branches or {}) or "none recorded"
+            raise ConfigError(f"{path} has no head {head!r} in seed {key[0]} fold {key[1]} (heads: {have}); name a "
+                              "head of a fused run like RUN@10x")
+        out[key] = FoldPredictions(fold.fold, fold.patients, fold.y, fold.branches[head], fold.train_fraction,
+                                   fold.tuple_ids, fold.slides, {})
+    return out, classes
+
+
 def load_operand(spec: str | Path) -> Operand:
-    """A run folder, a multi-seed run folder, or ``"RUN_X+RUN_Y"`` (late fusion: mean probabilities).
+    """A run folder, a multi-seed run folder, ``RUN@10x`` (one head of a fused run on its own), or
+    ``"RUN_X+RUN_Y"`` (late fusion: mean probabilities).
 
     Raises:
         CheckpointError: a missing run or fold predictions.
-        ConfigError: late-fusion runs with other classes or other test tuples (other folds or data).
+        ConfigError: an unknown head, late-fusion runs with other classes or other test tuples (other folds or data).
     """
     text = str(spec)
-    parts = [Path(p) for p in text.split("+")] if "+" in text and not Path(text).exists() else [Path(text)]
-    reads = [(_read_run(p), _classes(p)) for p in parts]
+    parts = text.split("+") if "+" in text and not Path(text).exists() else [text]
+    reads = [_read_part(p) for p in parts]
     classes = reads[0][1]
     if any(c != classes for _, c in reads[1:]):
         raise ConfigError(f"late fusion {text}: the runs have different classes; fuse runs of the same dataset")
