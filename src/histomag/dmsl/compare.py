@@ -312,3 +312,16 @@ def compare_runs(a: str | Path, b: str | Path, *, level: str = "slide", metrics:
                                     float(low), float(high), int(np.sum(~np.isnan(diff))), int(np.sum(diff > 0))))
     units = sum(len(p.units) for p in pairs)
     return Comparison(op_a.name, op_b.name, level, n_boot, keys, units, out)
+
+
+def operand_metrics(spec: str | Path, *, level: str = "slide", metrics: Sequence[str] = COMPARE_METRICS
+                    ) -> dict[str, np.ndarray]:
+    """Each metric of one operand per (seed, fold), at ``level``: ``{"auc": array over pairs, ...}``.
+
+    The unpaired view that tables of means need (:func:`compare_runs` for differences).
+    """
+    if level not in LEVELS:
+        raise ConfigError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
+    op = load_operand(spec)
+    pairs = [_items(op.folds[k], op.folds[k].probs, op.folds[k].probs, level) for k in sorted(op.folds)]
+    return {m: np.array([metric_value(m, p.y, p.a) for p in pairs]) for m in metrics}
