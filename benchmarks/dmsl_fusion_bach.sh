@@ -30,7 +30,7 @@ queue_a() {
 queue_b() {
   run mm-fused --mode mm --mags 10,5 --branch-ce 0
   run single-5 --mode single --mags 5
-  SEEDS=1 run sim-fused --mode sim --mags 10,5 --branch-ce 0
+  run sim-fused --mode sim --mags 10,5 --branch-ce 0
 }
 queue_a & queue_b & wait
 cmp() { echo "## $1 vs $2"; $H dmsl compare "$1" "$2" --level slide; echo; }

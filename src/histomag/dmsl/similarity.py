@@ -197,7 +197,8 @@ class DMSLLoss(nn.Module):
     ``branch_ce`` > 0 adds deep supervision: each branch's own head is also trained on the label
     (the mean of the per-branch CEs). With the fused CE alone, the gradient reaching a branch is
     scaled by its share of the fused probability of the true class, so the branch that is ahead
-    early takes the learning and the other can stay weak (docs/dmsl-fusion.md measures it). Models
+    early takes more of the learning. docs/dmsl-fusion.md measures both: on BACH the fused CE
+    alone did better (its heads are weak alone but complementary), so 0 is the default. Models
     with one head (``single``, ``mscn``) have no branch term.
 
     Args:
