@@ -55,7 +55,7 @@ def test_dmsl_train_on_two_processes_matches_one_process(tmp_path: Path) -> None
     from histomag.dmsl.config import DMSLConfig
     from histomag.dmsl.cv import cross_validate
 
-    data = make_tuple_folder(tmp_path / "data", patients=6, per_class=4, size=64)
+    data = make_tuple_folder(tmp_path / "data", patients=8, per_class=6, size=64)
     settings = dict(backbone="tiny", folds=2, epochs=4, batch_size=4, num_workers=0, seed=0)
     one = cross_validate(data, tmp_path / "one", DMSLConfig(**settings), progress=False).run_dir
     _histomag("dmsl", "train", str(data), "--out", "two", "--backbone", "tiny", "--folds", "2", "--epochs", "4",
