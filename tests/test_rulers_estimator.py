@@ -145,3 +145,22 @@ def test_nuclei_at_the_pixel_floor_give_an_upper_bound_that_is_refused():
     assert est.interval[0] == 1.0 and est.interval[1] == pytest.approx(10 * 4 / 7.0)
     assert "floor" in est.caveat and "floor" in est.describe()
     assert "cannot tell 2.5x from 5x" in refusal("tiny.png", est)
+
+
+@pytest.mark.parametrize("key, value", [("q", float("nan")), ("systematic", -0.1), ("field", 0), ("level", 1.5),
+                                        ("prior_um", -1.0), ("tau", float("inf"))])
+def test_a_calibration_with_values_out_of_range_is_refused_in_one_line(tmp_path, key, value) -> None:
+    import json
+
+    from histomag.errors import CheckpointError
+    from histomag.magnification.rulers.estimator import DEFAULT_CALIBRATION, load_ruler_calibration
+
+    data = json.loads(DEFAULT_CALIBRATION.read_text())
+    if key in ("prior_um", "tau"):
+        data["cues"][next(iter(data["cues"]))][key] = value
+    else:
+        data[key] = value
+    path = tmp_path / "rulers.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=f"is not a rulers' calibration .*{key}"):
+        load_ruler_calibration(path)

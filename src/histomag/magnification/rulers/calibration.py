@@ -95,8 +95,27 @@ class RulerCalibration:
         if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
             raise ValueError(f"schema version {d.get('schema_version')} is newer than this histomag reads "
                              f"({SCHEMA_VERSION}); upgrade histomag")
-        return cls({k: CueCalibration(**v) for k, v in d["cues"].items()}, float(d["systematic"]), float(d["q"]),
-                   float(d.get("level", 0.9)), int(d.get("n", 0)), tuple(d.get("groups", ())), int(d.get("field", 768)))
+        cal = cls({k: CueCalibration(**v) for k, v in d["cues"].items()}, float(d["systematic"]), float(d["q"]),
+                  float(d.get("level", 0.9)), int(d.get("n", 0)), tuple(d.get("groups", ())), int(d.get("field", 768)))
+        cal.check()
+        return cal
+
+    def check(self) -> None:
+        """ValueError naming the first value out of range (a damaged or hand-edited file)."""
+        import math
+
+        finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+        values = [("systematic", self.systematic, 0.0), ("q", self.q, 0.0), ("field", self.field, 1)]
+        values += [(f"cues.{name}.prior_um", c.prior_um, 1e-9) for name, c in self.cues.items()]
+        values += [(f"cues.{name}.tau", c.tau, 0.0) for name, c in self.cues.items()]
+        values += [(f"cues.{name}.min_objects", c.min_objects, 1) for name, c in self.cues.items()]
+        for key, value, low in values:
+            if not finite(value) or value < low:
+                raise ValueError(f"{key}={value!r} must be a finite number >= {low:g}")
+        if not self.cues:
+            raise ValueError("no cues")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level={self.level!r} must be in (0, 1)")
 
 
 def _robust_sd(x: np.ndarray) -> float:
