@@ -301,12 +301,17 @@ def test_dmsl_train_stops_at_a_full_disk_and_resuming_equals_an_uninterrupted_ru
 # ----- a real full file system ----------------------------------------------------------------------
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):
-    """A tmpfs of 640 KiB at ``tmp_path/mnt`` (root only; skipped where it cannot be mounted)."""
+    """A tmpfs of 1 MiB at ``tmp_path/mnt`` (root only; skipped where it cannot be mounted).
+
+    The first slide of ``small_cohort`` (23 tuples, about 0.73 MiB) fits and is journalled when it ends;
+    the second fills the disk. A smaller disk could fill before the first batch of journal rows
+    (``JOURNAL_BATCH`` tuples) is appended, leaving nothing finished to keep.
+    """
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / f"mnt-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mnt)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
     if done.returncode != 0:
         mnt.rmdir()
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
@@ -320,7 +325,7 @@ def tiny_tmpfs(tmp_path: Path):
 def test_tile_into_a_real_full_file_system_then_resume_once_there_is_space(
         small_cohort: Path, tiled: Path, tiny_tmpfs: Path, capsys, monkeypatch) -> None:
     ref = tiled
-    assert sum(p.stat().st_size for p in ref.rglob("*") if p.is_file()) > 2 * 640 * 1024  # it cannot fit
+    assert sum(p.stat().st_size for p in ref.rglob("*") if p.is_file()) > 1.4 * 1024 * 1024  # it cannot fit
     out = tiny_tmpfs / "ds"
     code, err = _cli(["tile", str(small_cohort), "--out", str(out), *TILE], capsys, monkeypatch)
     assert code == 2
