@@ -78,13 +78,12 @@ def run_demo(out: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
     with _timed(result, "synthesise cohort"):
         cohort = out / "cohort"
         if not (cohort / "cohort.csv").is_file():
-            from histomag.progress import progress_bar
+            from histomag.progress import count_progress
             from histomag.synth import make_cohort
 
-            with progress_bar(progress) as bar:
-                task = bar.add_task("synthesising slides", total=plan.slides) if bar else None
+            with count_progress(progress, "synthesising slides", plan.slides) as done:
                 make_cohort(cohort, n_slides=plan.slides, seed=plan.seed, size_px=plan.slide_px,
-                            classes=plan.classes, progress=(lambda n: bar.update(task, completed=n)) if bar else None)
+                            classes=plan.classes, progress=done)
 
     with _timed(result, "tile 40x+20x"):
         from histomag.data.sources import expand_slides, find_labels, read_patients_beside

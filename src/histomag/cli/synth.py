@@ -24,7 +24,7 @@ def synth(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Render physically scaled H&E-like slides (40x, 0.25 µm/px) as pyramidal TIFFs + label masks."""
-    from histomag.progress import progress_bar
+    from histomag.progress import count_progress
     from histomag.synth import make_cohort
 
     if kind not in ("slides", "two-scale"):
@@ -34,10 +34,9 @@ def synth(
 
         side = 768 if size == 4096 else size
         total = slides * images_per_class * len(CLASSES)
-        with progress_bar(not quiet) as bar:
-            task = bar.add_task("synthesising images", total=total) if bar else None
+        with count_progress(not quiet, "synthesising images", total) as done:
             index = make_two_scale_cohort(out, patients=slides, images_per_class=images_per_class, size=side, seed=seed,
-                                          progress=(lambda n: bar.update(task, completed=n)) if bar else None)
+                                          progress=done)
         print(f"wrote {total} images ({side} x {side} px at 0.25 µm/px, {slides} patients, classes "
               f"{', '.join(CLASSES)}) -> {index}")
         return
@@ -47,9 +46,7 @@ def synth(
         raise ConfigError(f"--slides {slides}: give at least 1")
     if size < 512:
         raise ConfigError(f"--size {size} is too small: use at least 512 px")
-    with progress_bar(not quiet) as bar:
-        task = bar.add_task("synthesising slides", total=slides) if bar else None
-        records = make_cohort(out, n_slides=slides, seed=seed, size_px=size, classes=names,
-                              progress=(lambda n: bar.update(task, completed=n)) if bar else None)
+    with count_progress(not quiet, "synthesising slides", slides) as done:
+        records = make_cohort(out, n_slides=slides, seed=seed, size_px=size, classes=names, progress=done)
     print(f"wrote {len(records)} slides ({size} x {size} px at 0.25 µm/px, classes {', '.join(names)}) "
           f"-> {out / 'cohort.csv'}")
