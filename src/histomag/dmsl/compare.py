@@ -51,7 +51,8 @@ class Operand:
     folds: dict[tuple[int, int], FoldPredictions]  # (seed, fold) -> predictions
 
 
-def _read_run(path: Path) -> dict[tuple[int, int], FoldPredictions]:
+def _read_run(path: Path) -> tuple[dict[tuple[int, int], FoldPredictions], tuple[str, ...]]:
+    """A run's (or multi-seed run's) test predictions by (seed, fold), and its classes."""
     runs = SeedRuns(path).runs() if SeedRuns(path).exists() else [RunFolder(path).load()]
     out: dict[tuple[int, int], FoldPredictions] = {}
     for run in runs:
@@ -65,18 +66,13 @@ def _read_run(path: Path) -> dict[tuple[int, int], FoldPredictions]:
                 raise CheckpointError(f"{run.predictions_path(k)} is missing: finish or evaluate the run first "
                                       f"(histomag.dmsl.cv.evaluate_cv_run({run.root}))")
             out[(int(config.seed), k)] = fold
-    return out
-
-
-def _classes(path: Path) -> tuple[str, ...]:
-    runs = SeedRuns(path).runs() if SeedRuns(path).exists() else [RunFolder(path).load()]
-    return tuple(runs[0].class_names)
+    return out, tuple(runs[0].class_names)
 
 
 def _read_part(part: str) -> tuple[dict[tuple[int, int], FoldPredictions], tuple[str, ...]]:
     """One run, or one head of a fused run (``RUN@10x``: that head's own probabilities)."""
     path, _, head = part.rpartition("@") if "@" in part and not Path(part).exists() else (part, "", "")
-    folds, classes = _read_run(Path(path)), _classes(Path(path))
+    folds, classes = _read_run(Path(path))
     if not head:
         return folds, classes
     out = {}
@@ -116,7 +112,7 @@ def load_operand(spec: str | Path) -> Operand:
         members = [r[key] for r, _ in reads]
         aligned = [_align(members[0], m, f"late fusion {text}, seed {key[0]} fold {key[1]}") for m in members]
         first = members[0]
-        folds[key] = FoldPredictions(key[1], first.patients, first.y, np.mean([a for a in aligned], axis=0),
+        folds[key] = FoldPredictions(key[1], first.patients, first.y, np.mean(aligned, axis=0),
                                      first.train_fraction, first.tuple_ids, first.slides, {})
     return Operand(text, classes, folds)
 
@@ -294,7 +290,7 @@ def compare_runs(a: str | Path, b: str | Path, *, level: str = "slide", metrics:
         pb = _align(fa, fb, f"seed {key[0]} fold {key[1]}")
         pairs.append(_items(fa, fa.probs, pb, level))
     rng = np.random.default_rng(seed)
-    draws = [[rng.integers(0, len(p.units), size=(n_boot, len(p.units))) for p in pairs]]
+    draws = [rng.integers(0, len(p.units), size=(n_boot, len(p.units))) for p in pairs]
     out = []
     for name in metrics:
         va = np.array([metric_value(name, p.y, p.a) for p in pairs])
@@ -302,7 +298,7 @@ def compare_runs(a: str | Path, b: str | Path, *, level: str = "slide", metrics:
         boot = np.empty(n_boot)
         for r in range(n_boot):
             diffs = []
-            for p, d in zip(pairs, draws[0]):
+            for p, d in zip(pairs, draws):
                 idx = np.concatenate([p.units[u] for u in d[r]])
                 diffs.append(metric_value(name, p.y[idx], p.a[idx]) - metric_value(name, p.y[idx], p.b[idx]))
             boot[r] = np.nanmean(diffs)

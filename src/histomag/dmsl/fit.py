@@ -359,7 +359,8 @@ def predict_probs(models: Sequence[torch.nn.Module], dataset: Dataset, *, batch_
             probs = torch.stack([o["probs"].float() for o in outs]).mean(dim=0)
             if out is None:
                 out = np.zeros((len(dataset), probs.shape[1]), dtype=np.float64)  # type: ignore[arg-type]
-                heads = np.zeros((len(outs[0]["logits"]), len(dataset), probs.shape[1]))  # type: ignore[arg-type]
+                if branches:
+                    heads = np.zeros((len(outs[0]["logits"]), len(dataset), probs.shape[1]))  # type: ignore[arg-type]
             out[idx.numpy()] = probs.cpu().double().numpy()
             if branches:
                 per_head = torch.stack([torch.stack([torch.softmax(lg.float(), dim=1) for lg in o["logits"]])

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 from collections.abc import Callable
@@ -153,8 +152,3 @@ def make_two_scale_cohort(out_dir: str | os.PathLike, *, patients: int = 12, ima
     atomic_write_csv(index, ["image", "label", "group", "mpp_x", "mpp_y"], rows)
     return index
 
-
-def read_index(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of a cohort's ``index.csv``."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
