@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from PIL import Image
 
 from histomag.data.atomic import atomic_write_bytes, atomic_write_csv
 from histomag.errors import ConfigError
+from histomag.synth.cohort import png_bytes
 
 DETAILS = ("fine", "smooth")
 ARRANGEMENTS = ("rows", "scatter")
@@ -141,10 +141,8 @@ def make_two_scale_cohort(out_dir: str | os.PathLike, *, patients: int = 12, ima
             for i in range(images_per_class):
                 image = render_two_scale(label, size, rng, stain=stain, radius_px=radius, spacing_scale=spacing)
                 rel = f"images/{label}/P{p:02d}_{label}_{i}.png"
-                buf = io.BytesIO()
-                Image.fromarray(image).save(buf, format="PNG", compress_level=1)
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(out / rel, buf.getvalue())
+                atomic_write_bytes(out / rel, png_bytes(image))
                 rows.append({"image": rel, "label": label, "group": f"P{p:02d}", "mpp_x": MPP, "mpp_y": MPP})
                 if progress:
                     progress(len(rows))
