@@ -350,10 +350,8 @@ def cross_validate_seeds(data_dir: str | Path | SlideSource, out_dir: str | Path
     summary = summarise(per_fold)
     rows = table_rows(summary, mode=config.mode, magnifications=config.magnifications, backbone=config.backbone)
     table = markdown_table(rows) + f"\n{len(per_fold)} (seed, fold) pairs: seeds {', '.join(map(str, chosen))} x {config.folds} folds.\n"
-    out = Path(out_dir)
-    atomic_write_json(out / "metrics.json", {"mode": config.mode, "seeds": chosen, "folds": per_fold, "summary": summary})
-    atomic_write_text(out / "table.md", table)
-    return CVResult(out, per_fold, summary, table)
+    root.write_summary({"mode": config.mode, "seeds": chosen, "folds": per_fold, "summary": summary}, table)
+    return CVResult(Path(out_dir), per_fold, summary, table)
 
 
 def _feature_store(config: DMSLConfig, data_dir: Path, run_dir: Path, probe: Any, settings: Any, mean: Any,

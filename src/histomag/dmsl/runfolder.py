@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from histomag.data.atomic import atomic_write_csv, atomic_write_json
+from histomag.data.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from histomag.data.folder import patient_of
 from histomag.errors import CheckpointError, ConfigError
 
@@ -333,6 +333,11 @@ class SeedRuns:
             raise CheckpointError(f"{self.path} is missing: {self.root} is not a multi-seed run") from None
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{self.path} is unreadable; train the run again") from None
+
+    def write_summary(self, metrics: dict[str, Any], table: str) -> None:
+        """``RUN/metrics.json`` and ``RUN/table.md``: every (seed, fold) pooled."""
+        atomic_write_json(self.root / "metrics.json", metrics)
+        atomic_write_text(self.root / "table.md", table)
 
     def runs(self) -> list[RunFolder]:
         """Each seed's run folder, loaded (CheckpointError naming one that is missing)."""
